@@ -1,0 +1,82 @@
+"""Atomic writes and the byte-decoding policy.
+
+Every output is written to a temporary name in the same folder and renamed into place, so a stage
+that fails (or is killed) never leaves a half-written output that a later stage could read.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # DVC does not create an output's parent folder
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet(table: pa.Table, path: str | Path, schema: pa.Schema) -> None:
+    """Write `table` (cast to `schema`, so column order and types are the contract's) atomically."""
+    table = table.select(schema.names).cast(schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+@contextlib.contextmanager
+def parquet_writer(path: str | Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """Stream record batches into a Parquet file that appears at `path` only when complete."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        yield writer
+
+
+def read_parquet(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
+    table = pq.read_table(path)
+    if schema is not None:
+        missing = [n for n in schema.names if n not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}; was it written by an older version?")
+        table = table.select(schema.names).cast(schema)
+    return table
+
+
+def write_json(obj, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def decode_bytes(raw: bytes) -> tuple[str, int]:
+    """Decode scraped bytes with one stated policy; return (text, number of bad chars).
+
+    Policy: UTF-8 (a BOM is dropped); bytes that are not valid UTF-8 become U+FFFD; NUL and other
+    C0 control characters except tab/newline/carriage return are removed. Every replaced or removed
+    char is counted so clean can drop documents that are mostly garbage (clean.max_bad_char_ratio)
+    instead of training on mojibake.
+    """
+    text = raw.decode("utf-8-sig", errors="replace")
+    n_bad = text.count("\ufffd")
+    cleaned = text.translate(_C0_CONTROLS)
+    n_bad += len(text) - len(cleaned)
+    return cleaned, n_bad
+
+
+_C0_CONTROLS = {c: None for c in range(32) if chr(c) not in "\t\n\r"} | {0x7F: None}
