@@ -1,0 +1,247 @@
+"""Run a Great Expectations suite on a table and explain the result: the gate shared by validate and format.
+
+    suite = load_suite("expectations/pairs.json")
+    result = run_suite(suite, df, id_column="pair_id", samples=5)
+    write_text(render_report(result, "Validate: pairs"), report)
+    check(result)  # raises ExpectationsFailed naming each failed expectation and sample row ids
+
+Suites live in JSON files and are the single source of truth for thresholds; every expectation carries
+`meta.why`, the reason it exists, which the report repeats next to the outcome.
+
+Row ids of failing rows come from GE itself: result_format `unexpected_index_column_names=[id_column]`
+makes each column-map expectation return `partial_unexpected_index_list`, one dict per failing row
+({<column>: value, <id_column>: id}), capped at `partial_unexpected_count` (= samples). SUMMARY mode, so
+a 100k-row failure costs `samples` ids, not the whole unexpected list. Table-level expectations (row
+count) have no rows to blame: they report GE's `observed_value` instead.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # before importing gx: no network calls from a stage
+
+import great_expectations as gx  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+
+from stages import io  # noqa: E402
+
+
+class ExpectationsFailed(Exception):
+    """A suite failed; the message names every failed expectation with sample row ids."""
+
+    def __init__(self, result: "SuiteResult"):
+        super().__init__(failure_message(result))
+        self.result = result
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectationResult:
+    type: str
+    kwargs: dict[str, Any]
+    success: bool
+    why: str
+    unexpected_count: int | None = None  # None for table-level expectations (row count)
+    element_count: int | None = None
+    sample_ids: tuple[str, ...] = ()
+    observed: Any = None  # observed_value of table-level expectations
+    error: str | None = None  # GE could not evaluate it (e.g. a missing column): counts as failed
+
+    @property
+    def name(self) -> str:
+        """`type[column]`: a stable key for metrics files."""
+        cols = [str(self.kwargs[k]) for k in ("column", "column_A", "column_B") if k in self.kwargs]
+        return f"{self.type}[{','.join(cols)}]" if cols else self.type
+
+    def describe(self) -> str:
+        """`expect_x(column=c, min_value=1)` with long values cut, for one-line messages."""
+        args = ", ".join(f"{k}={_short(v)}" for k, v in self.kwargs.items())
+        return f"{self.type}({args})"
+
+    def outcome(self) -> str:
+        if self.error is not None:
+            return f"error: {self.error}"
+        if self.unexpected_count is not None:
+            return f"{self.unexpected_count} of {self.element_count} rows unexpected"
+        return f"observed {self.observed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteResult:
+    suite: str
+    id_column: str
+    rows: int
+    success: bool
+    results: tuple[ExpectationResult, ...]
+
+    @property
+    def failed(self) -> tuple[ExpectationResult, ...]:
+        return tuple(r for r in self.results if not r.success)
+
+
+def _short(value, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def suite_dict(suite: gx.ExpectationSuite) -> dict:
+    """The suite as plain JSON data, without GE's random `id` fields (so files diff cleanly)."""
+    data = suite.to_json_dict()
+    data.pop("id", None)
+    for e in data["expectations"]:
+        e.pop("id", None)
+    return data
+
+
+def load_suite(path: str | Path) -> gx.ExpectationSuite:
+    """Read a suite JSON file; every expectation must say why it exists (meta.why)."""
+    data = json.loads(Path(path).read_text())
+    for i, e in enumerate(data.get("expectations", [])):
+        if not (e.get("meta") or {}).get("why"):
+            raise ValueError(f"{path}: expectation {i} ({e.get('type')}) has no meta.why")
+    return gx.ExpectationSuite(**data)
+
+
+def save_suite(suite: gx.ExpectationSuite, path: str | Path) -> None:
+    io.write_json(suite_dict(suite), path)  # sorted keys, atomic
+
+
+def with_kwargs(suite: gx.ExpectationSuite, expectation_type: str, **kwargs) -> gx.ExpectationSuite:
+    """A copy of `suite` with `kwargs` set on every expectation of `expectation_type` (a run-time override).
+
+    Raises ValueError if the suite has none, so an override never silently applies to nothing.
+    """
+    data = copy.deepcopy(suite_dict(suite))
+    targets = [e for e in data["expectations"] if e["type"] == expectation_type]
+    if not targets:
+        raise ValueError(f"suite {data['name']!r} has no {expectation_type} to override")
+    for e in targets:
+        e["kwargs"].update(kwargs)
+    return gx.ExpectationSuite(**data)
+
+
+def run_suite(
+    suite: gx.ExpectationSuite, df: pd.DataFrame | pa.Table, id_column: str, samples: int
+) -> SuiteResult:
+    """Validate `df` against `suite`; per expectation: outcome, unexpected count, up to `samples` row ids."""
+    if isinstance(df, pa.Table):
+        df = df.to_pandas()
+    if id_column not in df.columns:
+        raise ValueError(f"id column {id_column!r} not in table (columns: {', '.join(df.columns)})")
+    assert samples >= 0, f"samples must be >= 0, got {samples}"
+
+    # An ephemeral context costs ~10 ms (importing gx is the 2 s part), so each run gets a fresh one.
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch = (
+        context.data_sources.add_pandas("pandas")
+        .add_dataframe_asset("table")
+        .add_batch_definition_whole_dataframe("whole")
+        .get_batch(batch_parameters={"dataframe": df})
+    )
+    # A fresh copy added to the context: GE gives each expectation an id, which maps results
+    # (returned in GE's own order) back to the suite's order.
+    bound = context.suites.add(gx.ExpectationSuite(**suite_dict(suite)))
+    order = {e.id: i for i, e in enumerate(bound.expectations)}
+    why = {e.id: (e.meta or {}).get("why", "") for e in bound.expectations}
+    validation = batch.validate(
+        bound,
+        result_format={
+            "result_format": "SUMMARY",
+            "unexpected_index_column_names": [id_column],
+            "partial_unexpected_count": samples,
+        },
+    )
+
+    results = []
+    for r in sorted(validation.results, key=lambda r: order[r.expectation_config.id]):
+        config, res = r.expectation_config, r.result or {}
+        error = None
+        if r.exception_info and r.exception_info.get("raised_exception") is not False:
+            # a failed metric is reported as {metric_id: {exception_message, ...}}
+            infos = [r.exception_info, *[v for v in r.exception_info.values() if isinstance(v, dict)]]
+            error = next((i["exception_message"] for i in infos if i.get("exception_message")), "raised")
+        ids = tuple(str(row[id_column]) for row in res.get("partial_unexpected_index_list") or [])
+        results.append(
+            ExpectationResult(
+                type=config.type,
+                kwargs={k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")},
+                success=bool(r.success) and error is None,
+                why=why[config.id],
+                unexpected_count=res.get("unexpected_count"),
+                element_count=res.get("element_count"),
+                sample_ids=ids[:samples],
+                observed=res.get("observed_value"),
+                error=error,
+            )
+        )
+    return SuiteResult(
+        suite=bound.name,
+        id_column=id_column,
+        rows=len(df),
+        success=all(r.success for r in results),
+        results=tuple(results),
+    )
+
+
+def failure_message(result: SuiteResult) -> str:
+    """A headline, then one line per failed expectation: what it checks, how badly, which rows."""
+    failed = result.failed
+    lines = [f"{len(failed)} of {len(result.results)} expectations failed (suite {result.suite}, {result.rows} rows)"]
+    for r in failed:
+        line = f"  {r.describe()}: {r.outcome()}"
+        if r.sample_ids:
+            line += f"; sample {result.id_column}: {', '.join(r.sample_ids)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def check(result: SuiteResult) -> None:
+    """Raise ExpectationsFailed if any expectation failed."""
+    if not result.success:
+        raise ExpectationsFailed(result)
+
+
+def _cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_report(result: SuiteResult, title: str) -> str:
+    """Markdown: a headline, then a table of every expectation in suite order."""
+    n, n_failed = len(result.results), len(result.failed)
+    if result.success:
+        headline = f"**PASSED**: all {n} expectations met on {result.rows:,} rows (suite `{result.suite}`)."
+    else:
+        headline = f"**FAILED**: {n_failed} of {n} expectations failed on {result.rows:,} rows (suite `{result.suite}`)."
+    lines = [
+        f"# {title}",
+        "",
+        headline,
+        "",
+        f"| result | expectation | arguments | outcome | sample {result.id_column} | why |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result.results:
+        args = ", ".join(f"{k}={_short(v, 60)}" for k, v in r.kwargs.items())
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in (
+                    "pass" if r.success else "**FAIL**",
+                    f"`{r.type}`",
+                    f"`{args}`" if args else "",
+                    r.outcome(),
+                    ", ".join(r.sample_ids),
+                    r.why,
+                )
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"

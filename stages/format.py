@@ -1,0 +1,142 @@
+"""format: validated pairs -> chat rows (structured messages + harmony rendering), split and checked.
+
+    python -m stages.format --pairs data/validated/pairs.parquet --base models/base \
+        --suite expectations/chat_rows.json --out-dir data/format --openai-dir data/format/openai \
+        --dropped data/format/dropped.parquet --report reports/format.md --metrics metrics/format.json
+
+- messages: [system?] user assistant, rendered by stages.chat_template (the only renderer).
+- split: by a salted hash of pair_id, so a pair keeps its split when other pairs are added or removed.
+- tokens: counted with the base tokenizer; a row over format.max_length is dropped with reason
+  too_many_tokens (never truncated: a cut answer would teach the model to stop mid-sentence).
+- gate: expectations/chat_rows.json checks every rendered row's control-token structure and that the
+  tokenizer produced exactly the special ids the structure implies (content can never add one).
+- OpenAI-format chat JSONL (train/val) for the hosted fine-tuning backend.
+"""
+
+import argparse
+import collections
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from stages import chat_template, io, schema
+from stages.params import FormatParams, load_section
+
+STAGE = "format"
+SPLITS = ("train", "val", "test")
+PROVENANCE_KEYS = [f.name for f in schema.PROVENANCE]
+
+
+def split_of(pair_id: str, *, seed: str, train_ratio: float, val_ratio: float) -> str:
+    """Deterministic split from a salted hash of the pair id (uniform in [0, 1))."""
+    u = int(hashlib.sha256(f"{seed}\0{pair_id}".encode()).hexdigest()[:15], 16) / 16**15
+    if u < train_ratio:
+        return "train"
+    return "val" if u < train_ratio + val_ratio else "test"
+
+
+def to_messages(pair: dict) -> list[dict]:
+    messages = [{"role": "system", "content": pair["system"]}] if pair["system"] else []
+    messages += [
+        {"role": "user", "content": pair["instruction"]},
+        {"role": "assistant", "content": pair["response"]},
+    ]
+    chat_template.validate_messages(messages)
+    return messages
+
+
+def format_pairs(pairs: list[dict], tokenizer, params: FormatParams) -> tuple[list[dict], list[dict]]:
+    """Pairs -> (chat rows, dropped rows). Pure apart from the tokenizer call."""
+    if params.train_ratio + params.val_ratio > 1 or min(params.train_ratio, params.val_ratio) < 0:
+        raise ValueError("format.train_ratio + format.val_ratio must be within [0, 1]")
+    messages = [to_messages(p) for p in pairs]
+    texts = [chat_template.render(m) for m in messages]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    rows, dropped = [], []
+    for pair, msgs, text, token_ids in zip(pairs, messages, texts, ids, strict=True):
+        provenance = {k: pair[k] for k in PROVENANCE_KEYS}
+        if len(token_ids) > params.max_length:
+            dropped.append(provenance | {
+                "stage": STAGE, "reason": "too_many_tokens", "row_id": pair["pair_id"],
+                "detail": f"{len(token_ids)} tokens > format.max_length={params.max_length}",
+            })
+            continue
+        rows.append(provenance | {
+            "pair_id": pair["pair_id"],
+            "task": pair["task"],
+            "split": split_of(pair["pair_id"], seed=params.split_seed, train_ratio=params.train_ratio,
+                              val_ratio=params.val_ratio),
+            "messages": msgs,
+            "text": text,
+            "n_tokens": len(token_ids),
+            "n_special_ids": chat_template.count_special_ids(tokenizer, token_ids),
+            "n_expected_special_ids": chat_template.expected_special_ids(msgs),
+        })
+    return rows, dropped
+
+
+def summarize(rows: list[dict], dropped: list[dict]) -> dict:
+    by_split = {s: [r["n_tokens"] for r in rows if r["split"] == s] for s in SPLITS}
+    all_tokens = sorted(r["n_tokens"] for r in rows)
+    return {
+        "rows": len(rows),
+        "rows_per_split": {s: len(v) for s, v in by_split.items()},
+        "tokens_per_split": {s: sum(v) for s, v in by_split.items()},
+        "tokens_max": all_tokens[-1] if all_tokens else 0,
+        "tokens_p95": all_tokens[int(0.95 * (len(all_tokens) - 1))] if all_tokens else 0,
+        "tokens_mean": round(sum(all_tokens) / len(all_tokens), 2) if all_tokens else 0,
+        "dropped": dict(sorted(collections.Counter(d["reason"] for d in dropped).items())),
+    }
+
+
+def openai_jsonl(rows: list[dict]) -> str:
+    """The chat fine-tuning format of OpenAI's API: one {"messages": [...]} object per line."""
+    return "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows)
+
+
+def main(argv=None) -> None:
+    from stages import expectations
+    from stages.base import load_tokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("--pairs", "--base", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report", "--metrics"):
+        parser.add_argument(name, type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_section("format", args.params)
+    samples = load_section("validate", args.params).report_samples
+
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(args.base)
+    pairs = io.read_parquet(args.pairs, schema.PAIRS).to_pylist()
+    rows, dropped = format_pairs(pairs, tokenizer, params)
+
+    outputs = [args.out_dir / f"{s}.parquet" for s in SPLITS] + [args.openai_dir / "train.jsonl",
+                                                                 args.openai_dir / "val.jsonl", args.dropped]
+    result = expectations.run_suite(expectations.load_suite(args.suite), pd.DataFrame(rows, columns=schema.CHAT_ROWS.names),
+                                    id_column="pair_id", samples=samples)
+    io.write_text(expectations.render_report(result, title="format: rendered chat rows"), args.report)
+    if not result.success:
+        for path in outputs:  # never leave a previous run's rows where the next stage would read them
+            path.unlink(missing_ok=True)
+        sys.exit(f"format: rendered rows failed {args.suite}:\n{expectations.failure_message(result)}\n"
+                 f"report: {args.report}")
+
+    for split in SPLITS:
+        io.write_parquet(pa.Table.from_pylist([r for r in rows if r["split"] == split], schema=schema.CHAT_ROWS),
+                         args.out_dir / f"{split}.parquet", schema.CHAT_ROWS)
+    for split in ("train", "val"):
+        io.write_text(openai_jsonl([r for r in rows if r["split"] == split]), args.openai_dir / f"{split}.jsonl")
+    io.write_parquet(pa.Table.from_pylist(dropped, schema=schema.DROPPED), args.dropped, schema.DROPPED)
+    metrics = summarize(rows, dropped) | {"seconds": round(time.perf_counter() - start, 3)}
+    io.write_json(metrics, args.metrics)
+    print(f"format: {len(pairs)} pairs -> {metrics['rows_per_split']}, dropped {metrics['dropped']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
