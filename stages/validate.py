@@ -1,0 +1,77 @@
+"""validate: the gate between clean and format. Pairs that fail the suite never reach training.
+
+    python -m stages.validate --pairs data/clean/pairs.parquet --suite expectations/pairs.json \
+        --out data/validated/pairs.parquet --report reports/validate.md --metrics metrics/validate.json
+
+The suite file holds every threshold except the minimum row count, which is a knob
+(params.yaml validate.min_rows) set on the suite's row-count expectation at run time.
+The report and metrics are written whatever the outcome; the validated pairs (the input table, unchanged)
+only on success. On failure the stage prints which expectations failed, with sample pair ids, removes any
+previous --out so format cannot run on stale data, and exits 1.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from stages import expectations, io, schema
+from stages.params import load_section
+
+ROW_COUNT = "expect_table_row_count_to_be_between"
+
+
+def validate(pairs: pa.Table | pd.DataFrame, suite, min_rows: int, samples: int) -> expectations.SuiteResult:
+    """Run `suite` on `pairs`, its row-count minimum set to `min_rows`; up to `samples` failing ids each."""
+    suite = expectations.with_kwargs(suite, ROW_COUNT, min_value=min_rows)
+    return expectations.run_suite(suite, pairs, id_column="pair_id", samples=samples)
+
+
+def summarize(result: expectations.SuiteResult) -> dict:
+    """Metrics: how much was checked, how much failed, and each expectation's outcome by name."""
+    by_name: dict[str, dict] = {}
+    for r in result.results:
+        key, n = r.name, 1
+        while key in by_name:  # two expectations of one type on one column: name them #2, #3
+            n += 1
+            key = f"{r.name}#{n}"
+        by_name[key] = {"success": r.success, "unexpected_count": r.unexpected_count}
+    return {
+        "rows": result.rows,
+        "expectations": len(result.results),
+        "failed": len(result.failed),
+        "success": result.success,
+        "results": by_name,
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("--pairs", "--suite", "--out", "--report", "--metrics"):
+        parser.add_argument(name, type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_section("validate", args.params)
+
+    start = time.perf_counter()
+    pairs = io.read_parquet(args.pairs, schema.PAIRS)
+    result = validate(pairs, expectations.load_suite(args.suite), min_rows=params.min_rows,
+                      samples=params.report_samples)
+    io.write_text(expectations.render_report(result, title="validate: instruction/response pairs"), args.report)
+    metrics = summarize(result) | {"seconds": round(time.perf_counter() - start, 3)}
+    io.write_json(metrics, args.metrics)
+    try:
+        expectations.check(result)
+    except expectations.ExpectationsFailed as failed:
+        args.out.unlink(missing_ok=True)  # a previous run's pairs must not pass for validated ones
+        print(f"validate: {args.pairs} failed {args.suite}:\n{failed}\nreport: {args.report}", file=sys.stderr)
+        sys.exit(1)
+    io.write_parquet(pairs, args.out, schema.PAIRS)
+    print(f"validate: {result.rows} pairs passed {len(result.results)} expectations", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""scrape: the pydoc default, local files, and bad input."""
+
+import dataclasses
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from stages import scrape as S
+from stages.schema import RAW_DOCS
+from stages.sources import EmptySourceError, SourceError
+
+FIXED_TIME = "2026-01-01T00:00:00Z"
+
+
+def files_params(load, **overrides):
+    p = load("scrape")
+    return dataclasses.replace(p, source="files", **overrides)
+
+
+def run(params, sources_dir):
+    return S.scrape(params, sources_dir=sources_dir, now=lambda: FIXED_TIME)
+
+
+def test_pydoc_default_reads_topics_and_module_docs(load, tmp_path):
+    table = run(load("scrape"), tmp_path)
+    urls = table.column("url").to_pylist()
+    assert "pydoc://topics/assert" in urls and "pydoc://module/json" in urls
+    assert table.schema == RAW_DOCS
+    body = table.column("body")[urls.index("pydoc://module/json")].as_py()
+    assert body.startswith("# json — ") and "\n## json.dumps\n" in body
+    assert set(table.column("fetch_error").to_pylist()) == {None}
+    assert len(set(table.column("doc_id").to_pylist())) == table.num_rows
+
+
+def test_files_source_reads_every_supported_type(load, tmp_path):
+    (tmp_path / "page.html").write_text("<html><body><h1>Hi</h1><p>text</p></body></html>")
+    (tmp_path / "notes.md").write_text("# Notes\n\nSome markdown.")
+    (tmp_path / "plain.txt").write_text("plain text")
+    products = [{"title": "Kettle", "brand": "Acme", "features": ["1.7 l"], "description": "Boils."},
+                {"title": "Mug", "url": "https://shop.example/mug", "description": "Holds tea."}]
+    (tmp_path / "snapshot.json").write_text(json.dumps(products))
+    (tmp_path / "docs.jsonl").write_text('{"url": "https://a.example/x", "markdown": "# X\\n\\nbody"}\n\n{"title": "rec"}\n')
+    (tmp_path / "rows.csv").write_text("title,description\nLamp,Bright\n")
+    table = run(files_params(load), tmp_path)
+    by_url = {r["url"]: r for r in table.to_pylist()}
+    assert by_url[str(tmp_path / "page.html")]["content_type"] == "text/html"
+    assert by_url[str(tmp_path / "notes.md")]["content_type"] == "text/markdown"
+    assert by_url[str(tmp_path / "plain.txt")]["content_type"] == "text/plain"
+    kettle = by_url[f"{tmp_path / 'snapshot.json'}#0"]
+    assert kettle["content_type"] == "application/x-record+json"
+    assert json.loads(kettle["record"])["brand"] == "Acme" and kettle["title"] == "Kettle"
+    assert by_url["https://shop.example/mug"]["title"] == "Mug"
+    assert by_url["https://a.example/x"]["content_type"] == "text/markdown"
+    assert by_url["https://a.example/x"]["body"] == "# X\n\nbody"
+    assert json.loads(by_url[f"{tmp_path / 'rows.csv'}#0"]["record"]) == {"title": "Lamp", "description": "Bright"}
+    assert table.num_rows == 8
+
+
+def test_the_sources_readme_is_not_a_document(load, tmp_path):
+    (tmp_path / "README.md").write_text("# how to use this folder")
+    (tmp_path / "a.md").write_text("# A")
+    assert run(files_params(load), tmp_path).column("url").to_pylist() == [str(tmp_path / "a.md")]
+
+
+def test_an_empty_source_is_an_error_naming_it(load, tmp_path):
+    with pytest.raises(EmptySourceError, match="source 'files' produced no documents"):
+        run(files_params(load), tmp_path)
+
+
+def test_malformed_json_names_file_and_line(load, tmp_path):
+    (tmp_path / "bad.json").write_text('[\n {"title": "ok"},\n {"title": oops}\n]')
+    with pytest.raises(SourceError, match=r"bad\.json:3: malformed JSON"):
+        run(files_params(load), tmp_path)
+
+
+def test_malformed_jsonl_names_file_and_line(load, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": \n')
+    with pytest.raises(SourceError, match=r"bad\.jsonl:3: malformed JSON line"):
+        run(files_params(load), tmp_path)
+
+
+def test_malformed_csv_names_file_and_line(load, tmp_path):
+    (tmp_path / "bad.csv").write_text('title,description\nLamp,Bright\nMug,"unclosed,x\n')
+    with pytest.raises(SourceError, match=r"bad\.csv:\d+: malformed CSV"):
+        run(files_params(load), tmp_path)
+    (tmp_path / "bad.csv").write_text("title,description\nLamp,Bright\nMug,Holds,tea\n")
+    with pytest.raises(SourceError, match=r"bad\.csv:3: 3 fields, header has 2"):
+        run(files_params(load), tmp_path)
+
+
+def test_non_utf8_and_nul_bytes_are_decoded_by_policy_and_counted(load, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1") + b"\x00\x00 ok")
+    row = run(files_params(load), tmp_path).to_pylist()[0]
+    assert row["body"] == "caf\ufffd cr\ufffdme ok"
+    assert row["n_bad_chars"] == 4  # two invalid bytes replaced, two NULs removed
+
+
+def test_a_huge_file_is_recorded_as_too_large_without_reading_it(load, tmp_path, monkeypatch):
+    big = tmp_path / "big.html"
+    with big.open("wb") as f:  # 50 MB sparse file: cheap to make, fatal to read into a page
+        f.truncate(50 * 1024 * 1024)
+    from pathlib import Path
+
+    read_bytes = Path.read_bytes
+
+    def guarded(self):
+        assert self != big, "the too-large file was read"
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", guarded)
+    (tmp_path / "small.txt").write_text("fine")
+    rows = {r["url"]: r for r in run(files_params(load), tmp_path).to_pylist()}
+    assert rows[str(big)]["fetch_error"] == "too_large"
+    assert rows[str(big)]["n_bytes"] == 50 * 1024 * 1024
+    assert rows[str(tmp_path / "small.txt")]["fetch_error"] is None
+
+
+def test_unknown_source_is_named(load, tmp_path):
+    with pytest.raises(ValueError, match="unknown source 'ftp'"):
+        run(dataclasses.replace(load("scrape"), source="ftp"), tmp_path)
+
+
+def test_main_writes_table_and_metrics_and_fails_cleanly_on_empty(repo, tmp_path):
+    params = (repo / "params.yaml").read_text().replace("source: pydoc ", "source: files ")
+    (tmp_path / "params.yaml").write_text(params)
+    src = tmp_path / "src"
+    src.mkdir()
+    args = ["--sources-dir", str(src), "--out", str(tmp_path / "raw.parquet"),
+            "--metrics", str(tmp_path / "m.json"), "--params", str(tmp_path / "params.yaml")]
+    with pytest.raises(SystemExit, match="scrape failed: source 'files' produced no documents"):
+        S.main(args)
+    assert not (tmp_path / "raw.parquet").exists()
+    assert list(tmp_path.glob(".raw.parquet*")) == [], "a temporary file was left behind"
+    (src / "a.md").write_text("# A\n\ntext")
+    S.main(args)
+    assert pq.read_table(tmp_path / "raw.parquet").num_rows == 1
+    assert json.loads((tmp_path / "m.json").read_text())["docs_ok"] == 1
