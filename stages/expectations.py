@@ -193,7 +193,9 @@ def run_suite(
 def failure_message(result: SuiteResult) -> str:
     """A headline, then one line per failed expectation: what it checks, how badly, which rows."""
     failed = result.failed
-    lines = [f"{len(failed)} of {len(result.results)} expectations failed (suite {result.suite}, {result.rows} rows)"]
+    lines = [
+        f"{len(failed)} of {len(result.results)} expectations failed (suite {result.suite}, {result.rows} rows)"
+    ]
     for r in failed:
         line = f"  {r.describe()}: {r.outcome()}"
         if r.sample_ids:

@@ -49,7 +49,9 @@ def summarize(result: expectations.SuiteResult) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name in ("--pairs", "--suite", "--out", "--report", "--metrics"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -58,16 +60,21 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     pairs = io.read_parquet(args.pairs, schema.PAIRS)
-    result = validate(pairs, expectations.load_suite(args.suite), min_rows=params.min_rows,
-                      samples=params.report_samples)
-    io.write_text(expectations.render_report(result, title="validate: instruction/response pairs"), args.report)
+    result = validate(
+        pairs, expectations.load_suite(args.suite), min_rows=params.min_rows, samples=params.report_samples
+    )
+    io.write_text(
+        expectations.render_report(result, title="validate: instruction/response pairs"), args.report
+    )
     metrics = summarize(result) | {"seconds": round(time.perf_counter() - start, 3)}
     io.write_json(metrics, args.metrics)
     try:
         expectations.check(result)
     except expectations.ExpectationsFailed as failed:
         args.out.unlink(missing_ok=True)  # a previous run's pairs must not pass for validated ones
-        print(f"validate: {args.pairs} failed {args.suite}:\n{failed}\nreport: {args.report}", file=sys.stderr)
+        print(
+            f"validate: {args.pairs} failed {args.suite}:\n{failed}\nreport: {args.report}", file=sys.stderr
+        )
         sys.exit(1)
     io.write_parquet(pairs, args.out, schema.PAIRS)
     print(f"validate: {result.rows} pairs passed {len(result.results)} expectations", file=sys.stderr)

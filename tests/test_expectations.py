@@ -10,8 +10,8 @@ from stages import chat_template
 from stages.expectations import (
     ExpectationsFailed,
     check,
-    gx,  # imported through stages.expectations, which turns analytics off first
     failure_message,
+    gx,  # imported through stages.expectations, which turns analytics off first
     load_suite,
     render_report,
     run_suite,
@@ -158,7 +158,7 @@ def toy_result():
 
 
 def test_results_keep_suite_order_and_a_missing_column_is_an_error_not_a_crash(toy_result):
-    assert [r.type for r in toy_result.results] == [e.type for e in toy_suite().expectations]
+    assert [r.type for r in toy_result.results] == [e.expectation_type for e in toy_suite().expectations]
     row_count, regex, unique, missing = toy_result.results
     assert (row_count.success, row_count.observed, row_count.unexpected_count) == (False, 4, None)
     assert (regex.success, regex.unexpected_count, regex.sample_ids) == (False, 2, ("b",))  # samples=1
