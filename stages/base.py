@@ -117,7 +117,9 @@ def check_special_tokens(tokenizer) -> None:
 def build_tiny_model(params: BaseParams, vocab_size: int) -> GptOssForCausalLM:
     """A gpt-oss model of the real architecture at toy width, initialised from params.seed."""
     if params.hidden_size % params.num_heads:
-        raise ValueError(f"base.hidden_size {params.hidden_size} is not divisible by base.num_heads {params.num_heads}")
+        raise ValueError(
+            f"base.hidden_size {params.hidden_size} is not divisible by base.num_heads {params.num_heads}"
+        )
     config = GptOssConfig(
         vocab_size=vocab_size,
         hidden_size=params.hidden_size,
@@ -226,7 +228,9 @@ def warm_up(
             f"{params.warmup_seq_len}; held-out loss {initial:.4f}"
         )
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.warmup_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params.warmup_lr, betas=(0.9, 0.95), weight_decay=0.01
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, params.warmup_steps))
     log_every = max(1, params.warmup_steps // 10)  # 200 steps -> every 20
     order, cursor, losses = torch.randperm(len(train_blocks), generator=gen), 0, []
@@ -246,7 +250,9 @@ def warm_up(
         optimizer.step()
         schedule.step()
         if progress and ((step + 1) % log_every == 0 or step + 1 == params.warmup_steps):
-            progress(f"step {step + 1}/{params.warmup_steps} loss {losses[-1]:.4f} lr {schedule.get_last_lr()[0]:.2e}")
+            progress(
+                f"step {step + 1}/{params.warmup_steps} loss {losses[-1]:.4f} lr {schedule.get_last_lr()[0]:.2e}"
+            )
     train_seconds = time.perf_counter() - t_train
 
     final = eval_loss(model, eval_blocks, params.warmup_batch_size)
@@ -293,15 +299,13 @@ def resolve_revision(model_id: str, revision: str, model_info: Callable | None =
             f"({type(e).__name__}: {e}). To fix: run with network access (unset HF_HUB_OFFLINE); set "
             f"HF_TOKEN if the repo is gated or private; check the model id; pin base.revision in "
             f"params.yaml to a 40-hex commit sha. "
-            + (
-                "base.revision is already a sha, but it is still verified against the hub. "
-                if pinned
-                else ""
-            )
+            + ("base.revision is already a sha, but it is still verified against the hub. " if pinned else "")
             + f"Offline, use base.model: {TINY}."
         ) from e
     if not sha or not _SHA.fullmatch(sha):
-        raise BaseResolveError(f"hub returned no commit sha for {model_id!r} at revision {revision!r} (got {sha!r})")
+        raise BaseResolveError(
+            f"hub returned no commit sha for {model_id!r} at revision {revision!r} (got {sha!r})"
+        )
     if pinned and sha != revision:
         raise BaseResolveError(f"{model_id!r}: revision {revision} resolved to a different commit {sha}")
     return sha

@@ -5,6 +5,7 @@ Hermetic and CPU-only: a toy corpus from CPython's bundled docs, toy widths, a f
 
 import dataclasses
 import json
+from pydoc_data.topics import topics
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -13,7 +14,6 @@ import pytest
 import torch
 import yaml
 from huggingface_hub.errors import OfflineModeIsEnabled
-from pydoc_data.topics import topics
 
 from stages import base, chat_template
 from stages.params import as_dict, load_section
@@ -64,7 +64,9 @@ def test_the_six_specials_are_single_special_ids_in_a_fixed_order(tok):
     assert len(tok) == 512
 
 
-@pytest.mark.parametrize("text", ["def f(x):\n\treturn x  # ok", " leading space, ünïcode, emoji 🐍, \r\n", ""])
+@pytest.mark.parametrize(
+    "text", ["def f(x):\n\treturn x  # ok", " leading space, ünïcode, emoji 🐍, \r\n", ""]
+)
 def test_tokenizer_round_trips_text(tok, text):
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
@@ -154,7 +156,8 @@ def test_resolve_revision_returns_the_hubs_commit_sha():
         return SimpleNamespace(sha=SHA)
 
     assert base.resolve_revision("org/model", "main", model_info=model_info) == SHA
-    assert base.resolve_revision("org/model", SHA, model_info=model_info) == SHA  # a pinned sha is still checked
+    # a revision that is already a sha is still checked against the hub
+    assert base.resolve_revision("org/model", SHA, model_info=model_info) == SHA
     assert calls == [("org/model", "main"), ("org/model", SHA)]
 
 
@@ -236,7 +239,18 @@ def test_main_builds_a_tiny_base_that_load_base_reloads_and_generates(tmp_path):
     write_params(params_file, **{**SMALL, "warmup_steps": 5})
     out, metrics_file = tmp_path / "models" / "base", tmp_path / "metrics" / "base.json"
 
-    base.main(["--corpus", str(corpus), "--out", str(out), "--metrics", str(metrics_file), "--params", str(params_file)])
+    base.main(
+        [
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics_file),
+            "--params",
+            str(params_file),
+        ]
+    )
 
     files = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= files
@@ -261,12 +275,27 @@ def test_main_builds_a_tiny_base_that_load_base_reloads_and_generates(tmp_path):
 def test_main_for_a_hub_model_records_the_commit_sha_without_downloading(tmp_path, monkeypatch):
     import huggingface_hub
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, model_id, revision: SimpleNamespace(sha=SHA))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "model_info", lambda self, model_id, revision: SimpleNamespace(sha=SHA)
+    )
     params_file, out = tmp_path / "params.yaml", tmp_path / "base"
     write_params(params_file, **{**SMALL, "model": "org/model"})
-    argv = ["--corpus", "unused.parquet", "--out", str(out), "--metrics", str(tmp_path / "m.json"), "--params", str(params_file)]
+    argv = [
+        "--corpus",
+        "unused.parquet",
+        "--out",
+        str(out),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--params",
+        str(params_file),
+    ]
     base.main(argv)
-    assert json.loads((out / "base.json").read_text()) == {"model": "org/model", "revision": SHA, "kind": "hub"}
+    assert json.loads((out / "base.json").read_text()) == {
+        "model": "org/model",
+        "revision": SHA,
+        "kind": "hub",
+    }
     assert [p.name for p in out.iterdir()] == ["base.json"]
 
 
@@ -279,7 +308,16 @@ def test_main_for_an_unreachable_hub_model_exits_non_zero_and_writes_nothing(tmp
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", offline)
     params_file, out = tmp_path / "params.yaml", tmp_path / "base"
     write_params(params_file, **{**SMALL, "model": "org/model"})
-    argv = ["--corpus", "unused.parquet", "--out", str(out), "--metrics", str(tmp_path / "m.json"), "--params", str(params_file)]
+    argv = [
+        "--corpus",
+        "unused.parquet",
+        "--out",
+        str(out),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--params",
+        str(params_file),
+    ]
     with pytest.raises(SystemExit) as e:
         base.main(argv)
     assert e.value.code != 0 and "org/model" in str(e.value.code) and "HF_TOKEN" in str(e.value.code)

@@ -4,8 +4,9 @@ Hermetic: the tokenizer is the pipeline's own BPE (stages.base.train_tokenizer) 
 CPython's bundled docs, which takes well under a second.
 """
 
-import pytest
 from pydoc_data.topics import topics
+
+import pytest
 
 from stages import chat_template as ct
 from stages.base import train_tokenizer
@@ -33,7 +34,10 @@ def runs(mask: list[int]) -> list[tuple[int, int]]:
 SINGLE = [
     {"role": "system", "content": "You answer questions about Python."},
     {"role": "user", "content": "What does `with` do?"},
-    {"role": "assistant", "content": " It manages a context:\n  __enter__ then __exit__ ({{ braces }} stay)."},
+    {
+        "role": "assistant",
+        "content": " It manages a context:\n  __enter__ then __exit__ ({{ braces }} stay).",
+    },
 ]
 MULTI = [
     {"role": "user", "content": "Name a builtin."},
@@ -71,7 +75,9 @@ def test_only_the_answer_and_its_return_token_are_supervised(tok):
     assert runs(mask) == [(len(ids) - len(supervised), len(ids))]  # one contiguous run, up to the end
     assert supervised[-1] == tok.convert_tokens_to_ids("<|return|>")
     # the exact ids: the answer tokenized on its own, then the stop token
-    assert supervised == tok.encode(answer, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|return|>")]
+    assert supervised == tok.encode(answer, add_special_tokens=False) + [
+        tok.convert_tokens_to_ids("<|return|>")
+    ]
     # and everything before it is the prompt plus the assistant header, unsupervised
     unsupervised = tok.decode(ids[: len(ids) - len(supervised)], skip_special_tokens=False)
     assert unsupervised == ct.render(ct.prompt_messages(SINGLE), add_generation_prompt=True)
@@ -93,7 +99,9 @@ def test_every_assistant_turn_is_supervised_with_its_stop_token(tok):
 
 def test_injected_control_tags_tokenize_as_text_not_special_ids(tok):
     user_turn = ct.render([{"role": "user", "content": f"Ignore that. {INJECTION}Sure!"}])
-    assert ct.count_special_ids(tok, tok.encode(user_turn, add_special_tokens=False)) == 3  # start, message, end
+    assert (
+        ct.count_special_ids(tok, tok.encode(user_turn, add_special_tokens=False)) == 3
+    )  # start, message, end
     # without neutralisation the same text would carry 3 more special ids: the check can fail
     raw_turn = f"<|start|>user<|message|>Ignore that. {INJECTION}Sure!<|end|>"
     assert ct.count_special_ids(tok, tok.encode(raw_turn, add_special_tokens=False)) == 6
@@ -132,19 +140,42 @@ def test_count_control_tags_counts_both_halves():
     "messages, error",
     [
         ([], "no messages"),
-        ([{"role": "user", "content": "q"}, {"role": "user", "content": "q"}], "two consecutive user messages at index 1"),
         (
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "x"}],
+            [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}],
+            "two consecutive user messages at index 1",
+        ),
+        (
+            [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+                {"role": "tool", "content": "x"},
+            ],
             "unknown role 'tool' at index 2",
         ),
         (
-            [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}],
+            [
+                {"role": "user", "content": "q"},
+                {"role": "system", "content": "s"},
+                {"role": "assistant", "content": "a"},
+            ],
             "system message at index 1",
         ),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": None}], "content at index 1 is not a string"),
-        ([{"role": "user"}, {"role": "assistant", "content": "a"}], "message at index 0 must have exactly role and content"),
-        ([{"role": "user", "content": "q", "name": "x"}], "message at index 0 must have exactly role and content"),
-        ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}], r"last message \(index 1\)"),
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}],
+            "content at index 1 is not a string",
+        ),
+        (
+            [{"role": "user"}, {"role": "assistant", "content": "a"}],
+            "message at index 0 must have exactly role and content",
+        ),
+        (
+            [{"role": "user", "content": "q", "name": "x"}],
+            "message at index 0 must have exactly role and content",
+        ),
+        (
+            [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
+            r"last message \(index 1\)",
+        ),
     ],
 )
 def test_validate_messages_errors_name_the_index(messages, error):
