@@ -24,6 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -81,4 +82,6 @@ def decode_bytes(raw: bytes) -> tuple[str, int]:
 
 
 # C0 controls except \t \n \r, and DEL. A regex, not str.translate: ~10x faster (scrape decodes every page).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 _C0_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
