@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import importlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from stages.io import decode_bytes
 from stages.schema import doc_id
