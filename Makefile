@@ -3,7 +3,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
-export HF_HUB_OFFLINE := 1
 
 .PHONY: setup setup-dev repro test lint bench
 
