@@ -6,11 +6,13 @@ export GX_ANALYTICS_ENABLED := false
 
 .PHONY: setup setup-dev repro test lint bench
 
-# torch is pinned and installed first: 2.13.0 is a local CPU build here; an open range pulls GBs of CUDA.
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every package (torch==2.13.0 included: a local CPU build here; an open range
+# pulls GBs of CUDA), so the resolver has nothing to search and every machine gets the same versions.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
