@@ -29,6 +29,7 @@ RAW_DOCS = pa.schema(
         pa.field("n_bytes", pa.int64(), nullable=False),  # size of the raw content
         pa.field("n_bad_chars", pa.int64(), nullable=False),  # chars replaced or removed while decoding
         pa.field("fetch_error", pa.string(), nullable=True),  # stable reason when the fetch failed
+        pa.field("fetch_detail", pa.string(), nullable=True),  # what exactly failed ("HTTP 404", "image/png")
     ]
 )
 

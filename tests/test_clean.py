@@ -75,6 +75,7 @@ def test_fetch_failures_are_dropped_with_the_scrape_reason(params):
     assert docs.num_rows == 0
     assert reasons(dropped) == {"https://x.example/big": "too_large", "https://x.example/404": "http_error"}
     assert metrics["dropped"] == {"http_error": 1, "too_large": 1}
+    assert dropped.column("detail").to_pylist() == ["scrape failed: too_large", "scrape failed: http_error"]
 
 
 def test_mostly_garbage_is_dropped_and_a_few_bad_bytes_are_kept(params):

@@ -113,6 +113,7 @@ def test_a_huge_file_is_recorded_as_too_large_without_reading_it(load, tmp_path,
     rows = {r["url"]: r for r in run(files_params(load), tmp_path).to_pylist()}
     assert rows[str(big)]["fetch_error"] == "too_large"
     assert rows[str(big)]["n_bytes"] == 50 * 1024 * 1024
+    assert rows[str(big)]["fetch_detail"] == "52,428,800 bytes > scrape.max_doc_bytes=5,000,000"
     assert rows[str(tmp_path / "small.txt")]["fetch_error"] is None
 
 

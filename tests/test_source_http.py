@@ -254,6 +254,7 @@ def test_html_page_becomes_a_row_with_body_title_and_provenance(site):
         "n_bytes": len(PAGE),
         "n_bad_chars": 0,
         "fetch_error": None,
+        "fetch_detail": None,
     }
     assert site.rec.hits["/docs/page.html"] == 1
     assert sleeps == []
@@ -316,6 +317,7 @@ def test_404_is_final_http_error_without_retry(site):
     sleeps = Sleeps()
     row = fetch_one(site, "/missing", sleeps)
     assert row["fetch_error"] == "http_error"
+    assert row["fetch_detail"] == "http_error (HTTP 404, 1 attempt)"
     assert site.rec.hits["/missing"] == 1
     assert sleeps == []
 

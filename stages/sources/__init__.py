@@ -76,13 +76,18 @@ def raw_row(
         "n_bytes": len(raw),
         "n_bad_chars": n_bad,
         "fetch_error": None,
+        "fetch_detail": None,
     }
 
 
 def failed_row(
-    *, source: str, url: str, reason: str, fetched_at: str, n_bytes: int = 0, content_type: str = TEXT
+    *, source: str, url: str, reason: str, fetched_at: str, n_bytes: int = 0, content_type: str = TEXT,
+    detail: str = "",
 ) -> dict:
-    """A RAW_DOCS row for a document that could not be fetched; `reason` is a stable snake_case string."""
+    """A RAW_DOCS row for a document that could not be fetched.
+
+    `reason` is a stable snake_case string (what metrics count); `detail` says what exactly happened.
+    """
     return {
         "doc_id": doc_id(source, url),
         "source": source,
@@ -96,4 +101,5 @@ def failed_row(
         "n_bytes": n_bytes,
         "n_bad_chars": 0,
         "fetch_error": reason,
+        "fetch_detail": detail or reason,
     }

@@ -29,7 +29,8 @@ def fetch(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str]) ->
     for path in list_files(Path(sources_dir), params.files.patterns):
         size = path.stat().st_size
         if size > params.max_doc_bytes:
-            yield failed_row(source=SOURCE, url=str(path), reason="too_large", fetched_at=now(), n_bytes=size)
+            yield failed_row(source=SOURCE, url=str(path), reason="too_large", fetched_at=now(), n_bytes=size,
+                             detail=f"{size:,} bytes > scrape.max_doc_bytes={params.max_doc_bytes:,}")
             continue
         suffix = path.suffix.lower()
         raw = path.read_bytes()

@@ -119,7 +119,7 @@ def _fetch_all(params: ScrapeParams, *, now: Callable[[], str], sleep: Callable[
         for i, url in enumerate(urls, 1):
             outcome, attempts = fetch_url(session, url, http=params.http, max_doc_bytes=params.max_doc_bytes, sleep=sleep)
             print(f"[{i}/{len(urls)}] {url} -> {progress(outcome, attempts)}", file=sys.stderr, flush=True)
-            yield to_row(url, outcome, fetched_at=now())
+            yield to_row(url, outcome, fetched_at=now(), attempts=attempts)
 
 
 def fetch_url(
@@ -231,7 +231,7 @@ def title_for(url: str) -> str:
     return last or parts.hostname or url
 
 
-def to_row(url: str, outcome: Outcome, *, fetched_at: str) -> dict:
+def to_row(url: str, outcome: Outcome, *, fetched_at: str, attempts: int = 1) -> dict:
     if outcome.reason is not None:
         return failed_row(
             source=SOURCE,
@@ -240,6 +240,7 @@ def to_row(url: str, outcome: Outcome, *, fetched_at: str) -> dict:
             fetched_at=fetched_at,
             n_bytes=outcome.n_bytes,
             content_type=outcome.content_type,
+            detail=progress(outcome, attempts),
         )
     assert outcome.raw is not None, f"{url}: an outcome without a reason must carry a body"
     return raw_row(
