@@ -2,7 +2,8 @@
 
     python -m stages.format --pairs data/validated/pairs.parquet --base models/base \
         --suite expectations/chat_rows.json --out-dir data/format --openai-dir data/format/openai \
-        --dropped data/format/dropped.parquet --report reports/format.md --metrics metrics/format.json
+        --dropped data/format/dropped.parquet --report reports/format.md --metrics metrics/format.json \
+        --lengths-plot reports/format_lengths.csv
 
 - messages: [system?] user assistant, rendered by stages.chat_template (the only renderer).
 - split: by a salted hash of pair_id, so a pair keeps its split when other pairs are added or removed.
@@ -11,6 +12,7 @@
 - gate: expectations/chat_rows.json checks every rendered row's control-token structure and that the
   tokenizer produced exactly the special ids the structure implies (content can never add one).
 - OpenAI-format chat JSONL (train/val) for the hosted fine-tuning backend.
+- a token-length histogram per split for `dvc plots show` (how much room max_length leaves).
 """
 
 import argparse
@@ -94,6 +96,16 @@ def summarize(rows: list[dict], dropped: list[dict]) -> dict:
     }
 
 
+def length_histogram(rows: list[dict], max_length: int, buckets: int = 16) -> str:
+    """CSV for `dvc plots`: rows per token-length bucket and split (how close rows come to max_length)."""
+    width = max(1, -(-max_length // buckets))  # ceil: 512 / 16 = 32 tokens per bucket
+    counts = collections.Counter((r["split"], min(r["n_tokens"] // width, buckets - 1)) for r in rows)
+    lines = ["split,tokens,rows"]
+    for split in SPLITS:
+        lines += [f"{split},{b * width}-{(b + 1) * width - 1},{counts[split, b]}" for b in range(buckets)]
+    return "\n".join(lines) + "\n"
+
+
 def openai_jsonl(rows: list[dict]) -> str:
     """The chat fine-tuning format of OpenAI's API: one {"messages": [...]} object per line."""
     return "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows)
@@ -104,7 +116,8 @@ def main(argv=None) -> None:
     from stages.base import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("--pairs", "--base", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report", "--metrics"):
+    for name in ("--pairs", "--base", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report", "--metrics",
+                 "--lengths-plot"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
@@ -133,6 +146,7 @@ def main(argv=None) -> None:
     for split in ("train", "val"):
         io.write_text(openai_jsonl([r for r in rows if r["split"] == split]), args.openai_dir / f"{split}.jsonl")
     io.write_parquet(pa.Table.from_pylist(dropped, schema=schema.DROPPED), args.dropped, schema.DROPPED)
+    io.write_text(length_histogram(rows, params.max_length), args.lengths_plot)
     metrics = summarize(rows, dropped) | {"seconds": round(time.perf_counter() - start, 3)}
     io.write_json(metrics, args.metrics)
     print(f"format: {len(pairs)} pairs -> {metrics['rows_per_split']}, dropped {metrics['dropped']}", file=sys.stderr)

@@ -107,10 +107,21 @@ def test_main_writes_splits_jsonl_report_and_metrics(tokenizer, repo, tmp_path):
     F.main(["--pairs", str(tmp_path / "pairs.parquet"), "--base", str(base), "--suite",
             str(repo / "expectations/chat_rows.json"), "--out-dir", str(out), "--openai-dir", str(out / "openai"),
             "--dropped", str(out / "dropped.parquet"), "--report", str(tmp_path / "report.md"),
-            "--metrics", str(tmp_path / "m.json"), "--params", str(repo / "params.yaml")])
+            "--metrics", str(tmp_path / "m.json"), "--params", str(repo / "params.yaml"),
+            "--lengths-plot", str(tmp_path / "lengths.csv")])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert sum(metrics["rows_per_split"].values()) == 60
     assert sum(pq.read_table(out / f"{s}.parquet").num_rows for s in F.SPLITS) == 60
     n_train = len((out / "openai/train.jsonl").read_text().splitlines())
     assert n_train == metrics["rows_per_split"]["train"]
     assert (tmp_path / "report.md").read_text().strip()
+    histogram = (tmp_path / "lengths.csv").read_text().splitlines()
+    assert histogram[0] == "split,tokens,rows" and len(histogram) == 1 + 3 * 16
+    assert sum(int(line.rsplit(",", 1)[1]) for line in histogram[1:]) == 60
+
+
+def test_length_histogram_buckets_rows_by_tokens():
+    rows = [{"split": "train", "n_tokens": n} for n in (0, 31, 32, 511, 600)] + [{"split": "val", "n_tokens": 40}]
+    lines = F.length_histogram(rows, max_length=512).splitlines()
+    assert "train,0-31,2" in lines and "train,32-63,1" in lines and "train,480-511,2" in lines
+    assert "val,32-63,1" in lines and "test,0-31,0" in lines
