@@ -43,11 +43,15 @@ def split_sections(text: str) -> list[Section]:
     i = 0
     while i < len(lines):
         line = lines[i]
+        if not line:  # a blank line is neither a fence, a heading nor a title
+            body.append(line)
+            i += 1
+            continue
         if _FENCE.match(line):
             in_fence = not in_fence
         found = None
         if not in_fence:
-            m = _MD_HEADING.match(line)
+            m = _MD_HEADING.match(line) if line.startswith("#") else None
             if m:
                 found, step = (m.group(2).strip(), len(m.group(1))), 1
             elif i + 1 < len(lines) and _is_underline(line, lines[i + 1]):
@@ -64,6 +68,9 @@ def split_sections(text: str) -> list[Section]:
 
 
 def _is_underline(title: str, underline: str) -> bool:
+    first = underline[:1]
+    if not (first in _UNDERLINE_LEVEL or first.isspace()):  # most lines start with a letter: not an underline
+        return False
     u = underline.strip()
     return (
         bool(title.strip())
