@@ -17,8 +17,10 @@ count) have no rows to blame: they report GE's `observed_value` instead.
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,62 @@ def run_suite(
         success=all(r.success for r in results),
         results=tuple(results),
     )
+
+
+# Expectations that need every row at once. run_suite_batched runs them on a slim frame (the id column and a
+# 16-byte digest of each column checked for uniqueness), so memory per row stays ~100 bytes, not the text size.
+WHOLE_TABLE = ("expect_table_row_count_to_be_between", "expect_column_values_to_be_unique")
+
+
+def _digest(value) -> str | None:
+    return None if value is None else hashlib.blake2b(str(value).encode(), digest_size=16).hexdigest()
+
+
+def run_suite_batched(
+    suite: gx.ExpectationSuite, batches: Iterable[pd.DataFrame], id_column: str, samples: int
+) -> SuiteResult:
+    """run_suite over a table that arrives in batches, with memory bounded by one batch.
+
+    Row-level expectations run on each batch and their outcomes add up (counts summed, the first
+    `samples` ids kept). Whole-table ones (WHOLE_TABLE) run once at the end on the slim frame, where
+    equal digests stand for equal values. `batches` must yield at least one frame (empty is fine).
+    """
+    data = suite_dict(suite)
+    whole_idx = [i for i, e in enumerate(data["expectations"]) if e["type"] in WHOLE_TABLE]
+    row_idx = [i for i, e in enumerate(data["expectations"]) if e["type"] not in WHOLE_TABLE]
+    row_suite = gx.ExpectationSuite(**(data | {"expectations": [data["expectations"][i] for i in row_idx]}))
+    whole_suite = gx.ExpectationSuite(**(data | {"expectations": [data["expectations"][i] for i in whole_idx]}))
+    unique = sorted({data["expectations"][i]["kwargs"]["column"] for i in whole_idx
+                     if data["expectations"][i]["type"] == "expect_column_values_to_be_unique"} - {id_column})
+
+    parts, slims = [], []
+    for df in batches:
+        if isinstance(df, pa.Table):
+            df = df.to_pandas()
+        if row_idx:
+            parts.append(run_suite(row_suite, df, id_column, samples))
+        slims.append(pd.DataFrame({id_column: df[id_column].to_numpy()}
+                                  | {c: df[c].map(_digest).to_numpy() for c in unique if c in df.columns}))
+    if not slims:
+        raise ValueError("run_suite_batched: no batches (yield an empty frame for an empty table)")
+    slim = pd.concat(slims, ignore_index=True)
+    results: list[ExpectationResult | None] = [None] * len(data["expectations"])
+    for i, r in zip(whole_idx, run_suite(whole_suite, slim, id_column, samples).results, strict=True):
+        results[i] = r
+    for j, i in enumerate(row_idx):
+        per_batch = [p.results[j] for p in parts]
+        first = per_batch[0]
+        counts = [r.unexpected_count for r in per_batch if r.unexpected_count is not None]
+        results[i] = dataclasses.replace(
+            first,
+            success=all(r.success for r in per_batch),
+            unexpected_count=sum(counts) if counts else None,
+            element_count=sum(r.element_count or 0 for r in per_batch),
+            sample_ids=tuple(x for r in per_batch for x in r.sample_ids)[:samples],
+            error=next((r.error for r in per_batch if r.error), None),
+        )
+    return SuiteResult(suite=data["name"], id_column=id_column, rows=len(slim),
+                       success=all(r.success for r in results), results=tuple(results))
 
 
 def failure_message(result: SuiteResult) -> str:

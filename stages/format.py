@@ -17,6 +17,7 @@
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import json
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages import chat_template, io, schema
 from stages.params import FormatParams, load_section
@@ -82,28 +84,52 @@ def format_pairs(pairs: list[dict], tokenizer, params: FormatParams) -> tuple[li
     return rows, dropped
 
 
-def summarize(rows: list[dict], dropped: list[dict]) -> dict:
-    by_split = {s: [r["n_tokens"] for r in rows if r["split"] == s] for s in SPLITS}
-    all_tokens = sorted(r["n_tokens"] for r in rows)
-    return {
-        "rows": len(rows),
-        "rows_per_split": {s: len(v) for s, v in by_split.items()},
-        "tokens_per_split": {s: sum(v) for s, v in by_split.items()},
-        "tokens_max": all_tokens[-1] if all_tokens else 0,
-        "tokens_p95": all_tokens[int(0.95 * (len(all_tokens) - 1))] if all_tokens else 0,
-        "tokens_mean": round(sum(all_tokens) / len(all_tokens), 2) if all_tokens else 0,
-        "dropped": dict(sorted(collections.Counter(d["reason"] for d in dropped).items())),
-    }
+class Tally:
+    """Running totals over batches: rows and tokens per split, a token-length count, drop reasons.
 
+    Memory is bounded by max_length x 3 splits, whatever the number of rows.
+    """
 
-def length_histogram(rows: list[dict], max_length: int, buckets: int = 16) -> str:
-    """CSV for `dvc plots`: rows per token-length bucket and split (how close rows come to max_length)."""
-    width = max(1, -(-max_length // buckets))  # ceil: 512 / 16 = 32 tokens per bucket
-    counts = collections.Counter((r["split"], min(r["n_tokens"] // width, buckets - 1)) for r in rows)
-    lines = ["split,tokens,rows"]
-    for split in SPLITS:
-        lines += [f"{split},{b * width}-{(b + 1) * width - 1},{counts[split, b]}" for b in range(buckets)]
-    return "\n".join(lines) + "\n"
+    def __init__(self):
+        self.lengths: collections.Counter = collections.Counter()  # (split, n_tokens) -> rows
+        self.dropped: collections.Counter = collections.Counter()  # reason -> rows
+
+    def add(self, rows: list[dict], dropped: list[dict]) -> None:
+        self.lengths.update((r["split"], r["n_tokens"]) for r in rows)
+        self.dropped.update(d["reason"] for d in dropped)
+
+    def summary(self) -> dict:
+        per_split = {s: sum(c for (split, _), c in self.lengths.items() if split == s) for s in SPLITS}
+        by_length = collections.Counter()
+        for (_, n), c in self.lengths.items():
+            by_length[n] += c
+        total = sum(by_length.values())
+        p95, seen = 0, 0
+        for n in sorted(by_length):
+            seen += by_length[n]
+            if seen > 0.95 * (total - 1):
+                p95 = n
+                break
+        return {
+            "rows": total,
+            "rows_per_split": per_split,
+            "tokens_per_split": {s: sum(n * c for (split, n), c in self.lengths.items() if split == s) for s in SPLITS},
+            "tokens_max": max(by_length, default=0),
+            "tokens_p95": p95,
+            "tokens_mean": round(sum(n * c for n, c in by_length.items()) / total, 2) if total else 0,
+            "dropped": dict(sorted(self.dropped.items())),
+        }
+
+    def histogram(self, max_length: int, buckets: int = 16) -> str:
+        """CSV for `dvc plots`: rows per token-length bucket and split (how close rows come to max_length)."""
+        width = max(1, -(-max_length // buckets))  # ceil: 512 / 16 = 32 tokens per bucket
+        counts = collections.Counter()
+        for (split, n), c in self.lengths.items():
+            counts[split, min(n // width, buckets - 1)] += c
+        lines = ["split,tokens,rows"]
+        for split in SPLITS:
+            lines += [f"{split},{b * width}-{(b + 1) * width - 1},{counts[split, b]}" for b in range(buckets)]
+        return "\n".join(lines) + "\n"
 
 
 def openai_jsonl(rows: list[dict]) -> str:
@@ -126,30 +152,49 @@ def main(argv=None) -> None:
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(args.base)
-    pairs = io.read_parquet(args.pairs, schema.PAIRS).to_pylist()
-    rows, dropped = format_pairs(pairs, tokenizer, params)
-
+    suite = expectations.load_suite(args.suite)
+    pairs_file = pq.ParquetFile(args.pairs)
+    n_pairs = pairs_file.metadata.num_rows
     outputs = [args.out_dir / f"{s}.parquet" for s in SPLITS] + [args.openai_dir / "train.jsonl",
                                                                  args.openai_dir / "val.jsonl", args.dropped]
-    result = expectations.run_suite(expectations.load_suite(args.suite), pd.DataFrame(rows, columns=schema.CHAT_ROWS.names),
-                                    id_column="pair_id", samples=samples)
-    io.write_text(expectations.render_report(result, title="format: rendered chat rows"), args.report)
-    if not result.success:
+    tally = Tally()
+    try:
+        # Batches stream into temporary files that are renamed into place only if every batch passes the gate.
+        with contextlib.ExitStack() as stack:
+            split_out = {s: stack.enter_context(io.parquet_writer(args.out_dir / f"{s}.parquet", schema.CHAT_ROWS))
+                         for s in SPLITS}
+            jsonl_out = {s: stack.enter_context(io.text_writer(args.openai_dir / f"{s}.jsonl")) for s in ("train", "val")}
+            dropped_out = stack.enter_context(io.parquet_writer(args.dropped, schema.DROPPED))
+
+            def checked_batches():
+                done = 0
+                for batch in pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names):
+                    rows, dropped = format_pairs(batch.to_pylist(), tokenizer, params)
+                    tally.add(rows, dropped)
+                    for split, writer in split_out.items():
+                        writer.write_table(pa.Table.from_pylist([r for r in rows if r["split"] == split],
+                                                                schema=schema.CHAT_ROWS))
+                    for split, f in jsonl_out.items():
+                        f.write(openai_jsonl([r for r in rows if r["split"] == split]))
+                    dropped_out.write_table(pa.Table.from_pylist(dropped, schema=schema.DROPPED))
+                    done += batch.num_rows
+                    print(f"format: {done}/{n_pairs} pairs", file=sys.stderr)
+                    yield pd.DataFrame(rows, columns=schema.CHAT_ROWS.names)
+                if done == 0:
+                    yield pd.DataFrame([], columns=schema.CHAT_ROWS.names)
+
+            result = expectations.run_suite_batched(suite, checked_batches(), id_column="pair_id", samples=samples)
+            io.write_text(expectations.render_report(result, title="format: rendered chat rows"), args.report)
+            expectations.check(result)  # raising here discards every temporary output
+    except expectations.ExpectationsFailed as failed:
         for path in outputs:  # never leave a previous run's rows where the next stage would read them
             path.unlink(missing_ok=True)
-        sys.exit(f"format: rendered rows failed {args.suite}:\n{expectations.failure_message(result)}\n"
-                 f"report: {args.report}")
+        sys.exit(f"format: rendered rows failed {args.suite}:\n{failed}\nreport: {args.report}")
 
-    for split in SPLITS:
-        io.write_parquet(pa.Table.from_pylist([r for r in rows if r["split"] == split], schema=schema.CHAT_ROWS),
-                         args.out_dir / f"{split}.parquet", schema.CHAT_ROWS)
-    for split in ("train", "val"):
-        io.write_text(openai_jsonl([r for r in rows if r["split"] == split]), args.openai_dir / f"{split}.jsonl")
-    io.write_parquet(pa.Table.from_pylist(dropped, schema=schema.DROPPED), args.dropped, schema.DROPPED)
-    io.write_text(length_histogram(rows, params.max_length), args.lengths_plot)
-    metrics = summarize(rows, dropped) | {"seconds": round(time.perf_counter() - start, 3)}
+    io.write_text(tally.histogram(params.max_length), args.lengths_plot)
+    metrics = tally.summary() | {"seconds": round(time.perf_counter() - start, 3)}
     io.write_json(metrics, args.metrics)
-    print(f"format: {len(pairs)} pairs -> {metrics['rows_per_split']}, dropped {metrics['dropped']}", file=sys.stderr)
+    print(f"format: {n_pairs} pairs -> {metrics['rows_per_split']}, dropped {metrics['dropped']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

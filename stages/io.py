@@ -46,6 +46,13 @@ def parquet_writer(path: str | Path, schema: pa.Schema) -> Iterator[pq.ParquetWr
         yield writer
 
 
+@contextlib.contextmanager
+def text_writer(path: str | Path) -> Iterator:
+    """A text file (UTF-8) written in pieces that appears at `path` only when complete."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        yield f
+
+
 def read_parquet(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     table = pq.read_table(path)
     if schema is not None:

@@ -78,6 +78,7 @@ class CleanParams:
 class ValidateParams:
     min_rows: int
     report_samples: int
+    batch_rows: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,7 @@ class FormatParams:
     train_ratio: float
     val_ratio: float
     split_seed: str
+    batch_rows: int
 
 
 SECTIONS: dict[str, type] = {

@@ -11,12 +11,15 @@ previous --out so format cannot run on stale data, and exits 1.
 """
 
 import argparse
+import shutil
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages import expectations, io, schema
 from stages.params import load_section
@@ -24,10 +27,29 @@ from stages.params import load_section
 ROW_COUNT = "expect_table_row_count_to_be_between"
 
 
-def validate(pairs: pa.Table | pd.DataFrame, suite, min_rows: int, samples: int) -> expectations.SuiteResult:
-    """Run `suite` on `pairs`, its row-count minimum set to `min_rows`; up to `samples` failing ids each."""
+def validate(
+    pairs: pa.Table | pd.DataFrame | Iterable[pd.DataFrame], suite, min_rows: int, samples: int
+) -> expectations.SuiteResult:
+    """Run `suite` on `pairs` (a table, or batches of one), its row-count minimum set to `min_rows`;
+    up to `samples` failing ids each."""
     suite = expectations.with_kwargs(suite, ROW_COUNT, min_value=min_rows)
-    return expectations.run_suite(suite, pairs, id_column="pair_id", samples=samples)
+    if isinstance(pairs, pa.Table | pd.DataFrame):
+        return expectations.run_suite(suite, pairs, id_column="pair_id", samples=samples)
+    return expectations.run_suite_batched(suite, pairs, id_column="pair_id", samples=samples)
+
+
+def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The pairs file as DataFrames of at most batch_rows rows (one empty frame for an empty file)."""
+    parquet = pq.ParquetFile(path)
+    missing = [n for n in schema.PAIRS.names if n not in parquet.schema_arrow.names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    yielded = False
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=schema.PAIRS.names):
+        yielded = True
+        yield batch.to_pandas()
+    if not yielded:
+        yield schema.PAIRS.empty_table().to_pandas()
 
 
 def summarize(result: expectations.SuiteResult) -> dict:
@@ -59,10 +81,8 @@ def main(argv=None) -> None:
     params = load_section("validate", args.params)
 
     start = time.perf_counter()
-    pairs = io.read_parquet(args.pairs, schema.PAIRS)
-    result = validate(
-        pairs, expectations.load_suite(args.suite), min_rows=params.min_rows, samples=params.report_samples
-    )
+    result = validate(read_batches(args.pairs, params.batch_rows), expectations.load_suite(args.suite),
+                      min_rows=params.min_rows, samples=params.report_samples)
     io.write_text(
         expectations.render_report(result, title="validate: instruction/response pairs"), args.report
     )
@@ -76,7 +96,8 @@ def main(argv=None) -> None:
             f"validate: {args.pairs} failed {args.suite}:\n{failed}\nreport: {args.report}", file=sys.stderr
         )
         sys.exit(1)
-    io.write_parquet(pairs, args.out, schema.PAIRS)
+    with io.atomic_path(args.out) as tmp:  # the validated pairs are the input, unchanged
+        shutil.copyfile(args.pairs, tmp)
     print(f"validate: {result.rows} pairs passed {len(result.results)} expectations", file=sys.stderr)
 
 

@@ -120,8 +120,39 @@ def test_main_writes_splits_jsonl_report_and_metrics(tokenizer, repo, tmp_path):
     assert sum(int(line.rsplit(",", 1)[1]) for line in histogram[1:]) == 60
 
 
-def test_length_histogram_buckets_rows_by_tokens():
-    rows = [{"split": "train", "n_tokens": n} for n in (0, 31, 32, 511, 600)] + [{"split": "val", "n_tokens": 40}]
-    lines = F.length_histogram(rows, max_length=512).splitlines()
+def test_tally_adds_up_batches_and_buckets_rows_by_tokens():
+    tally = F.Tally()
+    tally.add([{"split": "train", "n_tokens": n} for n in (0, 31, 32)], [{"reason": "too_many_tokens"}])
+    tally.add([{"split": "train", "n_tokens": n} for n in (511, 600)] + [{"split": "val", "n_tokens": 40}], [])
+    summary = tally.summary()
+    assert summary["rows_per_split"] == {"train": 5, "val": 1, "test": 0}
+    assert summary["tokens_per_split"] == {"train": 1174, "val": 40, "test": 0}
+    assert (summary["tokens_max"], summary["tokens_p95"], summary["dropped"]) == (600, 511, {"too_many_tokens": 1})
+    lines = tally.histogram(max_length=512).splitlines()
     assert "train,0-31,2" in lines and "train,32-63,1" in lines and "train,480-511,2" in lines
     assert "val,32-63,1" in lines and "test,0-31,0" in lines
+
+
+def test_main_gate_failure_writes_no_rows_and_removes_stale_ones(tokenizer, repo, tmp_path):
+    from stages.expectations import load_suite, save_suite, with_kwargs
+
+    base = tmp_path / "base"
+    tokenizer.save_pretrained(base)
+    (base / "base.json").write_text(json.dumps({"model": "tiny-gpt-oss", "kind": "tiny", "revision": None}))
+    pq.write_table(pa.Table.from_pylist([pair(i) for i in range(30)], schema=PAIRS), tmp_path / "pairs.parquet")
+    strict = tmp_path / "strict.json"  # every row has more than 5 tokens: the gate must fail
+    save_suite(with_kwargs(load_suite(repo / "expectations/chat_rows.json"), "expect_column_values_to_be_between",
+                           max_value=5), strict)
+    params = (repo / "params.yaml").read_text().replace("batch_rows: 20000", "batch_rows: 7")
+    (tmp_path / "params.yaml").write_text(params)
+    out = tmp_path / "format"
+    stale = out / "train.parquet"
+    stale.parent.mkdir()
+    stale.write_bytes(b"a previous run")
+    with pytest.raises(SystemExit, match="expect_column_values_to_be_between.*30 of 30 rows unexpected"):
+        F.main(["--pairs", str(tmp_path / "pairs.parquet"), "--base", str(base), "--suite", str(strict),
+                "--out-dir", str(out), "--openai-dir", str(out / "openai"), "--dropped", str(out / "dropped.parquet"),
+                "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "m.json"),
+                "--params", str(tmp_path / "params.yaml"), "--lengths-plot", str(tmp_path / "lengths.csv")])
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [], "outputs or temp files were left behind"
+    assert "**FAILED**" in (tmp_path / "report.md").read_text()

@@ -128,6 +128,19 @@ def test_samples_caps_the_ids_listed_but_not_the_count(suite):
     assert failed.sample_ids == ("p00", "p01", "p02")
 
 
+def test_batched_validation_gives_the_same_outcome_as_one_table(suite):
+    rows = good_rows(30)
+    rows[25]["instruction"] = rows[3]["instruction"]  # duplicate across batches
+    rows[12]["response"] = "has <|start|> in it and is long enough"
+    rows[7]["instruction"] = "short"
+    whole = validate(table(rows), suite, min_rows=MIN_ROWS, samples=5)
+    df = table(rows).to_pandas()
+    batched = validate((df.iloc[i : i + 7] for i in range(0, 30, 7)), suite, min_rows=MIN_ROWS, samples=5)
+    assert [(r.type, r.success, r.unexpected_count, sorted(r.sample_ids)) for r in batched.results] == [
+        (r.type, r.success, r.unexpected_count, sorted(r.sample_ids)) for r in whole.results]
+    assert batched.rows == 30 and len(batched.failed) == 3
+
+
 # --- main(): files in, files out -------------------------------------------------------------------
 
 
@@ -135,7 +148,8 @@ def run_main(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path, Path]:
     pairs, out = tmp_path / "clean" / "pairs.parquet", tmp_path / "validated" / "pairs.parquet"
     report, metrics = tmp_path / "reports" / "validate.md", tmp_path / "metrics" / "validate.json"
     params = tmp_path / "params.yaml"
-    params.write_text(f"validate:\n  min_rows: {MIN_ROWS}\n  report_samples: 5\n")
+    # batch_rows 4: main reads 6 rows as two batches, so cross-batch duplicates must still be caught
+    params.write_text(f"validate:\n  min_rows: {MIN_ROWS}\n  report_samples: 5\n  batch_rows: 4\n")
     io.write_parquet(table(rows), pairs, schema.PAIRS)
     main(["--pairs", str(pairs), "--suite", str(SUITE_PATH), "--out", str(out), "--report", str(report),
           "--metrics", str(metrics), "--params", str(params)])  # fmt: skip
