@@ -167,9 +167,13 @@ def _clean_record(value, params: CleanParams, stats: collections.Counter):
     return value
 
 
-def dedup_key(text: str) -> str:
-    """Exact-duplicate key: case and whitespace do not make a document new."""
-    return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
+def dedup_key(text: str) -> bytes:
+    """Exact-duplicate key: case and whitespace do not make a document new.
+
+    A 16-byte digest, not the text: the dedup indexes live for the whole corpus, so their size per
+    document is what bounds clean's memory.
+    """
+    return hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=16).digest()
 
 
 def minhash(text: str, params: CleanParams) -> RMinHash:
@@ -261,12 +265,12 @@ class Deduplicator:
 
     def __init__(self, params: CleanParams):
         self.threshold = params.near_dup_threshold
-        self.exact: dict[str, str] = {}
+        self.exact: dict[bytes, str] = {}
         self.lsh = RMinHashLSH(threshold=params.near_dup_threshold, num_perm=params.minhash_permutations,
                                num_bands=params.minhash_bands)
         self.kept: list[tuple[str, RMinHash]] = []
 
-    def check(self, doc_id: str, key: str, mh: RMinHash) -> tuple[str, str] | None:
+    def check(self, doc_id: str, key: bytes, mh: RMinHash) -> tuple[str, str] | None:
         if key in self.exact:
             return "exact_duplicate", f"same normalised text as doc {self.exact[key]}"
         for candidate in sorted(self.lsh.query(mh)):
@@ -306,7 +310,7 @@ def clean(batches: Iterable[list[dict] | pa.RecordBatch],
     """Raw-row batches (lists of RAW_DOCS rows, or record batches) -> per batch (clean docs, dropped rows,
     pairs, stats). Order-preserving, deterministic."""
     dedup = Deduplicator(params)
-    instructions: dict[str, str] = {}
+    instructions: dict[bytes, str] = {}
     for scored_batch in _scored_batches(batches, params, params.workers):
         docs, dropped, pairs, stats = [], [], [], collections.Counter()
         for s in scored_batch:
@@ -322,7 +326,7 @@ def clean(batches: Iterable[list[dict] | pa.RecordBatch],
             if not doc_pairs:
                 stats["docs_without_pairs"] += 1
             for pair in doc_pairs:
-                key = " ".join(pair["instruction"].lower().split())
+                key = dedup_key(pair["instruction"])
                 if key in instructions:
                     dropped.append(_dropped(pair, "duplicate_instruction",
                                             f"same instruction as pair {instructions[key]}", pair["pair_id"]))
