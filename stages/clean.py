@@ -151,6 +151,8 @@ def clean_text(text: str, params: CleanParams, stats: collections.Counter) -> st
     """Normalise, strip boilerplate lines, mask, neutralise; count what changed into `stats`."""
     text = normalise(text, params.unicode_form)
     text, n_lines = remove_boilerplate(text, params.boilerplate_patterns, params.boilerplate_max_words)
+    if n_lines and "\n\n\n" in text:  # a removed line between two blank ones leaves a run behind
+        text = _BLANK_RUNS.sub("\n\n", text)
     text, n_emails, n_secrets = mask(text, emails=params.mask_emails, secrets=params.mask_secrets)
     n_tags = count_control_tags(text)
     stats.update(boilerplate_lines=n_lines, emails_masked=n_emails, secrets_masked=n_secrets, control_tags=n_tags)

@@ -142,6 +142,7 @@ def test_unicode_is_normalised_and_boilerplate_lines_removed(params):
     for gone in ("Home", "Previous", "Copyright", "\nNext"):
         assert gone not in text
     assert metrics["counts"]["boilerplate_lines"] == 4
+    assert "\n\n\n" not in text
 
 
 def test_boilerplate_words_inside_code_and_long_lines_are_kept(params):

@@ -137,3 +137,9 @@ def test_main_writes_table_and_metrics_and_fails_cleanly_on_empty(repo, tmp_path
     S.main(args)
     assert pq.read_table(tmp_path / "raw.parquet").num_rows == 1
     assert json.loads((tmp_path / "m.json").read_text())["docs_ok"] == 1
+
+
+def test_pydoc_pages_are_the_same_on_every_run(load, tmp_path):
+    first, second = run(load("scrape"), tmp_path), run(load("scrape"), tmp_path)
+    assert first.column("content_sha256").to_pylist() == second.column("content_sha256").to_pylist()
+    assert not any(" at 0x" in body for body in first.column("body").to_pylist())

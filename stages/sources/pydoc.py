@@ -12,6 +12,7 @@ scrape records it, so a re-run downstream never depends on the interpreter again
 import importlib
 import inspect
 import pydoc
+import re
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ from stages.params import ScrapeParams
 from stages.sources import MARKDOWN, TEXT, EmptySourceError, raw_row
 
 SOURCE = "pydoc"
+# Reprs of default values such as `<built-in method match of re.Pattern object at 0x7f...>` change with
+# every run; without the address the page (and its content_sha256) is the same each time.
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
 
 def fetch(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str]) -> Iterator[dict]:
@@ -45,7 +49,7 @@ def fetch(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str]) ->
         yield raw_row(
             source=SOURCE,
             url=f"pydoc://module/{module_name}",
-            raw=module_markdown(module).encode(),
+            raw=_MEMORY_ADDRESS.sub("", module_markdown(module)).encode(),
             content_type=MARKDOWN,
             title=module_name,
             fetched_at=now(),
