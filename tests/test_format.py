@@ -156,3 +156,8 @@ def test_main_gate_failure_writes_no_rows_and_removes_stale_ones(tokenizer, repo
                 "--params", str(tmp_path / "params.yaml"), "--lengths-plot", str(tmp_path / "lengths.csv")])
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [], "outputs or temp files were left behind"
     assert "**FAILED**" in (tmp_path / "report.md").read_text()
+
+
+def test_the_fast_batch_encoder_gives_the_tokenizers_own_ids(tokenizer):
+    texts = [chat_template.render(F.to_messages(pair(i, system="Sys." if i % 2 else ""))) for i in range(20)]
+    assert F.encode_batch(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
