@@ -88,7 +88,9 @@ def decode_bytes(raw: bytes) -> tuple[str, int]:
     return cleaned, n_bad
 
 
-# C0 controls except \t \n \r, and DEL. A regex, not str.translate: ~10x faster (scrape decodes every page).
+# The process umask, read once (os.umask can only be read by setting it): atomic_path applies it.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+# C0 controls except \t \n \r, and DEL. A regex, not str.translate: ~10x faster (scrape decodes every page).
 _C0_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
