@@ -26,7 +26,6 @@ import functools
 import hashlib
 import html
 import json
-import multiprocessing
 import re
 import sys
 import time
@@ -43,6 +42,7 @@ from resiliparse.parse.html import HTMLTree
 from stages import io, schema
 from stages.chat_template import count_control_tags, neutralise
 from stages.pairs import build_pairs
+from stages.parallel import ordered_map
 from stages.params import CleanParams, load_section
 from stages.sources import HTML, MARKDOWN, RECORD
 
@@ -292,30 +292,13 @@ def _dropped(row: dict, reason: str, detail: str, row_id: str) -> dict:
     return {k: row[k] for k in PROVENANCE_KEYS} | {"stage": STAGE, "reason": reason, "detail": detail, "row_id": row_id}
 
 
-def _scored_batches(batches: Iterable[list[dict] | pa.RecordBatch], params: CleanParams,
-                    workers: int) -> Iterator[list[dict]]:
-    """_score_and_pair over batches, in order, with at most 2 batches per worker in flight (bounded memory)."""
-    if workers <= 1:
-        for batch in batches:
-            yield _score_and_pair(batch, params)
-        return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        pending = collections.deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_score_and_pair, (batch, params)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
 def clean(batches: Iterable[list[dict] | pa.RecordBatch],
           params: CleanParams) -> Iterator[tuple[list, list, list, collections.Counter]]:
     """Raw-row batches (lists of RAW_DOCS rows, or record batches) -> per batch (clean docs, dropped rows,
     pairs, stats). Order-preserving, deterministic."""
     dedup = Deduplicator(params)
     instructions: dict[bytes, str] = {}
-    for scored_batch in _scored_batches(batches, params, params.workers):
+    for scored_batch in ordered_map(_score_and_pair, batches, params.workers, params):
         docs, dropped, pairs, stats = [], [], [], collections.Counter()
         for s in scored_batch:
             raw = s["raw"]

@@ -18,8 +18,10 @@
 import argparse
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages import chat_template, io, schema
+from stages import chat_template, expectations, io, schema
+from stages.parallel import ordered_map
 from stages.params import FormatParams, load_section
 
 STAGE = "format"
@@ -109,6 +112,10 @@ class Tally:
         self.lengths.update((r["split"], r["n_tokens"]) for r in rows)
         self.dropped.update(d["reason"] for d in dropped)
 
+    def merge(self, other: "Tally") -> None:
+        self.lengths.update(other.lengths)
+        self.dropped.update(other.dropped)
+
     def summary(self) -> dict:
         per_split = {s: sum(c for (split, _), c in self.lengths.items() if split == s) for s in SPLITS}
         by_length = collections.Counter()
@@ -143,14 +150,45 @@ class Tally:
         return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass
+class FormattedBatch:
+    n_pairs: int
+    splits: dict[str, pa.Table]  # CHAT_ROWS per split
+    jsonl: dict[str, str]  # OpenAI chat JSONL for train and val
+    dropped: pa.Table  # DROPPED
+    check: expectations.BatchCheck  # the gate's verdict on this batch's rows
+    tally: Tally
+
+
+# The base tokenizer and the gate's suite, set by main before the workers fork: a worker inherits them
+# instead of having them pickled with every batch (a real model's tokenizer is tens of MB).
+_tokenizer = None
+_suite = None
+
+
+def format_batch(batch: pa.RecordBatch, params: FormatParams, samples: int) -> FormattedBatch:
+    """One record batch of pairs -> everything main writes for it, checked (runs in a worker process)."""
+    rows, dropped = format_pairs(batch.to_pylist(), _tokenizer, params)
+    tally = Tally()
+    tally.add(rows, dropped)
+    return FormattedBatch(
+        n_pairs=batch.num_rows,
+        splits={s: pa.Table.from_pylist([r for r in rows if r["split"] == s], schema=schema.CHAT_ROWS) for s in SPLITS},
+        jsonl={s: openai_jsonl([r for r in rows if r["split"] == s]) for s in ("train", "val")},
+        dropped=pa.Table.from_pylist(dropped, schema=schema.DROPPED),
+        check=expectations.check_batch(_suite, pd.DataFrame(rows, columns=schema.CHAT_ROWS.names),
+                                       id_column="pair_id", samples=samples),
+        tally=tally,
+    )
+
+
 def openai_jsonl(rows: list[dict]) -> str:
     """The chat fine-tuning format of OpenAI's API: one {"messages": [...]} object per line."""
     return "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows)
 
 
 def main(argv=None) -> None:
-    from stages import expectations
-    from stages.base import load_tokenizer
+    from stages.base import load_tokenizer  # imports torch: only main needs it
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--pairs", "--base", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report", "--metrics",
@@ -162,8 +200,11 @@ def main(argv=None) -> None:
     samples = load_section("validate", args.params).report_samples
 
     start = time.perf_counter()
-    tokenizer = load_tokenizer(args.base)
-    suite = expectations.load_suite(args.suite)
+    global _tokenizer, _suite
+    _tokenizer = load_tokenizer(args.base)
+    _suite = expectations.load_suite(args.suite)
+    if params.workers > 1:  # one tokenizer thread per worker process: the workers already fill the cores
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     pairs_file = pq.ParquetFile(args.pairs)
     n_pairs = pairs_file.metadata.num_rows
     outputs = [args.out_dir / f"{s}.parquet" for s in SPLITS] + [args.openai_dir / "train.jsonl",
@@ -177,24 +218,22 @@ def main(argv=None) -> None:
             jsonl_out = {s: stack.enter_context(io.text_writer(args.openai_dir / f"{s}.jsonl")) for s in ("train", "val")}
             dropped_out = stack.enter_context(io.parquet_writer(args.dropped, schema.DROPPED))
 
-            def checked_batches():
-                done = 0
-                for batch in pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names):
-                    rows, dropped = format_pairs(batch.to_pylist(), tokenizer, params)
-                    tally.add(rows, dropped)
-                    for split, writer in split_out.items():
-                        writer.write_table(pa.Table.from_pylist([r for r in rows if r["split"] == split],
-                                                                schema=schema.CHAT_ROWS))
-                    for split, f in jsonl_out.items():
-                        f.write(openai_jsonl([r for r in rows if r["split"] == split]))
-                    dropped_out.write_table(pa.Table.from_pylist(dropped, schema=schema.DROPPED))
-                    done += batch.num_rows
-                    print(f"format: {done}/{n_pairs} pairs", file=sys.stderr)
-                    yield pd.DataFrame(rows, columns=schema.CHAT_ROWS.names)
-                if done == 0:
-                    yield pd.DataFrame([], columns=schema.CHAT_ROWS.names)
-
-            result = expectations.run_suite_batched(suite, checked_batches(), id_column="pair_id", samples=samples)
+            checks, done = [], 0
+            batches = pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names)
+            for out in ordered_map(format_batch, batches, params.workers, params, samples):
+                tally.merge(out.tally)
+                for split, writer in split_out.items():
+                    writer.write_table(out.splits[split])
+                for split, f in jsonl_out.items():
+                    f.write(out.jsonl[split])
+                dropped_out.write_table(out.dropped)
+                checks.append(out.check)
+                done += out.n_pairs
+                print(f"format: {done}/{n_pairs} pairs", file=sys.stderr)
+            if not checks:  # an empty table is still checked (its row count, at least)
+                checks.append(expectations.check_batch(_suite, pd.DataFrame([], columns=schema.CHAT_ROWS.names),
+                                                       id_column="pair_id", samples=samples))
+            result = expectations.combine(_suite, checks, id_column="pair_id", samples=samples)
             io.write_text(expectations.render_report(result, title="format: rendered chat rows"), args.report)
             expectations.check(result)  # raising here discards every temporary output
     except expectations.ExpectationsFailed as failed:

@@ -108,6 +108,7 @@ class FormatParams:
     val_ratio: float
     split_seed: str
     batch_rows: int
+    workers: int
 
 
 SECTIONS: dict[str, type] = {
