@@ -272,24 +272,22 @@ def test_main_builds_a_tiny_base_that_load_base_reloads_and_generates(tmp_path):
     assert generated.shape[1] == ids["input_ids"].shape[1] + 4
 
 
+def hub_main_args(tmp_path):
+    """(out folder, argv) for base.main with a hub model id in params."""
+    params_file, out = tmp_path / "params.yaml", tmp_path / "base"
+    write_params(params_file, **{**SMALL, "model": "org/model"})
+    argv = ["--corpus", "unused.parquet", "--out", str(out), "--metrics", str(tmp_path / "m.json"),
+            "--params", str(params_file)]
+    return out, argv
+
+
 def test_main_for_a_hub_model_records_the_commit_sha_without_downloading(tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(
         huggingface_hub.HfApi, "model_info", lambda self, model_id, revision: SimpleNamespace(sha=SHA)
     )
-    params_file, out = tmp_path / "params.yaml", tmp_path / "base"
-    write_params(params_file, **{**SMALL, "model": "org/model"})
-    argv = [
-        "--corpus",
-        "unused.parquet",
-        "--out",
-        str(out),
-        "--metrics",
-        str(tmp_path / "m.json"),
-        "--params",
-        str(params_file),
-    ]
+    out, argv = hub_main_args(tmp_path)
     base.main(argv)
     assert json.loads((out / "base.json").read_text()) == {
         "model": "org/model",
@@ -306,18 +304,7 @@ def test_main_for_an_unreachable_hub_model_exits_non_zero_and_writes_nothing(tmp
         raise OfflineModeIsEnabled("offline mode is enabled")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", offline)
-    params_file, out = tmp_path / "params.yaml", tmp_path / "base"
-    write_params(params_file, **{**SMALL, "model": "org/model"})
-    argv = [
-        "--corpus",
-        "unused.parquet",
-        "--out",
-        str(out),
-        "--metrics",
-        str(tmp_path / "m.json"),
-        "--params",
-        str(params_file),
-    ]
+    out, argv = hub_main_args(tmp_path)
     with pytest.raises(SystemExit) as e:
         base.main(argv)
     assert e.value.code != 0 and "org/model" in str(e.value.code) and "HF_TOKEN" in str(e.value.code)
