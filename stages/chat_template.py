@@ -116,3 +116,63 @@ def encode(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
 def count_special_ids(tokenizer, ids: Sequence[int]) -> int:
     special = set(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
     return sum(1 for i in ids if i in special)
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervision: which tokens a model is trained on, read from the token ids themselves.
+
+TURNS = ("all", "last")
+
+
+def assistant_spans(tokenizer, ids: Sequence[int]) -> list[tuple[str, int, int]]:
+    """(channel, start, stop) for each assistant turn in `ids`: ids[start:stop] is its content + stop token.
+
+    Parsed from the structural special ids, not from the template's {% generation %} markers, so it is
+    an independent check on them: `<|start|>assistant<|channel|>C<|message|>` opens a turn and the next
+    `<|return|>` or `<|end|>` closes it (inclusive: the model must learn to stop). An unterminated turn
+    (cut by truncation) runs to the end of `ids`.
+    """
+    start, channel, message, end, ret = tokenizer.convert_tokens_to_ids([START, CHANNEL, MESSAGE, END, RETURN])
+    spans, i, n = [], 0, len(ids)
+    while i < n:
+        if ids[i] != start:
+            i += 1
+            continue
+        header_end = i + 1
+        while header_end < n and ids[header_end] not in (channel, message, start):
+            header_end += 1
+        role = tokenizer.decode(ids[i + 1 : header_end]).strip()
+        chan = ""
+        if header_end < n and ids[header_end] == channel:
+            chan_end = header_end + 1
+            while chan_end < n and ids[chan_end] not in (message, start):
+                chan_end += 1
+            chan = tokenizer.decode(ids[header_end + 1 : chan_end]).strip()
+            header_end = chan_end
+        if header_end >= n or ids[header_end] != message:
+            i = header_end
+            continue
+        body = header_end + 1
+        stop = body
+        while stop < n and ids[stop] not in (end, ret, start):
+            stop += 1
+        closed = stop < n and ids[stop] in (end, ret)
+        if role == "assistant":
+            spans.append((chan, body, stop + 1 if closed else stop))
+        i = stop + 1 if closed else stop
+    return spans
+
+
+def supervised_mask(
+    tokenizer, ids: Sequence[int], channels: Sequence[str] = (ASSISTANT_CHANNEL,), turns: str = "all"
+) -> list[int]:
+    """1 on the tokens to train on: assistant content (+ its stop token) in `channels`; `turns` all | last."""
+    if turns not in TURNS:
+        raise ValueError(f"turns must be one of {TURNS}, got {turns!r}")
+    spans = [s for s in assistant_spans(tokenizer, ids) if s[0] in channels]
+    if turns == "last":
+        spans = spans[-1:]
+    mask = [0] * len(ids)
+    for _, lo, hi in spans:
+        mask[lo:hi] = [1] * (hi - lo)
+    return mask

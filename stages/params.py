@@ -111,12 +111,57 @@ class FormatParams:
     workers: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LoraParams:
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+    target_parameters: tuple[str, ...]
+    modules_to_save: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    backend: str
+    seed: int
+    threads: int
+    max_steps: int
+    epochs: float
+    batch_size: int
+    grad_accum: int
+    learning_rate: float
+    lr_schedule: str
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    max_length: int
+    packing: bool
+    channels: tuple[str, ...]
+    assistant_turns: str
+    eval_steps: int
+    save_steps: int
+    logging_steps: int
+    mask_report_rows: int
+    lora: LoraParams
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    samples: int
+    max_new_tokens: int
+    batch_size: int
+    threads: int
+
+
 SECTIONS: dict[str, type] = {
     "scrape": ScrapeParams,
     "clean": CleanParams,
     "validate": ValidateParams,
     "base": BaseParams,
     "format": FormatParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
 }
 
 
