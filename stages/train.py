@@ -591,7 +591,7 @@ def train(
     train_enc = encode_rows(tokenizer, train_ids, train_rows, params)
     val_enc = encode_rows(tokenizer, val_ids, val_rows, params) if val_rows else None
 
-    labels = [[i if m else -100 for i, m in zip(ids, mask)] for ids, mask in zip(train_enc.input_ids, train_enc.masks)]
+    labels = [[i if m else -100 for i, m in zip(ids, mask, strict=False)] for ids, mask in zip(train_enc.input_ids, train_enc.masks, strict=False)]
     report = mask_report(tokenizer, train_enc.pair_ids, train_enc.input_ids, labels, params.mask_report_rows)
     write_text(render_mask_report(report, params), mask_report_path)
     problems = report.problems()

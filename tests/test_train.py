@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_base import SMALL, TEXTS
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from stages import base, chat_template, train
 from stages.params import TrainParams
 from stages.schema import CHAT_ROWS
-from test_base import SMALL, TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ CONVERSATION = [
 
 
 def supervised_text(tok, ids, mask) -> str:
-    return tok.decode([i for i, m in zip(ids, mask) if m])
+    return tok.decode([i for i, m in zip(ids, mask, strict=False) if m])
 
 
 # --- mask -----------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def test_a_channel_the_data_lacks_trains_nothing_and_is_refused_naming_rows(tok,
 def test_a_trained_prompt_token_is_refused_naming_the_row(tok, params):
     pair_ids, encoded, conversations = rows_of(tok)
     enc = train.encode_rows(tok, pair_ids, conversations, params)
-    labels = [[i if m else -100 for i, m in zip(ids, mask)] for ids, mask in zip(enc.input_ids, enc.masks)]
+    labels = [[i if m else -100 for i, m in zip(ids, mask, strict=False)] for ids, mask in zip(enc.input_ids, enc.masks, strict=False)]
     labels[1][1] = enc.input_ids[1][1]  # the role token of the user turn
     report = train.mask_report(tok, pair_ids, enc.input_ids, labels, samples=3)
     assert report.outside_rows == ["row1"]
@@ -119,7 +119,7 @@ def test_check_prepared_catches_a_row_the_trainer_dropped(tok, params):
     pair_ids, _, conversations = rows_of(tok)
     enc = train.encode_rows(tok, pair_ids, conversations, params)
     prepared = train.to_dataset(enc).map(
-        lambda r: {"labels": [i if m else -100 for i, m in zip(r["input_ids"], r["assistant_masks"])]}
+        lambda r: {"labels": [i if m else -100 for i, m in zip(r["input_ids"], r["assistant_masks"], strict=False)]}
     )
     train.check_prepared(prepared, enc, packing=False)  # identical: passes
     with pytest.raises(train.TrainError, match=r"dropped rows \['row1'\]"):
@@ -175,10 +175,9 @@ def test_checkpoints_of_another_run_are_never_resumed(tmp_path):
 
 def test_a_second_writer_is_stopped_by_the_lock(tmp_path):
     lock = tmp_path / "checkpoints.lock"
-    with train.exclusive_lock(lock):
-        with pytest.raises(train.TrainError, match=rf"another training process \(pid {os.getpid()}\)"):
-            with train.exclusive_lock(lock):
-                pass
+    held = rf"another training process \(pid {os.getpid()}\)"
+    with train.exclusive_lock(lock), pytest.raises(train.TrainError, match=held), train.exclusive_lock(lock):
+        pass
     with train.exclusive_lock(lock):  # released: the next run gets it
         pass
 
