@@ -321,7 +321,7 @@ def load_tokenizer(path: str | Path):
 
 
 def load_base(path: str | Path):
-    """(model or None, tokenizer, info) from a base folder; a hub base loads no weights (model None)."""
+    """(model, tokenizer, info) from a base folder; a hub base loads its pinned commit from the hub (or its cache)."""
     return _load(Path(path), with_model=True)
 
 
@@ -338,6 +338,13 @@ def _load(path: Path, with_model: bool):
     elif info["kind"] == "hub":
         tokenizer = AutoTokenizer.from_pretrained(info["model"], revision=info["revision"])
         model = None
+        if with_model:  # exactly the commit the base stage pinned; bf16 where a GPU can run it
+            model = AutoModelForCausalLM.from_pretrained(
+                info["model"],
+                revision=info["revision"],
+                dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+                device_map="auto" if torch.cuda.is_available() else None,
+            )
     else:
         raise ValueError(f"{path / INFO_FILE}: unknown base kind {info['kind']!r} (known: tiny, hub)")
     tokenizer.chat_template = chat_template.CHAT_TEMPLATE  # the project's template, whatever the hub ships

@@ -212,13 +212,12 @@ def sample_records(pair_ids, rows, answers: dict[str, list[Answer]], scores: dic
 
 
 def compare_csv(metrics: dict) -> str:
-    """Long format (metric,model,value) for `dvc plots`: a bar chart puts base and adapter side by side."""
-    lines = ["metric,model,value"]
-    for metric in PLOT_METRICS:
-        for name in MODELS:
-            value = metrics[name][metric]
-            if value is not None:
-                lines.append(f"{metric},{name},{value}")
+    """One row per model, one column per metric: dvc.yaml draws one base-vs-adapter bar chart per metric
+    (their scales differ too much to share an axis: perplexity ~200, loss ~5, stop rate 0-1)."""
+    lines = ["model," + ",".join(PLOT_METRICS)]
+    for name in MODELS:
+        values = [metrics[name][metric] for metric in PLOT_METRICS]
+        lines.append(name + "," + ",".join("" if v is None else str(v) for v in values))
     return "\n".join(lines) + "\n"
 
 
@@ -261,9 +260,10 @@ def evaluate(
     t0 = time.perf_counter()
     torch.set_num_threads(params.threads)
     torch.manual_seed(0)
-    model, tokenizer, info = load_base(base_dir)
-    if model is None:
-        raise SystemExit(f"{STAGE}: base {info['model']} in {base_dir} has no local weights to evaluate")
+    try:
+        model, tokenizer, info = load_base(base_dir)
+    except OSError as e:  # a hub base offline, gated or missing
+        raise SystemExit(f"{STAGE}: cannot load the base in {base_dir}: {e}") from None
     check_adapter(adapter_dir, tokenizer)
     try:
         model = PeftModel.from_pretrained(model, adapter_dir)
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--adapter", required=True, type=Path, help="adapter folder (stages.train)")
     parser.add_argument("--test", required=True, type=Path, help="test split Parquet (stages.format)")
     parser.add_argument("--samples", required=True, type=Path, help="JSONL of greedy answers to write")
-    parser.add_argument("--compare-plot", required=True, type=Path, help="CSV (metric,model,value) for dvc plots")
+    parser.add_argument("--compare-plot", required=True, type=Path, help="CSV (model + one column per metric) for dvc plots")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

@@ -573,10 +573,10 @@ def train(
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({params.threads} thread(s))"
 
-    model, tokenizer, base_info = load_base(base_dir)
-    if model is None:
-        raise TrainError(f"base {base_info['model']} has no local weights; the hf backend needs a tiny base or a GPU "
-                         "machine with the hub model cached")
+    try:
+        model, tokenizer, base_info = load_base(base_dir)
+    except OSError as e:  # a hub base offline, gated or missing
+        raise TrainError(f"cannot load the base in {base_dir}: {e}") from e
     if params.packing:
         leak = check_packing(model, len(tokenizer))
         progress(f"train: packing probe passed (max logit difference {leak:.2e})")

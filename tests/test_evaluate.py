@@ -227,13 +227,13 @@ def test_chrf_and_stop_rate():
         E.generation_metrics(answers[:2], refs)
 
 
-def test_compare_csv_is_long_format_for_a_side_by_side_bar_chart():
-    metrics = {name: {"loss": 2.0, "perplexity": 7.389056, "chrf": 12.5, "stop_rate": None} for name in E.MODELS}
+def test_compare_csv_has_one_row_per_model_and_a_column_per_metric():
+    metrics = {"base": {"loss": 2.0, "perplexity": 7.389056, "chrf": 12.5, "stop_rate": None},
+               "adapter": {"loss": 1.5, "perplexity": 4.481689, "chrf": 20.0, "stop_rate": 0.25}}
     assert E.compare_csv(metrics).splitlines() == [
-        "metric,model,value",
-        "loss,base,2.0", "loss,adapter,2.0",
-        "perplexity,base,7.389056", "perplexity,adapter,7.389056",
-        "chrf,base,12.5", "chrf,adapter,12.5",
+        "model,loss,perplexity,chrf,stop_rate",
+        "base,2.0,7.389056,12.5,",
+        "adapter,1.5,4.481689,20.0,0.25",
     ]
 
 
@@ -297,8 +297,8 @@ def test_main_writes_samples_plot_and_metrics(tmp_path, models, capsys):
     assert [(s["adapter_output"], s["adapter_stopped"]) for s in samples] == [tuple(a) for a in adapter_answers]
 
     plot = out["plot"].read_text().splitlines()
-    assert plot[0] == "metric,model,value" and len(plot) == 1 + 4 * 2
-    assert f"loss,adapter,{metrics['adapter']['loss']}" in plot
+    assert plot[0] == "model,loss,perplexity,chrf,stop_rate" and len(plot) == 1 + 2
+    assert plot[2].startswith(f"adapter,{metrics['adapter']['loss']},{metrics['adapter']['perplexity']},")
 
     assert "evaluate: loss base" in capsys.readouterr().err
 
@@ -309,7 +309,7 @@ def test_main_with_no_samples_scores_the_loss_only(tmp_path, models):
     metrics = json.loads(out["metrics"].read_text())
     assert metrics["samples"] == 0 and metrics["base"]["chrf"] is None and metrics["adapter"]["stop_rate"] is None
     assert out["samples"].read_text() == ""
-    assert [line.split(",")[0] for line in out["plot"].read_text().splitlines()[1:]] == ["loss"] * 2 + ["perplexity"] * 2
+    assert [line.split(",")[3:] for line in out["plot"].read_text().splitlines()[1:]] == [["", ""]] * 2  # no chrF
 
 
 def test_main_is_repeatable_to_the_bit(tmp_path, models):
