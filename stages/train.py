@@ -431,7 +431,10 @@ Data (md5, as `dvc.lock` records it for the format stage's outputs):
 |---|---|
 {data_rows}
 
-## Results (validation split, assistant tokens only)
+## Results (validation split)
+
+Assistant-token loss as the trainer reports it (a mean over evaluation batches); the evaluate stage's
+`metrics/evaluate.json` has token-weighted numbers on the test split.
 
 | model | loss | perplexity |
 |---|---|---|
