@@ -94,7 +94,8 @@ def assistant_loss(model, tokenizer, rows: Sequence[Sequence[dict]], batch_size:
         batch = encoded[start : start + batch_size]
         ids, attention = pad([e[0] for e in batch], tokenizer.pad_token_id, "right")
         labels, _ = pad([e[1] for e in batch], IGNORE, "right")
-        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
+                       use_cache=False).logits.cpu()
         # Position t predicts token t + 1.
         per_token = torch.nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="none"
@@ -155,14 +156,14 @@ def generate_answers(
         prompts = [prompt_ids(tokenizer, m) for m in rows[start : start + batch_size]]
         ids, attention = pad(prompts, tokenizer.pad_token_id, "left")
         out = model.generate(
-            input_ids=ids,
-            attention_mask=attention,
+            input_ids=ids.to(model.device),
+            attention_mask=attention.to(model.device),
             do_sample=False,
             max_new_tokens=max_new_tokens,
             eos_token_id=stops,
             pad_token_id=tokenizer.pad_token_id,
         )
-        answers += [cut_answer(tokenizer, new, stops) for new in out[:, ids.shape[1] :].tolist()]
+        answers += [cut_answer(tokenizer, new, stops) for new in out[:, ids.shape[1] :].cpu().tolist()]
         if progress:
             progress(f"generated {len(answers)}/{len(rows)}")
     return answers

@@ -235,7 +235,7 @@ def test_training_writes_an_adapter_that_beats_its_base_and_reloads(tmp_path, ba
     prompt = tok.apply_chat_template([{"role": "user", "content": "Define the."}], add_generation_prompt=True,
                                      return_tensors="pt", return_dict=True)
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
-    assert tok.decode(out[0, prompt["input_ids"].shape[1]:]).startswith("The w")  # the trained frame
+    assert tok.decode(out[0, prompt["input_ids"].shape[1]:]).startswith("The")  # the trained frame opens so
 
     # The curves dvc plots draws: train and eval loss per optimizer step, eval from step 0 (the base).
     eval_curve = (tmp_path / "live/plots/metrics/eval/loss.tsv").read_text().splitlines()
