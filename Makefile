@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup setup-dev repro test lint bench
+.PHONY: setup setup-dev repro test lint bench bench-repro
 
 # requirements.lock pins every package (torch==2.13.0 included: a local CPU build here; an open range
 # pulls GBs of CUDA), so the resolver has nothing to search and every machine gets the same versions.
@@ -28,3 +28,6 @@ lint: setup
 
 bench: setup
 	$(PY) bench/data_stages.py --pages 100000 --kind both
+
+bench-repro: setup
+	$(PY) bench/full_repro.py --out bench/full_repro.json

@@ -49,10 +49,12 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def new_project(project: Path, knobs: dict) -> Path:
+    """A git + DVC repository in `project` holding this repository's pipeline, `knobs` set, committed.
+
+    The DVC config is the repository's own (analytics off, the default remote next to the project).
+    """
     repo = Path(__file__).resolve().parent.parent
-    project = tmp_path_factory.mktemp("project")
     for rel in COPY:
         src, dst = repo / rel, project / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -64,13 +66,19 @@ def project(tmp_path_factory) -> Path:
     sh(project, "git", "config", "user.email", "ci@example.com")
     sh(project, "git", "config", "user.name", "ci")
     dvc(project, "init", "-q")
-    dvc(project, "config", "core.analytics", "false")
-    set_params(project, **{"scrape.pydoc.modules": ["json", "csv", "pathlib", "textwrap", "heapq"],
-                           "base.warmup_steps": 10, "base.vocab_size": 1024, "base.warmup_seq_len": 64,
-                           "validate.min_rows": 20})
+    shutil.copy2(repo / ".dvc/config", project / ".dvc/config")
+    set_params(project, **knobs)
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "project")
     return project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return new_project(tmp_path_factory.mktemp("project"), {
+        "scrape.pydoc.modules": ["json", "csv", "pathlib", "textwrap", "heapq"],
+        "base.warmup_steps": 10, "base.vocab_size": 1024, "base.warmup_seq_len": 64, "validate.min_rows": 20,
+    })
 
 
 def test_repro_runs_the_data_half_end_to_end(project):

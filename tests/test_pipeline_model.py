@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pipeline import COPY, dvc, ran_stages, set_params, sh
+from test_pipeline import dvc, new_project, ran_stages, set_params, sh
 
 pytestmark = pytest.mark.slow
 
@@ -69,24 +69,7 @@ def commit(project: Path, message: str) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    repo = Path(__file__).resolve().parent.parent
-    project = tmp_path_factory.mktemp("model-project")
-    for rel in COPY:
-        src, dst = repo / rel, project / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    sh(project, "git", "init", "-q", "-b", "main")
-    sh(project, "git", "config", "user.email", "ci@example.com")
-    sh(project, "git", "config", "user.name", "ci")
-    dvc(project, "init", "-q")
-    # The repository's own DVC config: its default remote is a folder next to the clone, verify = true.
-    shutil.copy2(repo / ".dvc/config", project / ".dvc/config")
-    set_params(project, **KNOBS)
-    commit(project, "project")
-    return project
+    return new_project(tmp_path_factory.mktemp("model-project"), KNOBS)
 
 
 def test_repro_trains_and_evaluates_and_the_adapter_beats_the_base(project):
