@@ -32,6 +32,7 @@ def env() -> dict:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "GX_ANALYTICS_ENABLED": "false",
         "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",  # dvc's "Running stage" lines arrive when printed, so stage times are right
     }
 
 
