@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +40,7 @@ from transformers import (
 )
 
 from stages import chat_template
-from stages.io import write_json
+from stages.io import stderr, write_json
 from stages.params import BaseParams, as_dict, load_section
 
 TINY = "tiny-gpt-oss"
@@ -154,10 +153,6 @@ def n_params(model: torch.nn.Module) -> int:
 # Warm-up
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def corpus_blocks(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     """Docs tokenized and joined with <|endoftext|>, cut into [n_blocks, seq_len] (the tail is dropped)."""
     eot = tokenizer.convert_tokens_to_ids(chat_template.ENDOFTEXT)
@@ -202,7 +197,7 @@ def warm_up(
     tokenizer,
     texts: Sequence[str],
     params: BaseParams,
-    progress: Callable[[str], None] | None = _stderr,
+    progress: Callable[[str], None] | None = stderr,
 ) -> dict:
     """Plain causal-LM training of `model` on `texts` for params.warmup_steps; return metrics.
 
@@ -390,7 +385,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_tiny_base(params: BaseParams, texts: Sequence[str], out: str | Path, progress=_stderr) -> dict:
+def build_tiny_base(params: BaseParams, texts: Sequence[str], out: str | Path, progress=stderr) -> dict:
     """Tokenizer + model + warm-up on `texts`, saved atomically into `out`; return metrics."""
     t0 = time.perf_counter()
     tokenizer = train_tokenizer(texts, params.vocab_size)

@@ -20,17 +20,15 @@ import argparse
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import pyarrow.parquet as pq
 import torch
 
 from stages import chat_template
-from stages.io import text_writer, write_json, write_text
+from stages.io import read_chat_rows, stderr, text_writer, write_json, write_text
 from stages.params import load_section
 
 STAGE = "evaluate"
@@ -42,10 +40,6 @@ IGNORE = -100  # label of a token that is not scored (torch's cross_entropy defa
 class Answer(NamedTuple):
     text: str  # the new tokens up to the first stop token, decoded without special tokens
     stopped: bool  # a stop token came before the max_new_tokens budget ran out
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _round(x: float | None) -> float | None:
@@ -226,11 +220,6 @@ def compare_csv(metrics: dict) -> str:
 # Stage
 
 
-def read_rows(path: Path) -> tuple[list[str], list[list[dict]]]:
-    table = pq.read_table(path, columns=["pair_id", "messages"])
-    return table.column("pair_id").to_pylist(), table.column("messages").to_pylist()
-
-
 def check_adapter(adapter: Path, base_tokenizer) -> None:
     """SystemExit unless `adapter` is a PEFT adapter folder whose tokenizer (if saved) is the base's."""
     from transformers import AutoTokenizer
@@ -251,7 +240,7 @@ def check_adapter(adapter: Path, base_tokenizer) -> None:
 
 
 def evaluate(
-    *, base_dir: Path, adapter_dir: Path, pair_ids: list[str], rows: list[list[dict]], params, progress=_stderr
+    *, base_dir: Path, adapter_dir: Path, pair_ids: list[str], rows: list[list[dict]], params, progress=stderr
 ) -> tuple[dict, list[dict]]:
     """(metrics, sample records) for base and adapter on `rows`; writes nothing."""
     from peft import PeftModel
@@ -323,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(params, knob) < least:
             raise SystemExit(f"{STAGE}: evaluate.{knob} must be at least {least}, got {getattr(params, knob)}")
 
-    pair_ids, rows = read_rows(args.test)
+    pair_ids, rows = read_chat_rows(args.test)
     if not rows:
         raise SystemExit(f"{STAGE}: {args.test} has no rows: nothing to evaluate")
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,17 @@ def read_parquet(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
             raise ValueError(f"{path}: missing columns {missing}; was it written by an older version?")
         table = table.select(schema.names).cast(schema)
     return table
+
+
+def read_chat_rows(path: str | Path) -> tuple[list[str], list[list[dict]]]:
+    """(pair ids, messages) of a chat-rows split (schema.CHAT_ROWS): what train and evaluate consume."""
+    table = pq.read_table(path, columns=["pair_id", "messages"])
+    return table.column("pair_id").to_pylist(), table.column("messages").to_pylist()
+
+
+def stderr(line: str) -> None:
+    """The default progress callback of long stages: one flushed line, readable in dvc's output."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def write_json(obj, path: str | Path) -> None:

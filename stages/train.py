@@ -30,19 +30,17 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 import yaml
 
 from stages import chat_template
 from stages.base import atomic_dir, load_base
-from stages.io import write_json, write_text
+from stages.io import read_chat_rows, stderr, write_json, write_text
 from stages.params import TrainParams, as_dict, load_section
 
 STAGE = "train"
@@ -57,10 +55,6 @@ class TrainError(RuntimeError):
     """Training cannot start or cannot go on; the message says which rows or knobs, and what to do."""
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rows -> token ids and supervision masks
 
@@ -70,11 +64,6 @@ class Encoded:
     pair_ids: list[str]
     input_ids: list[list[int]]
     masks: list[list[int]]
-
-
-def read_rows(path: str | Path) -> tuple[list[str], list[list[dict]]]:
-    table = pq.read_table(path, columns=["pair_id", "messages"])
-    return table.column("pair_id").to_pylist(), table.column("messages").to_pylist()
 
 
 def encode_rows(tokenizer, pair_ids: Sequence[str], rows: Sequence[list[dict]], params: TrainParams) -> Encoded:
@@ -300,7 +289,7 @@ def _step_of(path: Path) -> int:
         return -1
 
 
-def prepare_checkpoints(folder: Path, fingerprint: str, progress=_stderr) -> Path | None:
+def prepare_checkpoints(folder: Path, fingerprint: str, progress=stderr) -> Path | None:
     """The last complete checkpoint of this run, or None; stale and half-written checkpoints are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     run_file = folder / RUN_FILE
@@ -332,7 +321,7 @@ def finish_checkpoints(folder: Path, fingerprint: str, steps: int) -> None:
 # Trainer callbacks (built lazily: importing transformers.Trainer costs seconds)
 
 
-def make_callbacks(live_dir: Path, resume: bool, total_steps: int, progress=_stderr):
+def make_callbacks(live_dir: Path, resume: bool, total_steps: int, progress=stderr):
     from dvclive import Live
     from transformers import TrainerCallback
 
@@ -560,7 +549,7 @@ def train(
     out: Path,
     mask_report_path: Path,
     live_dir: Path,
-    progress=_stderr,
+    progress=stderr,
 ) -> dict:
     """Train, check, save; return metrics. Raises TrainError for anything the user must fix."""
     import datasets
@@ -587,8 +576,8 @@ def train(
     data_md5 = {str(train_path): file_md5(train_path), str(val_path): file_md5(val_path)}
     fingerprint = run_fingerprint(params, base_info, data_md5)
 
-    train_ids, train_rows = read_rows(train_path)
-    val_ids, val_rows = read_rows(val_path)
+    train_ids, train_rows = read_chat_rows(train_path)
+    val_ids, val_rows = read_chat_rows(val_path)
     if not train_rows:
         raise TrainError(f"{train_path} has no rows to train on")
     train_enc = encode_rows(tokenizer, train_ids, train_rows, params)

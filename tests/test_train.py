@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from stages import base, chat_template, train
 from stages.evaluate import assistant_loss
+from stages.io import read_chat_rows
 from stages.params import TrainParams
 from stages.schema import CHAT_ROWS
 
@@ -234,7 +235,7 @@ def test_training_writes_an_adapter_that_beats_its_base_and_reloads(tmp_path, ba
     # Reloaded from disk, the adapter carries what training learned, and it generates.
     model, tok, _ = base.load_base(base_dir)
     model = PeftModel.from_pretrained(model, adapter)
-    _, val_rows = train.read_rows(tmp_path / "val.parquet")
+    _, val_rows = read_chat_rows(tmp_path / "val.parquet")
     adapter_loss, _ = assistant_loss(model, tok, val_rows, batch_size=4)
     with model.disable_adapter():
         base_loss, _ = assistant_loss(model, tok, val_rows, batch_size=4)
