@@ -312,7 +312,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(params, knob) < least:
             raise SystemExit(f"{STAGE}: evaluate.{knob} must be at least {least}, got {getattr(params, knob)}")
 
-    pair_ids, rows = read_chat_rows(args.test)
+    try:
+        pair_ids, rows = read_chat_rows(args.test)
+    except ValueError as e:
+        raise SystemExit(f"{STAGE}: {e}") from None
     if not rows:
         raise SystemExit(f"{STAGE}: {args.test} has no rows: nothing to evaluate")
 

@@ -66,7 +66,11 @@ def read_parquet(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
 
 def read_chat_rows(path: str | Path) -> tuple[list[str], list[list[dict]]]:
     """(pair ids, messages) of a chat-rows split (schema.CHAT_ROWS): what train and evaluate consume."""
-    table = pq.read_table(path, columns=["pair_id", "messages"])
+    try:
+        table = pq.read_table(path, columns=["pair_id", "messages"])
+    except pa.ArrowInvalid as e:  # a missing column, or not Parquet at all
+        raise ValueError(f"{path}: not a chat-rows split with pair_id and messages columns (written by format?): "
+                         f"{str(e).splitlines()[0]}") from None
     return table.column("pair_id").to_pylist(), table.column("messages").to_pylist()
 
 

@@ -576,8 +576,11 @@ def train(
     data_md5 = {str(train_path): file_md5(train_path), str(val_path): file_md5(val_path)}
     fingerprint = run_fingerprint(params, base_info, data_md5)
 
-    train_ids, train_rows = read_chat_rows(train_path)
-    val_ids, val_rows = read_chat_rows(val_path)
+    try:
+        train_ids, train_rows = read_chat_rows(train_path)
+        val_ids, val_rows = read_chat_rows(val_path)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     if not train_rows:
         raise TrainError(f"{train_path} has no rows to train on")
     train_enc = encode_rows(tokenizer, train_ids, train_rows, params)

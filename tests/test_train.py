@@ -117,6 +117,14 @@ def test_rows_longer_than_max_length_are_refused_not_truncated(tok, params):
         train.encode_rows(tok, pair_ids, conversations, dataclasses.replace(params, max_length=limit))
 
 
+def test_a_split_that_is_not_chat_rows_is_refused_naming_the_file(tmp_path, base_dir, params):
+    pq.write_table(pa.table({"pair_id": ["a"]}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"pair_id": ["b"]}), tmp_path / "val.parquet")
+    with pytest.raises(train.TrainError, match=r"train.parquet: not a chat-rows split .*messages"):
+        run_train(tmp_path, base_dir, params)
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_check_prepared_catches_a_row_the_trainer_dropped(tok, params):
     pair_ids, _, conversations = rows_of(tok)
     enc = train.encode_rows(tok, pair_ids, conversations, params)
