@@ -59,11 +59,19 @@ class TrainError(RuntimeError):
 # Rows -> token ids and supervision masks
 
 
+IGNORE = -100  # the label of a token that is not trained (transformers' and torch's ignore_index)
+
+
 @dataclass
 class Encoded:
     pair_ids: list[str]
     input_ids: list[list[int]]
     masks: list[list[int]]
+
+    def labels(self) -> list[list[int]]:
+        """What the trainer should train on: each row's ids, IGNORE where its mask is 0."""
+        return [[i if m else IGNORE for i, m in zip(ids, mask, strict=True)]
+                for ids, mask in zip(self.input_ids, self.masks, strict=True)]
 
 
 def encode_rows(tokenizer, pair_ids: Sequence[str], rows: Sequence[list[dict]], params: TrainParams) -> Encoded:
@@ -157,7 +165,7 @@ def mask_report(tokenizer, pair_ids: Sequence[str], input_ids, labels, samples: 
         allowed = [0] * len(ids)
         for _, lo, hi in chat_template.assistant_spans(tokenizer, ids):
             allowed[lo:hi] = [1] * (hi - lo)
-        flags = [lab != -100 for lab in labs]
+        flags = [lab != IGNORE for lab in labs]
         n = sum(flags)
         per_row.append(n)
         tokens += len(ids)
@@ -489,13 +497,10 @@ def check_prepared(prepared, encoded: Encoded, packing: bool) -> None:
     TRL silently drops rows with no supervised token and builds labels itself; this catches any
     difference between what was checked and what will be trained.
     """
-    expected = {
-        pid: [i if m else -100 for i, m in zip(ids, mask, strict=True)]
-        for pid, ids, mask in zip(encoded.pair_ids, encoded.input_ids, encoded.masks, strict=True)
-    }
+    expected = dict(zip(encoded.pair_ids, encoded.labels(), strict=True))
     if packing:  # packed rows lose their ids; the supervised token count must survive packing
-        got = sum(sum(lab != -100 for lab in labs) for labs in prepared["labels"])
-        want = sum(sum(lab != -100 for lab in labs) for labs in expected.values())
+        got = sum(sum(lab != IGNORE for lab in labs) for labs in prepared["labels"])
+        want = sum(sum(lab != IGNORE for lab in labs) for labs in expected.values())
         if got != want:
             raise TrainError(f"packing changed the supervised token count from {want} to {got}")
         return
@@ -586,8 +591,8 @@ def train(
     train_enc = encode_rows(tokenizer, train_ids, train_rows, params)
     val_enc = encode_rows(tokenizer, val_ids, val_rows, params) if val_rows else None
 
-    labels = [[i if m else -100 for i, m in zip(ids, mask, strict=False)] for ids, mask in zip(train_enc.input_ids, train_enc.masks, strict=False)]
-    report = mask_report(tokenizer, train_enc.pair_ids, train_enc.input_ids, labels, params.mask_report_rows)
+    report = mask_report(tokenizer, train_enc.pair_ids, train_enc.input_ids, train_enc.labels(),
+                         params.mask_report_rows)
     write_text(render_mask_report(report, params), mask_report_path)
     problems = report.problems()
     if problems:

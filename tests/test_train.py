@@ -54,7 +54,7 @@ CONVERSATION = [
 
 
 def supervised_text(tok, ids, mask) -> str:
-    return tok.decode([i for i, m in zip(ids, mask, strict=False) if m])
+    return tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
 
 
 # --- mask -----------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_a_channel_the_data_lacks_trains_nothing_and_is_refused_naming_rows(tok,
 def test_a_trained_prompt_token_is_refused_naming_the_row(tok, params):
     pair_ids, encoded, conversations = rows_of(tok)
     enc = train.encode_rows(tok, pair_ids, conversations, params)
-    labels = [[i if m else -100 for i, m in zip(ids, mask, strict=False)] for ids, mask in zip(enc.input_ids, enc.masks, strict=False)]
+    labels = enc.labels()
     labels[1][1] = enc.input_ids[1][1]  # the role token of the user turn
     report = train.mask_report(tok, pair_ids, enc.input_ids, labels, samples=3)
     assert report.outside_rows == ["row1"]
@@ -128,9 +128,7 @@ def test_a_split_that_is_not_chat_rows_is_refused_naming_the_file(tmp_path, base
 def test_check_prepared_catches_a_row_the_trainer_dropped(tok, params):
     pair_ids, _, conversations = rows_of(tok)
     enc = train.encode_rows(tok, pair_ids, conversations, params)
-    prepared = train.to_dataset(enc).map(
-        lambda r: {"labels": [i if m else -100 for i, m in zip(r["input_ids"], r["assistant_masks"], strict=False)]}
-    )
+    prepared = train.to_dataset(enc).add_column("labels", enc.labels())
     train.check_prepared(prepared, enc, packing=False)  # identical: passes
     with pytest.raises(train.TrainError, match=r"dropped rows \['row1'\]"):
         train.check_prepared(prepared.select([0, 2]), enc, packing=False)
