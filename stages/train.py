@@ -491,19 +491,22 @@ def check_params(params: TrainParams) -> None:
         raise TrainError("train.lora.target_modules and train.lora.target_parameters are both empty")
 
 
-def check_prepared(prepared, encoded: Encoded, packing: bool) -> None:
+def check_prepared(prepared, encoded: Encoded, packing: bool, order: Sequence[int] | None = None) -> None:
     """The trainer must train exactly the tokens the mask report shows: no row dropped, no label changed.
 
     TRL silently drops rows with no supervised token and builds labels itself; this catches any
-    difference between what was checked and what will be trained.
+    difference between what was checked and what will be trained. `order` is the run's row order
+    (`row_order`): a run shorter than an epoch trains only the rows in it, a longer one repeats rows.
     """
-    expected = dict(zip(encoded.pair_ids, encoded.labels(), strict=True))
+    order = range(len(encoded.pair_ids)) if order is None else order
+    labels = encoded.labels()
     if packing:  # packed rows lose their ids; the supervised token count must survive packing
         got = sum(sum(lab != IGNORE for lab in labs) for labs in prepared["labels"])
-        want = sum(sum(lab != IGNORE for lab in labs) for labs in expected.values())
+        want = sum(sum(lab != IGNORE for lab in labels[i]) for i in order)
         if got != want:
             raise TrainError(f"packing changed the supervised token count from {want} to {got}")
         return
+    expected = {encoded.pair_ids[i]: labels[i] for i in order}
     got = dict(zip(prepared["pair_id"], prepared["labels"], strict=True))
     dropped = [pid for pid in expected if pid not in got]
     changed = [pid for pid in expected if pid in got and got[pid] != expected[pid]]
@@ -675,7 +678,7 @@ def train(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our callback prints one line
-    check_prepared(trainer.train_dataset, train_enc, params.packing)
+    check_prepared(trainer.train_dataset, train_enc, params.packing, order)
     progress(f"train: {report.rows} rows, {report.trained_tokens:,} of {report.tokens:,} tokens trained "
              f"({report.trained_share:.1%}); {total_steps} steps on {device}")
 

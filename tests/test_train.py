@@ -134,6 +134,19 @@ def test_check_prepared_catches_a_row_the_trainer_dropped(tok, params):
         train.check_prepared(prepared.select([0, 2]), enc, packing=False)
 
 
+def test_check_prepared_follows_the_run_order_not_the_whole_split(tok, params):
+    pair_ids, _, conversations = rows_of(tok)
+    enc = train.encode_rows(tok, pair_ids, conversations, params)
+    order = [2, 0, 2]  # a run shorter than the split (row1 never trained) that wraps into a second epoch
+    prepared = train.to_dataset(enc, order).add_column("labels", [enc.labels()[i] for i in order])
+    train.check_prepared(prepared, enc, packing=False, order=order)  # row1's absence is not a drop
+    with pytest.raises(train.TrainError, match=r"dropped rows \['row0'\]"):
+        train.check_prepared(prepared.select([0, 2]), enc, packing=False, order=order)
+    train.check_prepared(prepared, enc, packing=True, order=order)  # repeats count once per time trained
+    with pytest.raises(train.TrainError, match="supervised token count"):
+        train.check_prepared(prepared.select([0, 1]), enc, packing=True, order=order)
+
+
 # --- packing probe --------------------------------------------------------------------------------
 
 
