@@ -20,17 +20,20 @@ pytestmark = pytest.mark.slow
 COPY = ["dvc.yaml", "params.yaml", "stages", "expectations", "data/sources/README.md", ".dvcignore", ".gitignore"]
 
 
-def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                        "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+def sh(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with this interpreter's tools first on PATH; `env` replaces os.environ."""
+    env = (os.environ if env is None else env) | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+    }
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check)
+def dvc(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check, env=env)
 
 
 def set_params(project: Path, **dotted) -> None:
