@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup setup-dev repro test lint bench bench-repro
+.PHONY: setup setup-dev repro test lint bench bench-repro remote-s3 push pull
 
 # requirements.lock pins every package (torch==2.13.0 included: a local CPU build here; an open range
 # pulls GBs of CUDA), so the resolver has nothing to search and every machine gets the same versions.
@@ -31,3 +31,20 @@ bench: setup
 
 bench-repro: setup
 	$(PY) bench/full_repro.py --out bench/full_repro.json
+
+# DVC remote storage. The default remote is ../webtune-dvc-storage (.dvc/config); switch to S3 with
+#   make remote-s3 S3_URL=s3://bucket/prefix [S3_REGION=eu-west-1] [S3_ENDPOINT=https://minio.example.com] [S3_PROFILE=name]
+# Credentials are never make variables (make prints its commands): they come from the AWS environment or
+# profile, or from `dvc remote modify --local s3 access_key_id ...` (git-ignored .dvc/config.local).
+remote-s3: setup
+	$(if $(S3_URL),,$(error S3_URL is required, e.g. make remote-s3 S3_URL=s3://my-bucket/webtune))
+	$(PY) -m stages.remote use-s3 $(S3_URL) $(if $(S3_REGION),--region $(S3_REGION)) \
+		$(if $(S3_ENDPOINT),--endpoint $(S3_ENDPOINT)) $(if $(S3_PROFILE),--profile $(S3_PROFILE))
+
+# This commit's datasets, base and adapter to the default remote (REMOTE=name for another one).
+push: setup
+	dvc push $(if $(REMOTE),--remote $(REMOTE))
+
+# This commit's files from the remote: checked out only if every object arrives intact (stages/remote.py).
+pull: setup
+	$(PY) -m stages.remote pull $(if $(REMOTE),--remote $(REMOTE))

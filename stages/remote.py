@@ -166,7 +166,7 @@ def use_s3(url: str, **options) -> int:
         if status := dvc(args):
             return status
     print("Commit .dvc/config to share the remote. Credentials come from the AWS environment/profile or "
-          "`dvc remote modify --local s3 access_key_id ...` (git-ignored).")
+          f"`dvc remote modify --local {options.get('name', 's3')} access_key_id ...` (git-ignored).")
     return 0
 
 

@@ -56,6 +56,18 @@ def test_plain_http_is_flagged_unless_it_stays_on_this_machine():
     assert remote.plaintext_warning("https://minio.lan") is None
 
 
+def test_repair_advice_lists_each_corrupted_object_and_its_folder_listing_once():
+    root = "s3://team/x/files/md5"
+    corrupted = [remote.Missing("models/adapter/a.safetensors", "ab12", f"{root}/ab/12", True, f"{root}/dd/1.dir"),
+                 remote.Missing("models/adapter/b.json", "cd34", f"{root}/cd/34", True, f"{root}/dd/1.dir"),
+                 remote.Missing("data/raw/docs.parquet", "ef56", f"{root}/ef/56", True)]
+    absent = remote.Missing("data/clean/docs.parquet", "0a0b", f"{root}/0a/0b", False)
+    advice = remote.repair_advice([*corrupted, absent]).splitlines()
+    assert advice[1:] == [f"  {root}/ab/12", f"  {root}/cd/34", f"  {root}/dd/1.dir", f"  {root}/ef/56"]
+    assert remote.repair_advice([absent]) == ""  # nothing to delete: it only needs pushing
+    assert "not on the remote" in absent.describe() and "corrupted on the remote" in corrupted[0].describe()
+
+
 # --- end to end against S3 -------------------------------------------------------------------------------
 
 BUCKET, PREFIX = "webtune-test", "runs"
