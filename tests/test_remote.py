@@ -205,7 +205,7 @@ def test_a_past_model_comes_back_from_s3_in_a_fresh_clone(project, s3, tmp_path_
     assert sh(clone, "git", "status", "--porcelain").stdout == ""  # config.local is ignored
 
     sh(clone, "git", "checkout", "-q", state["A"])
-    webtune_pull(clone, keys=False)
+    dvc(clone, "pull", keys=False)  # DVC's own pull; `make pull`'s is used for B and below
     assert dvc_files(clone) == state["a_files"]  # A's adapter, base and data, byte for byte
     assert dvc(clone, "status", keys=False).stdout.strip().endswith("Data and pipelines are up to date.")
     sh(clone, "git", "checkout", "-q", "main")
