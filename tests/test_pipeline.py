@@ -26,6 +26,9 @@ def sh(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> su
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
     }
+    # Stages write bytecode next to their code, as on a user's machine (a __pycache__ inside a folder
+    # dependency once made a fresh clone see scrape as changed; .dvcignore now leaves them out).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -261,6 +261,9 @@ def test_the_endpoint_going_down_mid_push_fails_clearly_and_the_retry_sends_only
     sent = int(re.search(r"(\d+) files? pushed", pushed.stdout).group(1))
     assert arrived > 0 and sent > 0
     assert arrived + sent == len(s3.keys(PREFIX))  # the retry sent only what had not arrived
+    for key in s3.keys(PREFIX):  # and the cut left no partial object behind: each one hashes to its name
+        body = s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        assert hashlib.md5(body).hexdigest() == "".join(key.split("/")[-2:]).removesuffix(".dir"), key
     assert "Cache and remote 's3' are in sync." in dvc(project, "status", "--cloud").stdout
 
 
