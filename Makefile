@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup setup-dev repro test lint bench bench-repro remote-s3 push pull
+.PHONY: setup setup-dev repro test lint bench bench-repro bench-remote remote-s3 push pull
 
 # requirements.lock pins every package (torch==2.13.0 included: a local CPU build here; an open range
 # pulls GBs of CUDA), so the resolver has nothing to search and every machine gets the same versions.
@@ -31,6 +31,9 @@ bench: setup
 
 bench-repro: setup
 	$(PY) bench/full_repro.py --out bench/full_repro.json
+
+bench-remote: setup
+	$(PY) bench/remote_s3.py --out bench/remote_s3.json
 
 # DVC remote storage. The default remote is ../webtune-dvc-storage (.dvc/config); switch to S3 with
 #   make remote-s3 S3_URL=s3://bucket/prefix [S3_REGION=eu-west-1] [S3_ENDPOINT=https://minio.example.com] [S3_PROFILE=name]
