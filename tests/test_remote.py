@@ -88,18 +88,19 @@ outputs: list[str] = []  # stdout + stderr of every command below, for the leak 
 state: dict = {}
 
 
-def aws_env(keys: bool) -> dict:
+def aws_env(keys: bool, credentials_file: str | None = None) -> dict:
     """The environment without any AWS setting of the machine running the tests, plus (or not) our keys."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {"AWS_CONFIG_FILE": state["empty_file"], "AWS_SHARED_CREDENTIALS_FILE": state["empty_file"],
+    env |= {"AWS_CONFIG_FILE": state["empty_file"],
+            "AWS_SHARED_CREDENTIALS_FILE": credentials_file or state["empty_file"],
             "AWS_EC2_METADATA_DISABLED": "true",
             # botocore's retries against a dead endpoint: 2 attempts keep the failed push to seconds.
             "AWS_MAX_ATTEMPTS": "2"}
     return env | ({"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET} if keys else {})
 
 
-def run(cwd: Path, *args: str, keys: bool = True, check: bool = True):
-    proc = sh(cwd, *args, check=check, env=aws_env(keys))
+def run(cwd: Path, *args: str, keys: bool = True, check: bool = True, credentials_file: str | None = None):
+    proc = sh(cwd, *args, check=check, env=aws_env(keys, credentials_file))
     outputs.append(proc.stdout + proc.stderr)
     return proc
 
@@ -265,6 +266,18 @@ def test_the_endpoint_going_down_mid_push_fails_clearly_and_the_retry_sends_only
         body = s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         assert hashlib.md5(body).hexdigest() == "".join(key.split("/")[-2:]).removesuffix(".dir"), key
     assert "Cache and remote 's3' are in sync." in dvc(project, "status", "--cloud").stdout
+
+
+@pytest.mark.slow
+def test_an_aws_profile_is_enough(project, s3, tmp_path):
+    credentials = tmp_path / "credentials"  # a ~/.aws/credentials with one profile, outside the repository
+    credentials.write_text(f"[webtune-test]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n")
+    run(project, sys.executable, "-m", "stages.remote", "use-s3", f"s3://{BUCKET}/{PREFIX}", "--endpoint", s3.url,
+        "--region", "us-east-1", "--profile", "webtune-test", keys=False)
+    assert "profile = webtune-test" in (project / ".dvc/config.local").read_text()
+    assert "profile" not in (project / ".dvc/config").read_text()
+    status = dvc(project, "status", "--cloud", keys=False, credentials_file=str(credentials))
+    assert "Cache and remote 's3' are in sync." in status.stdout
 
 
 @pytest.mark.slow
