@@ -4,6 +4,7 @@ Small knobs (few modules, a short base warm-up) keep it to about a minute on 2 c
 the repository's own dvc.yaml and stages/.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,6 +38,17 @@ def sh(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> su
 
 def dvc(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     return sh(cwd, sys.executable, "-m", "dvc", *args, check=check, env=env)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def commit(project: Path, message: str) -> str:
+    """Commit everything in `project` (nothing changed is fine too); returns the new revision."""
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-q", "--allow-empty", "-m", message)
+    return sh(project, "git", "rev-parse", "HEAD").stdout.strip()
 
 
 def set_params(project: Path, **dotted) -> None:

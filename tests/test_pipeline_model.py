@@ -5,7 +5,6 @@ others change one thing and check what DVC re-ran and what came out. Small knobs
 short warm-up, 80 LoRA steps) keep the whole file to a few minutes on 2 cores.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pipeline import dvc, new_project, ran_stages, set_params, sh
+from test_pipeline import commit, dvc, new_project, ran_stages, set_params, sh, sha256
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +32,6 @@ TIMING_KEYS = {"seconds", "tokens_per_s", "tokenizer_seconds"}
 ADAPTER = "models/adapter/adapter_model.safetensors"
 
 state: dict = {}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def metrics(project: Path) -> dict:
@@ -59,12 +54,6 @@ def assert_close(a, b, where=""):
         assert abs(a - b) <= 1e-6, f"{where}: {a} != {b}"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def commit(project: Path, message: str) -> str:
-    sh(project, "git", "add", "-A")
-    sh(project, "git", "commit", "-q", "--allow-empty", "-m", message)
-    return sh(project, "git", "rev-parse", "HEAD").stdout.strip()
 
 
 @pytest.fixture(scope="module")

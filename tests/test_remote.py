@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from s3_endpoint import S3Endpoint
-from test_pipeline import new_project, set_params, sh
+from test_pipeline import commit, new_project, set_params, sh, sha256
 
 from stages import remote
 
@@ -113,10 +113,6 @@ def webtune_pull(cwd: Path, *args: str, **kw):
     return run(cwd, sys.executable, "-m", "stages.remote", "pull", *args, **kw)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def dvc_files(project: Path) -> dict[str, str]:
     """sha256 of every file DVC tracks under data/ and models/.
 
@@ -126,12 +122,6 @@ def dvc_files(project: Path) -> dict[str, str]:
     return {str(p.relative_to(project)): sha256(p) for top in ("data", "models")
             for p in sorted((project / top).rglob("*"))
             if p.is_file() and str(p.relative_to(project)) not in tracked}
-
-
-def commit(project: Path, message: str) -> str:
-    sh(project, "git", "add", "-A")
-    sh(project, "git", "commit", "-q", "-m", message)
-    return sh(project, "git", "rev-parse", "HEAD").stdout.strip()
 
 
 @pytest.fixture(scope="module")
