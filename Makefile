@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check stages tests bench
+	$(VENV)/bin/ruff check stages webtune tests bench
 
 bench: setup
 	$(PY) bench/data_stages.py --pages 100000 --kind both
@@ -41,13 +41,13 @@ bench-remote: setup
 # profile, or from `dvc remote modify --local s3 access_key_id ...` (git-ignored .dvc/config.local).
 remote-s3: setup
 	$(if $(S3_URL),,$(error S3_URL is required, e.g. make remote-s3 S3_URL=s3://my-bucket/webtune))
-	$(PY) -m stages.remote use-s3 $(S3_URL) $(if $(S3_REGION),--region $(S3_REGION)) \
+	$(PY) -m webtune.cli.remote use-s3 $(S3_URL) $(if $(S3_REGION),--region $(S3_REGION)) \
 		$(if $(S3_ENDPOINT),--endpoint $(S3_ENDPOINT)) $(if $(S3_PROFILE),--profile $(S3_PROFILE))
 
 # This commit's datasets, base and adapter to the default remote (REMOTE=name for another one).
 push: setup
 	dvc push $(if $(REMOTE),--remote $(REMOTE))
 
-# This commit's files from the remote: checked out only if every object arrives intact (stages/remote.py).
+# This commit's files from the remote: checked out only if every object arrives intact (webtune/cli/remote.py).
 pull: setup
-	$(PY) -m stages.remote pull $(if $(REMOTE),--remote $(REMOTE))
+	$(PY) -m webtune.cli.remote pull $(if $(REMOTE),--remote $(REMOTE))

@@ -50,8 +50,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stages import schema  # noqa: E402
-from stages.sources import HTML, MARKDOWN, raw_row  # noqa: E402
+from webtune import schema  # noqa: E402
+from webtune.sources import HTML, MARKDOWN, raw_row  # noqa: E402
 
 SOURCE = "bench"
 FETCHED_AT = "2025-01-01T00:00:00Z"
@@ -303,10 +303,10 @@ _MD_HEADING_LINE = re.compile(r"^#{1,6} .+$", re.M)
 
 
 def check_quality(params, n: int = 20, seed: int = 7) -> dict:
-    """Clean n generated pages of each kind in-process (stages.clean.score_doc with CleanParams `params`):
+    """Clean n generated pages of each kind in-process (webtune.cleaning.text.score_doc with CleanParams `params`):
     no boilerplate marker survives, and every heading of the page is kept as a `#` line. Raises
     AssertionError naming the page and what leaked or was lost; cheap enough for a unit test."""
-    from stages.clean import score_doc
+    from webtune.cleaning.text import score_doc
 
     checked = {"html": 0, "markdown": 0}
     for kind, markers in (("html", HTML_MARKERS), ("markdown", MARKDOWN_MARKERS)):
@@ -421,18 +421,20 @@ def bench_params(out: Path, workers: int, batch_docs: int | None) -> Path:
 
 
 def build_tokenizer(out: Path, params_path: Path, n: int = 2000) -> Path:
-    """The base folder format loads: a tokenizer trained on cleaned sample pages, plus base.json."""
-    from stages.base import INFO_FILE, train_tokenizer
-    from stages.clean import score_doc
-    from stages.params import load_section
+    """The tokenizer folder format loads: a tokenizer trained on cleaned sample pages, with its chat format."""
+    from webtune.cleaning.text import score_doc
+    from webtune.formats import harmony
+    from webtune.models import save_tokenizer
+    from webtune.models.tiny import train_tokenizer
+    from webtune.params import load_section
 
     clean_params, base_params = load_section("clean", params_path), load_section("base", params_path)
     texts = [s["text"] for kind in ("html", "markdown") for raw in sample_pages(kind, n // 2, seed=99)
              if not (s := score_doc(raw, clean_params))["drop"]]
     tokenizer = train_tokenizer(texts, base_params.vocab_size)
+    tokenizer.model_max_length = base_params.max_position_embeddings
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(out)
-    (out / INFO_FILE).write_text(json.dumps({"model": "tiny-gpt-oss", "kind": "tiny", "revision": None}) + "\n")
+    save_tokenizer(tokenizer, harmony.FORMAT, out)
     return out
 
 
@@ -446,7 +448,7 @@ def stage_command(name: str, d: Path, base: Path, params_path: Path) -> list[str
     assert cmd[:3] == ["python", "-m", f"stages.{name}"], f"dvc.yaml {name}: unexpected cmd {cmd}"
     args = []
     for arg in cmd[2:]:
-        if arg == "models/base":
+        if arg == "models/base/tokenizer":
             arg = str(base)
         elif arg.startswith(("data/", "reports/", "metrics/")):
             arg = str(d / arg)
@@ -556,7 +558,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         params_path = bench_params(work / "params.yaml", args.workers, args.batch_docs)
-        from stages.params import load_section
+        from webtune.params import load_section
 
         quality = check_quality(load_section("clean", params_path))
         print(f"quality check on sample pages: {quality}", file=sys.stderr)

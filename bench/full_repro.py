@@ -81,7 +81,7 @@ def main() -> None:
         "full_repro_s": round(full_s, 1),
         "stage_s": stages,
         "noop_repro_s": {"median": round(statistics.median(noop), 3), "max": round(max(noop), 3)},
-        "train": {k: train[k] for k in ("steps", "tokens_per_s", "base_val_loss", "val_loss", "seconds")},
+        "train": {k: train[k] for k in ("steps", "base_val_loss", "val_loss")},
         "evaluate": evaluate,
         "goals": GOALS,
         "goals_met": {

@@ -4,11 +4,11 @@
 
 S3 is moto's server on 127.0.0.1 (real HTTP, dvc-s3 as in production; no network latency, so these
 are DVC's and dvc-s3's own costs, the floor of what a real bucket gives). A `git clone` of this
-repository (committed state) is pointed at a fresh bucket with `stages.remote use-s3`, then, each
+repository (committed state) is pointed at a fresh bucket with `webtune.cli.remote use-s3`, then, each
 `--runs` times:
 - `dvc push` of HEAD's datasets, base and adapter, read from this workspace's DVC cache;
 - `dvc push` again, nothing to send;
-- `dvc pull` into an empty cache and workspace, and the same with `python -m stages.remote pull`
+- `dvc pull` into an empty cache and workspace, and the same with `python -m webtune.cli.remote pull`
   (`make pull`: fetch, completeness check, checkout), whose extra cost is the check.
 Reports median wall seconds and the files and bytes moved. At this size a no-op push shows DVC's fixed
 cost (start-up, index, listing): most of every number here.
@@ -79,7 +79,7 @@ def main() -> None:
         for run in range(args.runs):
             bucket = f"webtune-bench-{run}"
             s3.create_bucket(Bucket=bucket)
-            timed(project, "stages.remote", "use-s3", f"s3://{bucket}/dvc", "--endpoint", endpoint)
+            timed(project, "webtune.cli.remote", "use-s3", f"s3://{bucket}/dvc", "--endpoint", endpoint)
             # Push from this workspace's cache: the clone has HEAD's dvc.lock and nothing else.
             timed(project, "dvc", "config", "--local", "cache.dir", str(REPO / ".dvc/cache"))
             seconds, out = timed(project, "dvc", "push")
@@ -87,7 +87,7 @@ def main() -> None:
             files = int(out.split(" file")[0].split()[-1])
             times["noop_push"].append(timed(project, "dvc", "push")[0])
             timed(project, "dvc", "config", "--local", "--unset", "cache.dir")
-            for name, command in (("dvc_pull", ("dvc", "pull")), ("make_pull", ("stages.remote", "pull"))):
+            for name, command in (("dvc_pull", ("dvc", "pull")), ("make_pull", ("webtune.cli.remote", "pull"))):
                 empty_workspace(project)
                 times[name].append(timed(project, *command)[0])
         pushed_bytes = sum(obj["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)

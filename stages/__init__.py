@@ -1,5 +1,5 @@
-"""webtune pipeline stages: one module per dvc.yaml stage, plus the shared contract.
+"""The webtune DAG: one module per dvc.yaml stage, each a core function and a thin `main`.
 
-Shared contract: `schema` (tables), `params` (params.yaml as frozen dataclasses), `io` (atomic
-writes), `chat_template` (the one place messages become text and tokens).
+scrape -> clean -> validate -> base -> format -> train -> evaluate. Everything a stage uses lives in the
+`webtune` library beside this package; no stage imports another stage.
 """

@@ -3,241 +3,40 @@
     python -m stages.clean --raw data/raw/docs.parquet --docs data/clean/docs.parquet \
         --dropped data/clean/dropped.parquet --pairs data/clean/pairs.parquet --metrics metrics/clean.json
 
-Per document, in worker processes (score first):
-  1. fetch failures from scrape -> dropped with the scrape's reason (too_large, http_error, ...)
-  2. mostly undecodable bytes -> mostly_garbage (decoding policy: stages.io.decode_bytes)
-  3. HTML -> main-content markdown with resiliparse (scripts, styles, navigation, footers removed;
-     headings kept as `#`); markdown keeps text but loses image/link markup
-  4. Unicode normalisation (clean.unicode_form), whitespace tidy, navigation/boilerplate lines removed
-  5. secrets and e-mail addresses masked; chat-template control tags neutralised (`<|x|>` -> `<¦x¦>`)
-  6. length bounds -> too_short / too_long / empty_after_extraction
-  7. a normalised-text hash and a MinHash of word shingles
+Per document, in worker processes (score first, webtune.cleaning.text.score_doc): fetch failures keep the
+scrape's reason; mostly undecodable bytes -> mostly_garbage; HTML -> main-content markdown (resiliparse);
+Unicode normalisation, boilerplate lines removed, secrets and e-mails masked, chat control tags
+neutralised; length bounds -> too_short / too_long / empty_after_extraction; a dedup key and a MinHash;
+then the document's pairs (webtune.cleaning.pairs).
 Then in this process, in input order (filter second): exact_duplicate, near_duplicate (MinHash LSH,
-verified by estimated Jaccard >= clean.near_dup_threshold), then the pairs of every kept document
-(built by the workers with stages.pairs), dropping duplicate instructions. Work is streamed in record batches with a bounded
-number in flight, so memory does not grow with the corpus except for the dedup indexes, which must
-see every kept document: ~4 kB per kept doc (rensa's LSH entry 1.4 kB, its MinHash 0.6 kB, digests and
-ids; bench/data_stages.py measured 357 -> 669 MB from 20k to 100k pages).
+verified by estimated Jaccard >= clean.near_dup_threshold), and duplicate_instruction among the pairs.
+Work is streamed in record batches with a bounded number in flight, so memory does not grow with the
+corpus except for the dedup indexes, which must see every kept document: ~4 kB per kept doc (rensa's
+LSH entry 1.4 kB, its MinHash 0.6 kB, digests and ids; bench/data_stages.py measured 357 -> 669 MB
+from 20k to 100k pages).
 """
 
 import argparse
 import collections
-import functools
-import hashlib
-import html
-import json
-import re
-import sys
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
-from rensa import RMinHash, RMinHashLSH
-from resiliparse.extract.html2text import extract_plain_text
-from resiliparse.parse.html import HTMLTree
 
-from stages import io, schema
-from stages.chat_template import count_control_tags, neutralise
-from stages.pairs import build_pairs
-from stages.parallel import ordered_map
-from stages.params import CleanParams, load_section
-from stages.sources import HTML, MARKDOWN, RECORD
+from webtune import errors, io, schema
+from webtune.cleaning.dedup import Deduplicator
+from webtune.cleaning.pairs import build_pairs
+from webtune.cleaning.text import dedup_key, score_batch
+from webtune.parallel import ordered_map
+from webtune.params import CleanParams, load_section
 
 STAGE = "clean"
-PROVENANCE_KEYS = [f.name for f in schema.PROVENANCE]
-
-EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-# API-key shapes of the providers this tool talks to, and the common generic ones.
-SECRETS = re.compile(
-    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic
-    r"|\bAKIA[0-9A-Z]{16}\b"  # AWS access key id
-    r"|(?i:aws_secret_access_key)\s*[:=]\s*\S+"  # AWS secret in config syntax
-    r"|\bgh[pousr]_[A-Za-z0-9]{30,}"  # GitHub
-    r"|\bhf_[A-Za-z0-9]{30,}"  # Hugging Face
-    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"  # Slack
-    r"|\bAIza[0-9A-Za-z_-]{35}"  # Google
-    r"|\bBearer\s+[A-Za-z0-9._~+/-]{20,}=*"  # bearer tokens in pasted headers
-)
-_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_MD_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-_MINIMAL_HTML_HEADING = re.compile(r"<h([1-6])>(.*?)</h\1>", re.S)
-_MINIMAL_HTML_PRE = re.compile(r"<pre>(.*?)</pre>", re.S)
-_MINIMAL_HTML_TAG = re.compile(r"</?(?:p|ul|ol|li|br|a|h[1-6]|pre)\b[^>]*>")
-_BLANK_RUNS = re.compile(r"\n{3,}")
-_WORD = re.compile(r"\w+")
-# A literal each SECRETS alternative contains. The regex tries its eight alternatives at every position
-# (~7 MB/s, most of clean's time); a text holding none of these cannot match, so it skips the regex.
-# (One regex per hint: each has a literal prefix that re scans for fast; an alternation has none.)
-_SECRET_HINTS = ("sk-", "AKIA", "hf_", "xox", "AIza", "Bearer")
-_GITHUB_HINT = re.compile("gh[pousr]_")
-_AWS_HINT = re.compile("_[sS\u017f][eE][cC][rR][eE][tT]_")  # (?i:) lets U+017F (long s) match s too
-# ASCII text (most pages): \w is [A-Za-z0-9_], so translating every other byte to a space and splitting
-# finds the same words as _WORD, ~3x faster; rensa hashes a bytes token exactly as its str's UTF-8.
-_ASCII_NON_WORD = bytes(c if chr(c).isalnum() or chr(c) == "_" else 32 for c in range(128)) + b" " * 128
 
 
-# ---------------------------------------------------------------- per-document steps (pure)
-
-
-def extract(body: str, content_type: str) -> tuple[str, str]:
-    """Raw body -> (text, title). HTML goes through resiliparse's main-content extraction."""
-    if content_type == HTML:
-        tree = HTMLTree.parse(body)
-        title = (tree.title or "").strip()
-        # minimal_html keeps <h1-6>, <p>, lists and <pre>: enough to rebuild markdown headings.
-        minimal = extract_plain_text(tree, main_content=True, preserve_formatting="minimal_html",
-                                     alt_texts=False, links=False)
-        return minimal_html_to_markdown(minimal), title
-    if content_type == MARKDOWN:
-        return _MD_LINK.sub(r"\1", _MD_IMAGE.sub(r"\1", body)), ""
-    return body, ""
-
-
-def minimal_html_to_markdown(minimal: str) -> str:
-    text = _MINIMAL_HTML_HEADING.sub(lambda m: "#" * int(m.group(1)) + " " + m.group(2).strip(), minimal)
-    text = _MINIMAL_HTML_PRE.sub(lambda m: "```\n" + m.group(1).strip("\n") + "\n```", text)
-    return html.unescape(_MINIMAL_HTML_TAG.sub("", text))
-
-
-def normalise(text: str, form: str) -> str:
-    text = unicodedata.normalize(form, text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = "\n".join(line.rstrip() for line in text.split("\n"))
-    if "\n\n\n" in text:  # the regex scans every position; most texts have no run to collapse
-        text = _BLANK_RUNS.sub("\n\n", text)
-    return text.strip()
-
-
-@functools.lru_cache(maxsize=8)
-def _compile(patterns: tuple[str, ...]) -> re.Pattern:
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
-
-
-def remove_boilerplate(text: str, patterns: tuple[str, ...], max_words: int) -> tuple[str, int]:
-    """Drop short lines that match a boilerplate pattern (never inside code fences)."""
-    if not patterns:
-        return text, 0
-    pattern = _compile(patterns)
-    kept, removed, in_fence = [], 0, False
-    for line in text.split("\n"):
-        if not line:  # a blank line (a third of all lines) is neither a fence nor boilerplate
-            kept.append(line)
-            continue
-        lead = line.lstrip()
-        if lead.startswith(("```", "~~~")):
-            in_fence = not in_fence
-        # Without a leading #*-•|> the stripped line is `lead` less trailing space, with as many words:
-        # count them first (split(None, k) has more than k parts exactly when split() has, and stops
-        # early), so a paragraph line costs no copies.
-        if not in_fence and lead and (lead[0] in "#*-•|>" or len(lead.split(None, max_words)) <= max_words):
-            stripped = lead.rstrip().lstrip("#*-•|> ").strip()
-            if stripped and len(stripped.split(None, max_words)) <= max_words and pattern.search(stripped):
-                removed += 1
-                continue
-        kept.append(line)
-    return "\n".join(kept), removed
-
-
-def mask(text: str, *, emails: bool, secrets: bool) -> tuple[str, int, int]:
-    n_secrets = n_emails = 0
-    if secrets and (any(h in text for h in _SECRET_HINTS) or _GITHUB_HINT.search(text) or _AWS_HINT.search(text)):
-        text, n_secrets = SECRETS.subn("<secret>", text)
-    if emails and "@" in text:
-        text, n_emails = EMAIL.subn("<email>", text)
-    return text, n_emails, n_secrets
-
-
-def clean_text(text: str, params: CleanParams, stats: collections.Counter) -> str:
-    """Normalise, strip boilerplate lines, mask, neutralise; count what changed into `stats`."""
-    text = normalise(text, params.unicode_form)
-    text, n_lines = remove_boilerplate(text, params.boilerplate_patterns, params.boilerplate_max_words)
-    if n_lines and "\n\n\n" in text:  # a removed line between two blank ones leaves a run behind
-        text = _BLANK_RUNS.sub("\n\n", text)
-    text, n_emails, n_secrets = mask(text, emails=params.mask_emails, secrets=params.mask_secrets)
-    n_tags = count_control_tags(text)
-    stats.update(boilerplate_lines=n_lines, emails_masked=n_emails, secrets_masked=n_secrets, control_tags=n_tags)
-    return neutralise(text).strip()
-
-
-def _clean_record(value, params: CleanParams, stats: collections.Counter):
-    if isinstance(value, str):
-        return clean_text(value, params, stats)
-    if isinstance(value, list):
-        return [_clean_record(v, params, stats) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean_record(v, params, stats) for k, v in value.items()}
-    return value
-
-
-def dedup_key(text: str) -> bytes:
-    """Exact-duplicate key: case and whitespace do not make a document new.
-
-    A 16-byte digest, not the text: the dedup indexes live for the whole corpus, so their size per
-    document is what bounds clean's memory.
-    """
-    return hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=16).digest()
-
-
-def minhash(text: str, params: CleanParams) -> RMinHash:
-    """MinHash of the n-word shingles of the lowercased text (an n-word text or shorter: one shingle)."""
-    lowered, n = text.lower(), params.shingle_words
-    if lowered.isascii():
-        words, sep = lowered.encode().translate(_ASCII_NON_WORD).split(), b" "
-    else:
-        words, sep = _WORD.findall(lowered), " "
-    if len(words) <= n or n < 1:
-        shingles = [sep.join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))]
-    else:  # the same shingles, without slicing the word list once per shingle
-        shingles = [sep.join(t) for t in zip(*(words[k:] for k in range(n)), strict=False)]
-    m = RMinHash(num_perm=params.minhash_permutations, seed=params.seed)
-    m.update(shingles)
-    return m
-
-
-def score_doc(raw: dict, params: CleanParams) -> dict:
-    """One raw row -> a scored row: clean text, drop reason (or None), dedup key, MinHash, stats."""
-    stats = collections.Counter()
-    out = {"raw": raw, "drop": None, "stats": stats, "text": "", "title": raw["title"], "record": None}
-    if raw["fetch_error"]:
-        out["drop"] = (raw["fetch_error"], f"scrape failed: {raw['fetch_detail']}")
-        return out
-    body = raw["body"]
-    bad_ratio = raw["n_bad_chars"] / max(1, len(body) + raw["n_bad_chars"])
-    if bad_ratio > params.max_bad_char_ratio:
-        out["drop"] = ("mostly_garbage", f"{bad_ratio:.0%} of chars undecodable or control bytes")
-        return out
-    if raw["content_type"] == RECORD:
-        record = _clean_record(json.loads(raw["record"]), params, stats)
-        out["record"] = json.dumps(record, ensure_ascii=False, sort_keys=True)
-        # The text of a record is what dedup and length bounds look at.
-        parts = [record.get(k) for k in ("title", "brand", "description", "about", "features", "bullets")]
-        text = "\n".join(" ".join(map(str, p)) if isinstance(p, list) else str(p) for p in parts if p)
-    else:
-        text, title = extract(body, raw["content_type"])
-        text = clean_text(text, params, stats)
-        out["title"] = clean_text(title or raw["title"], params, collections.Counter())
-    out["title"] = neutralise(out["title"])
-    out["text"] = text
-    if not text.strip():
-        out["drop"] = ("empty_after_extraction", "no text left after extraction and cleaning")
-    elif len(text) < params.min_chars:
-        out["drop"] = ("too_short", f"{len(text)} chars < clean.min_chars={params.min_chars}")
-    elif len(text) > params.max_chars:
-        out["drop"] = ("too_long", f"{len(text)} chars > clean.max_chars={params.max_chars}")
-    else:
-        out["dedup_key"] = dedup_key(text)
-        out["minhash"] = minhash(text, params)
-    return out
-
-
-def score_batch(rows: list[dict], params: CleanParams) -> list[dict]:
-    return [score_doc(row, params) for row in rows]
-
-
-def _score_and_pair(batch: list[dict] | pa.RecordBatch, params: CleanParams) -> list[dict]:
-    """A worker's unit: score_batch, then the clean row and pairs of every doc it did not drop.
+def score_and_pair(batch: list[dict] | pa.RecordBatch, params: CleanParams) -> list[dict]:
+    """A worker's unit: score every doc, then the clean row and pairs of every doc it did not drop.
 
     Pairs are built here rather than in the parent (one process, and the bottleneck when it did), for
     docs that dedup may still drop; the raw body stays in the worker (the parent needs provenance only).
@@ -246,103 +45,78 @@ def _score_and_pair(batch: list[dict] | pa.RecordBatch, params: CleanParams) -> 
     out = []
     for s in score_batch(rows, params):
         raw = s["raw"]
-        slim = {"raw": {k: raw[k] for k in PROVENANCE_KEYS}, "drop": s["drop"], "stats": s["stats"]}
+        slim = {"raw": schema.provenance(raw), "drop": s["drop"], "stats": s["stats"]}
         if not s["drop"]:
-            doc = slim["raw"] | {
-                "content_type": raw["content_type"],
-                "title": s["title"],
-                "text": s["text"],
-                "record": s["record"],
-                "n_chars": len(s["text"]),
-            }
+            doc = slim["raw"] | {"content_type": raw["content_type"], "title": s["title"], "text": s["text"],
+                                 "record": s["record"], "n_chars": len(s["text"])}
             slim |= {"dedup_key": s["dedup_key"], "minhash": s["minhash"], "doc": doc}
             slim["pairs"], slim["skipped"] = build_pairs(doc, params.pairs)
         out.append(slim)
     return out
 
 
-# ---------------------------------------------------------------- corpus-level steps
+@dataclass
+class Cleaned:
+    """One input batch's share of the outputs."""
+
+    docs: list[dict]
+    dropped: list[dict]
+    pairs: list[dict]
+    stats: collections.Counter = field(default_factory=collections.Counter)
 
 
-class Deduplicator:
-    """Exact (hash) and near (MinHash LSH, Jaccard-verified) duplicate detection, first seen wins."""
-
-    def __init__(self, params: CleanParams):
-        self.threshold = params.near_dup_threshold
-        self.exact: dict[bytes, str] = {}
-        self.lsh = RMinHashLSH(threshold=params.near_dup_threshold, num_perm=params.minhash_permutations,
-                               num_bands=params.minhash_bands)
-        self.kept: list[tuple[str, RMinHash]] = []
-
-    def check(self, doc_id: str, key: bytes, mh: RMinHash) -> tuple[str, str] | None:
-        if key in self.exact:
-            return "exact_duplicate", f"same normalised text as doc {self.exact[key]}"
-        for candidate in sorted(self.lsh.query(mh)):
-            other_id, other = self.kept[candidate]
-            similarity = mh.jaccard(other)
-            if similarity >= self.threshold:
-                return "near_duplicate", f"estimated Jaccard {similarity:.2f} with doc {other_id}"
-        self.exact[key] = doc_id
-        self.lsh.insert(len(self.kept), mh)
-        self.kept.append((doc_id, mh))
-        return None
-
-
-def _dropped(row: dict, reason: str, detail: str, row_id: str) -> dict:
-    return {k: row[k] for k in PROVENANCE_KEYS} | {"stage": STAGE, "reason": reason, "detail": detail, "row_id": row_id}
-
-
-def clean(batches: Iterable[list[dict] | pa.RecordBatch],
-          params: CleanParams) -> Iterator[tuple[list, list, list, collections.Counter]]:
-    """Raw-row batches (lists of RAW_DOCS rows, or record batches) -> per batch (clean docs, dropped rows,
-    pairs, stats). Order-preserving, deterministic."""
+def clean(batches: Iterable[list[dict] | pa.RecordBatch], params: CleanParams) -> Iterator[Cleaned]:
+    """Raw-row batches (lists of RAW_DOCS rows, or record batches) -> one Cleaned per batch, in order."""
     dedup = Deduplicator(params)
     instructions: dict[bytes, str] = {}
-    for scored_batch in ordered_map(_score_and_pair, batches, params.workers, params):
-        docs, dropped, pairs, stats = [], [], [], collections.Counter()
+    for scored_batch in ordered_map(score_and_pair, batches, params.workers, params):
+        out = Cleaned([], [], [])
         for s in scored_batch:
             raw = s["raw"]
-            stats.update(s["stats"])
+            out.stats.update(s["stats"])
             drop = s["drop"] or dedup.check(raw["doc_id"], s["dedup_key"], s["minhash"])
             if drop:
-                dropped.append(_dropped(raw, *drop, row_id=raw["doc_id"]))
+                reason, detail = drop
+                out.dropped.append(schema.dropped_row(raw, stage=STAGE, reason=reason, detail=detail,
+                                                      row_id=raw["doc_id"]))
                 continue
-            docs.append(s["doc"])
-            doc_pairs, skipped = s["pairs"], s["skipped"]
-            stats.update(f"pair_skipped_{reason}" for reason, _ in skipped)
-            if not doc_pairs:
-                stats["docs_without_pairs"] += 1
-            for pair in doc_pairs:
+            out.docs.append(s["doc"])
+            out.stats.update(f"pair_skipped_{reason}" for reason, _ in s["skipped"])
+            if not s["pairs"]:
+                out.stats["docs_without_pairs"] += 1
+            for pair in s["pairs"]:
                 key = dedup_key(pair["instruction"])
                 if key in instructions:
-                    dropped.append(_dropped(pair, "duplicate_instruction",
-                                            f"same instruction as pair {instructions[key]}", pair["pair_id"]))
+                    out.dropped.append(schema.dropped_row(
+                        pair, stage=STAGE, reason="duplicate_instruction",
+                        detail=f"same instruction as pair {instructions[key]}", row_id=pair["pair_id"]))
                     continue
                 instructions[key] = pair["pair_id"]
-                pairs.append(pair)
-        yield docs, dropped, pairs, stats
+                out.pairs.append(pair)
+        yield out
 
 
-def clean_table(raw: pa.Table, params: CleanParams) -> tuple[pa.Table, pa.Table, pa.Table, dict]:
-    """Whole-table convenience around `clean` (tests, small corpora)."""
-    rows = raw.to_pylist()
-    batches = [rows[i : i + params.batch_docs] for i in range(0, len(rows), params.batch_docs)]
-    docs, dropped, pairs, stats = [], [], [], collections.Counter()
-    for d, x, p, s in clean(batches, params):
-        docs += d
-        dropped += x
-        pairs += p
-        stats.update(s)
-    return (
-        pa.Table.from_pylist(docs, schema=schema.CLEAN_DOCS),
-        pa.Table.from_pylist(dropped, schema=schema.DROPPED),
-        pa.Table.from_pylist(pairs, schema=schema.PAIRS),
-        summarize(raw.num_rows, len(docs), len(pairs), dropped, stats),
-    )
-
-
-def summarize(n_in: int, n_docs: int, n_pairs: int, dropped: list[dict] | collections.Counter, stats) -> dict:
-    reasons = dropped if isinstance(dropped, collections.Counter) else collections.Counter(d["reason"] for d in dropped)
+def clean_files(raw: Path, docs: Path, dropped: Path, pairs: Path, params: CleanParams, progress=io.stderr) -> dict:
+    """The stage: stream `raw` through `clean` into the three Parquet outputs (each atomic); return metrics."""
+    raw_file = io.parquet_file(raw, schema.RAW_DOCS.names, "the scrape stage")
+    n_in = raw_file.metadata.num_rows
+    # Record batches go to the workers as they are (Arrow buffers pickle cheaply); rows are built there.
+    batches = raw_file.iter_batches(batch_size=params.batch_docs, columns=schema.RAW_DOCS.names)
+    reasons, stats, n_docs, n_pairs, seen = collections.Counter(), collections.Counter(), 0, 0, 0
+    with (
+        io.parquet_writer(docs, schema.CLEAN_DOCS) as docs_out,
+        io.parquet_writer(dropped, schema.DROPPED) as dropped_out,
+        io.parquet_writer(pairs, schema.PAIRS) as pairs_out,
+    ):
+        for out in clean(batches, params):
+            docs_out.write_table(pa.Table.from_pylist(out.docs, schema=schema.CLEAN_DOCS))
+            dropped_out.write_table(pa.Table.from_pylist(out.dropped, schema=schema.DROPPED))
+            pairs_out.write_table(pa.Table.from_pylist(out.pairs, schema=schema.PAIRS))
+            reasons.update(d["reason"] for d in out.dropped)
+            stats.update(out.stats)
+            n_docs, n_pairs = n_docs + len(out.docs), n_pairs + len(out.pairs)
+            seen += len(out.docs) + sum(1 for d in out.dropped if d["row_id"] == d["doc_id"])
+            progress(f"clean: {seen}/{n_in} docs, {n_docs} kept, {n_pairs} pairs")
     return {
         "docs_in": n_in,
         "docs_out": n_docs,
@@ -358,31 +132,13 @@ def main(argv=None) -> None:
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    params = load_section("clean", args.params)
-
-    start = time.perf_counter()
-    raw_file = pq.ParquetFile(args.raw)
-    n_in = raw_file.metadata.num_rows
-    # Record batches go to the workers as they are (Arrow buffers pickle cheaply); rows are built there.
-    batches = raw_file.iter_batches(batch_size=params.batch_docs, columns=schema.RAW_DOCS.names)
-    reasons, stats, n_docs, n_pairs, seen = collections.Counter(), collections.Counter(), 0, 0, 0
-    with (
-        io.parquet_writer(args.docs, schema.CLEAN_DOCS) as docs_out,
-        io.parquet_writer(args.dropped, schema.DROPPED) as dropped_out,
-        io.parquet_writer(args.pairs, schema.PAIRS) as pairs_out,
-    ):
-        for docs, dropped, pairs, batch_stats in clean(batches, params):
-            docs_out.write_table(pa.Table.from_pylist(docs, schema=schema.CLEAN_DOCS))
-            dropped_out.write_table(pa.Table.from_pylist(dropped, schema=schema.DROPPED))
-            pairs_out.write_table(pa.Table.from_pylist(pairs, schema=schema.PAIRS))
-            reasons.update(d["reason"] for d in dropped)
-            stats.update(batch_stats)
-            n_docs, n_pairs = n_docs + len(docs), n_pairs + len(pairs)
-            seen += len(docs) + sum(1 for d in dropped if d["row_id"] == d["doc_id"])
-            print(f"clean: {seen}/{n_in} docs, {n_docs} kept, {n_pairs} pairs", file=sys.stderr)
-    metrics = summarize(n_in, n_docs, n_pairs, reasons, stats) | {"seconds": round(time.perf_counter() - start, 3)}
-    io.write_json(metrics, args.metrics)
-    print(f"clean: {n_in} docs in -> {n_docs} kept, {n_pairs} pairs; dropped {metrics['dropped']}", file=sys.stderr)
+    with errors.reported(STAGE):
+        params = load_section(STAGE, args.params)
+        start = time.perf_counter()
+        metrics = clean_files(args.raw, args.docs, args.dropped, args.pairs, params)
+        io.write_json(metrics, args.metrics)
+    io.stderr(f"clean: {metrics['docs_in']} docs in -> {metrics['docs_out']} kept, {metrics['pairs_out']} pairs; "
+              f"dropped {metrics['dropped']} ({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
-"""format: validated pairs -> chat rows (structured messages + harmony rendering), split and checked.
+"""format: validated pairs -> chat rows (structured messages + their rendering), split and checked.
 
-    python -m stages.format --pairs data/validated/pairs.parquet --base models/base \
+    python -m stages.format --pairs data/validated/pairs.parquet --tokenizer models/base/tokenizer \
         --suite expectations/chat_rows.json --out-dir data/format --openai-dir data/format/openai \
         --dropped data/format/dropped.parquet --report reports/format.md --metrics metrics/format.json \
         --lengths-plot reports/format_lengths.csv
 
-- messages: [system?] user assistant, rendered by stages.chat_template (the only renderer).
+- messages: [system?] user assistant, rendered by the base's chat format (webtune.formats; the only renderer).
 - split: by a salted hash of pair_id, so a pair keeps its split when other pairs are added or removed.
 - tokens: counted with the base tokenizer; a row over format.max_length is dropped with reason
   too_many_tokens (never truncated: a cut answer would teach the model to stop mid-sentence).
-- gate: expectations/chat_rows.json checks every rendered row's control-token structure and that the
-  tokenizer produced exactly the special ids the structure implies (content can never add one).
+- gate: expectations/chat_rows.json checks every rendered row against the format's own row pattern (set
+  from the format at run time) and that the tokenizer produced exactly the special ids the structure
+  implies (content can never add one).
 - OpenAI-format chat JSONL (train/val) for the hosted fine-tuning backend.
 - a token-length histogram per split for `dvc plots show` (how much room max_length leaves).
 """
@@ -22,21 +23,19 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from stages import chat_template, expectations, io, schema
-from stages.parallel import ordered_map
-from stages.params import FormatParams, load_section
+from webtune import errors, expectations, formats, io, schema
+from webtune.parallel import ordered_map
+from webtune.params import FormatParams, load_section
 
 STAGE = "format"
 SPLITS = ("train", "val", "test")
-PROVENANCE_KEYS = [f.name for f in schema.PROVENANCE]
+ROW_PATTERN = "expect_column_values_to_match_regex"
 
 
 def split_of(pair_id: str, *, seed: str, train_ratio: float, val_ratio: float) -> str:
@@ -49,17 +48,14 @@ def split_of(pair_id: str, *, seed: str, train_ratio: float, val_ratio: float) -
 
 def to_messages(pair: dict) -> list[dict]:
     messages = [{"role": "system", "content": pair["system"]}] if pair["system"] else []
-    messages += [
-        {"role": "user", "content": pair["instruction"]},
-        {"role": "assistant", "content": pair["response"]},
-    ]
-    chat_template.validate_messages(messages)
+    messages += [{"role": "user", "content": pair["instruction"]}, {"role": "assistant", "content": pair["response"]}]
+    formats.validate_messages(messages)
     return messages
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text. A fast tokenizer's Rust backend is called directly (both cores, no
-    offsets): ~25% faster than tokenizer(texts), the same ids."""
+    """Token ids of each text. A fast tokenizer's Rust backend is called directly (no offsets):
+    ~25% faster than tokenizer(texts), the same ids."""
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -68,32 +64,27 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
-def format_pairs(pairs: list[dict], tokenizer, params: FormatParams) -> tuple[list[dict], list[dict]]:
+def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat,
+                 params: FormatParams) -> tuple[list[dict], list[dict]]:
     """Pairs -> (chat rows, dropped rows). Pure apart from the tokenizer call."""
-    if params.train_ratio + params.val_ratio > 1 or min(params.train_ratio, params.val_ratio) < 0:
-        raise ValueError("format.train_ratio + format.val_ratio must be within [0, 1]")
     messages = [to_messages(p) for p in pairs]
-    texts = [chat_template.render(m) for m in messages]
-    ids = encode_batch(tokenizer, texts)
+    texts = [fmt.render(m) for m in messages]
     rows, dropped = [], []
-    for pair, msgs, text, token_ids in zip(pairs, messages, texts, ids, strict=True):
-        provenance = {k: pair[k] for k in PROVENANCE_KEYS}
-        if len(token_ids) > params.max_length:
-            dropped.append(provenance | {
-                "stage": STAGE, "reason": "too_many_tokens", "row_id": pair["pair_id"],
-                "detail": f"{len(token_ids)} tokens > format.max_length={params.max_length}",
-            })
+    for pair, msgs, text, ids in zip(pairs, messages, texts, encode_batch(tokenizer, texts), strict=True):
+        if len(ids) > params.max_length:
+            dropped.append(schema.dropped_row(pair, stage=STAGE, reason="too_many_tokens", row_id=pair["pair_id"],
+                                              detail=f"{len(ids)} tokens > format.max_length={params.max_length}"))
             continue
-        rows.append(provenance | {
+        rows.append(schema.provenance(pair) | {
             "pair_id": pair["pair_id"],
             "task": pair["task"],
             "split": split_of(pair["pair_id"], seed=params.split_seed, train_ratio=params.train_ratio,
                               val_ratio=params.val_ratio),
             "messages": msgs,
             "text": text,
-            "n_tokens": len(token_ids),
-            "n_special_ids": chat_template.count_special_ids(tokenizer, token_ids),
-            "n_expected_special_ids": chat_template.expected_special_ids(msgs),
+            "n_tokens": len(ids),
+            "n_special_ids": formats.count_special_ids(fmt, tokenizer, ids),
+            "n_expected_special_ids": fmt.expected_special_ids(msgs),
         })
     return rows, dropped
 
@@ -112,26 +103,21 @@ class Tally:
         self.lengths.update((r["split"], r["n_tokens"]) for r in rows)
         self.dropped.update(d["reason"] for d in dropped)
 
-    def merge(self, other: "Tally") -> None:
-        self.lengths.update(other.lengths)
-        self.dropped.update(other.dropped)
-
     def summary(self) -> dict:
-        per_split = {s: sum(c for (split, _), c in self.lengths.items() if split == s) for s in SPLITS}
         by_length = collections.Counter()
         for (_, n), c in self.lengths.items():
             by_length[n] += c
-        total = sum(by_length.values())
-        p95, seen = 0, 0
+        total, seen, p95 = sum(by_length.values()), 0, 0
         for n in sorted(by_length):
             seen += by_length[n]
             if seen > 0.95 * (total - 1):
                 p95 = n
                 break
+        per_split = {s: [(n, c) for (split, n), c in self.lengths.items() if split == s] for s in SPLITS}
         return {
             "rows": total,
-            "rows_per_split": per_split,
-            "tokens_per_split": {s: sum(n * c for (split, n), c in self.lengths.items() if split == s) for s in SPLITS},
+            "rows_per_split": {s: sum(c for _, c in v) for s, v in per_split.items()},
+            "tokens_per_split": {s: sum(n * c for n, c in v) for s, v in per_split.items()},
             "tokens_max": max(by_length, default=0),
             "tokens_p95": p95,
             "tokens_mean": round(sum(n * c for n, c in by_length.items()) / total, 2) if total else 0,
@@ -152,34 +138,39 @@ class Tally:
 
 @dataclasses.dataclass
 class FormattedBatch:
-    n_pairs: int
     splits: dict[str, pa.Table]  # CHAT_ROWS per split
     jsonl: dict[str, str]  # OpenAI chat JSONL for train and val
     dropped: pa.Table  # DROPPED
     check: expectations.BatchCheck  # the gate's verdict on this batch's rows
-    tally: Tally
+    rows: list[dict]
+    dropped_rows: list[dict]
 
 
-# The base tokenizer and the gate's suite, set by main before the workers fork: a worker inherits them
-# instead of having them pickled with every batch (a real model's tokenizer is tens of MB).
-_tokenizer = None
-_suite = None
+# What every worker needs and no batch should carry: set once per process by the pool's initializer
+# (a real model's tokenizer is tens of MB; pickling it with every batch would cost more than the batch).
+_worker: dict = {}
 
 
-def format_batch(batch: pa.RecordBatch, params: FormatParams, samples: int) -> FormattedBatch:
+def init_worker(tokenizer, fmt: formats.ChatFormat, suite) -> None:
+    _worker.update(tokenizer=tokenizer, fmt=fmt, suite=suite)
+
+
+def format_batch(batch: pa.RecordBatch, params: FormatParams) -> FormattedBatch:
     """One record batch of pairs -> everything main writes for it, checked (runs in a worker process)."""
-    rows, dropped = format_pairs(batch.to_pylist(), _tokenizer, params)
-    tally = Tally()
-    tally.add(rows, dropped)
+    rows, dropped = format_pairs(batch.to_pylist(), _worker["tokenizer"], _worker["fmt"], params)
     return FormattedBatch(
-        n_pairs=batch.num_rows,
         splits={s: pa.Table.from_pylist([r for r in rows if r["split"] == s], schema=schema.CHAT_ROWS) for s in SPLITS},
         jsonl={s: openai_jsonl([r for r in rows if r["split"] == s]) for s in ("train", "val")},
         dropped=pa.Table.from_pylist(dropped, schema=schema.DROPPED),
-        check=expectations.check_batch(_suite, pd.DataFrame(rows, columns=schema.CHAT_ROWS.names),
-                                       id_column="pair_id", samples=samples),
-        tally=tally,
+        check=check_rows(_worker["suite"], rows, params.report_samples),
+        rows=[{"split": r["split"], "n_tokens": r["n_tokens"]} for r in rows],
+        dropped_rows=[{"reason": d["reason"]} for d in dropped],
     )
+
+
+def check_rows(suite, rows: list[dict], samples: int) -> expectations.BatchCheck:
+    return expectations.check_batch(suite, pd.DataFrame(rows, columns=schema.CHAT_ROWS.names), id_column="pair_id",
+                                    samples=samples)
 
 
 def openai_jsonl(rows: list[dict]) -> str:
@@ -187,64 +178,68 @@ def openai_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows)
 
 
-def main(argv=None) -> None:
-    from stages.base import load_tokenizer  # imports torch: only main needs it
+def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally, expectations.SuiteResult]:
+    """Stream the pairs through format_batch into the split files (renamed into place only if the gate passes)."""
+    from webtune.models import load_tokenizer  # imports transformers: only the stage needs it
 
+    tokenizer, fmt = load_tokenizer(args.tokenizer)
+    if params.max_length > tokenizer.model_max_length:
+        raise errors.ParamsError(f"format.max_length: {params.max_length} is beyond the base's context of "
+                                 f"{tokenizer.model_max_length} tokens (base.max_position_embeddings for the tiny base)")
+    # The row pattern is the chat format's own, so the suite and the renderer cannot disagree.
+    suite = expectations.with_kwargs(expectations.load_suite(args.suite), ROW_PATTERN, regex=fmt.row_regex())
+    if params.workers > 1:  # one tokenizer thread per worker process: the workers already fill the cores
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    pairs_file = io.parquet_file(args.pairs, schema.PAIRS.names, "the validate stage")
+    n_pairs, done, checks, tally = pairs_file.metadata.num_rows, 0, [], Tally()
+    with contextlib.ExitStack() as stack:
+        split_out = {s: stack.enter_context(io.parquet_writer(args.out_dir / f"{s}.parquet", schema.CHAT_ROWS))
+                     for s in SPLITS}
+        jsonl_out = {s: stack.enter_context(io.text_writer(args.openai_dir / f"{s}.jsonl")) for s in ("train", "val")}
+        dropped_out = stack.enter_context(io.parquet_writer(args.dropped, schema.DROPPED))
+        batches = pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names)
+        for out in ordered_map(format_batch, batches, params.workers, params, initializer=init_worker,
+                               initargs=(tokenizer, fmt, suite)):
+            tally.add(out.rows, out.dropped_rows)
+            for split, writer in split_out.items():
+                writer.write_table(out.splits[split])
+            for split, f in jsonl_out.items():
+                f.write(out.jsonl[split])
+            dropped_out.write_table(out.dropped)
+            checks.append(out.check)
+            done += len(out.rows) + len(out.dropped_rows)
+            progress(f"format: {done}/{n_pairs} pairs")
+        if not checks:  # an empty table is still checked (its row count, at least)
+            checks.append(check_rows(suite, [], params.report_samples))
+        result = expectations.combine(suite, checks, id_column="pair_id", samples=params.report_samples)
+        io.write_text(expectations.render_report(result, title="format: rendered chat rows"), args.report)
+        expectations.check(result)  # raising here discards every temporary output
+    return tally, result
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("--pairs", "--base", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report", "--metrics",
-                 "--lengths-plot"):
+    for name in ("--pairs", "--tokenizer", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report",
+                 "--metrics", "--lengths-plot"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    params = load_section("format", args.params)
-    samples = load_section("validate", args.params).report_samples
-
-    start = time.perf_counter()
-    global _tokenizer, _suite
-    _tokenizer = load_tokenizer(args.base)
-    _suite = expectations.load_suite(args.suite)
-    if params.workers > 1:  # one tokenizer thread per worker process: the workers already fill the cores
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    pairs_file = pq.ParquetFile(args.pairs)
-    n_pairs = pairs_file.metadata.num_rows
     outputs = [args.out_dir / f"{s}.parquet" for s in SPLITS] + [args.openai_dir / "train.jsonl",
                                                                  args.openai_dir / "val.jsonl", args.dropped]
-    tally = Tally()
-    try:
-        # Batches stream into temporary files that are renamed into place only if every batch passes the gate.
-        with contextlib.ExitStack() as stack:
-            split_out = {s: stack.enter_context(io.parquet_writer(args.out_dir / f"{s}.parquet", schema.CHAT_ROWS))
-                         for s in SPLITS}
-            jsonl_out = {s: stack.enter_context(io.text_writer(args.openai_dir / f"{s}.jsonl")) for s in ("train", "val")}
-            dropped_out = stack.enter_context(io.parquet_writer(args.dropped, schema.DROPPED))
-
-            checks, done = [], 0
-            batches = pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names)
-            for out in ordered_map(format_batch, batches, params.workers, params, samples):
-                tally.merge(out.tally)
-                for split, writer in split_out.items():
-                    writer.write_table(out.splits[split])
-                for split, f in jsonl_out.items():
-                    f.write(out.jsonl[split])
-                dropped_out.write_table(out.dropped)
-                checks.append(out.check)
-                done += out.n_pairs
-                print(f"format: {done}/{n_pairs} pairs", file=sys.stderr)
-            if not checks:  # an empty table is still checked (its row count, at least)
-                checks.append(expectations.check_batch(_suite, pd.DataFrame([], columns=schema.CHAT_ROWS.names),
-                                                       id_column="pair_id", samples=samples))
-            result = expectations.combine(_suite, checks, id_column="pair_id", samples=samples)
-            io.write_text(expectations.render_report(result, title="format: rendered chat rows"), args.report)
-            expectations.check(result)  # raising here discards every temporary output
-    except expectations.ExpectationsFailed as failed:
-        for path in outputs:  # never leave a previous run's rows where the next stage would read them
-            path.unlink(missing_ok=True)
-        sys.exit(f"format: rendered rows failed {args.suite}:\n{failed}\nreport: {args.report}")
-
-    io.write_text(tally.histogram(params.max_length), args.lengths_plot)
-    metrics = tally.summary() | {"seconds": round(time.perf_counter() - start, 3)}
-    io.write_json(metrics, args.metrics)
-    print(f"format: {n_pairs} pairs -> {metrics['rows_per_split']}, dropped {metrics['dropped']}", file=sys.stderr)
+    with errors.reported(STAGE):
+        params = load_section(STAGE, args.params)
+        start = time.perf_counter()
+        try:
+            tally, _ = format_files(args, params)
+        except expectations.ExpectationsFailed as failed:
+            for path in outputs:  # never leave a previous run's rows where the next stage would read them
+                path.unlink(missing_ok=True)
+            raise errors.GateFailed(f"rendered rows failed {args.suite}:\n{failed}\nreport: {args.report}") from None
+        io.write_text(tally.histogram(params.max_length), args.lengths_plot)
+        metrics = tally.summary()
+        io.write_json(metrics, args.metrics)
+    io.stderr(f"format: {metrics['rows']} rows {metrics['rows_per_split']}, dropped {metrics['dropped']} "
+              f"({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

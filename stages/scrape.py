@@ -5,51 +5,71 @@
 The raw table is written once and is all later stages read: re-running clean or anything after it
 never re-scrapes. Documents that could not be fetched are rows with `fetch_error` set, so clean
 drops them with a reason and the metrics count them; a source that yields nothing at all fails.
+
+The output is a DVC `persist` output: the previous table is still there when the stage runs, and a
+document whose bytes are unchanged keeps its previous `fetched_at` (when that content was first seen).
+So re-scraping identical content writes an identical table and re-runs nothing downstream.
 """
 
 import argparse
 import collections
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from stages import io, schema
-from stages.params import ScrapeParams, load_section
-from stages.sources import EmptySourceError, SourceError, get_fetch, utc_now
+from webtune import errors, io, schema
+from webtune.params import ScrapeParams, load_section
+from webtune.sources import EmptySourceError, SourceError, get_fetch, utc_now
+
+STAGE = "scrape"
 
 
-def scrape(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str] = utc_now) -> pa.Table:
-    """Run the configured source; return the RAW_DOCS table (failures included as rows)."""
+def scrape(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str] = utc_now,
+           first_seen: dict[tuple[str, str], str] | None = None, progress=io.stderr) -> pa.Table:
+    """Run the configured source; return the RAW_DOCS table (failures included as rows).
+
+    `first_seen` maps (doc_id, content_sha256) of an earlier scrape to its fetched_at, which a document
+    with the same bytes keeps.
+    """
     fetch = get_fetch(params.source)
-    rows = []
+    first_seen = first_seen or {}
+    rows, seen = [], {}
     for row in fetch(params, sources_dir=sources_dir, now=now):
-        rows.append(row)
-        if len(rows) % 100 == 0:
-            print(f"scrape: {len(rows)} documents", file=sys.stderr)
-    if not rows:
-        raise EmptySourceError(
-            f"source {params.source!r} produced no documents: check scrape.{params.source} in params.yaml"
-        )
-    seen = set()
-    for row in rows:
         if row["doc_id"] in seen:
             raise SourceError(f"source {params.source!r} returned {row['url']} twice: list each document once")
-        seen.add(row["doc_id"])
+        seen[row["doc_id"]] = row["url"]
+        if row["fetch_error"] is None:
+            row["fetched_at"] = first_seen.get((row["doc_id"], row["content_sha256"]), row["fetched_at"])
+        rows.append(row)
+        if len(rows) % 100 == 0:
+            progress(f"scrape: {len(rows)} documents")
+    if not rows:
+        raise EmptySourceError(f"source {params.source!r} produced no documents: check scrape.{params.source} "
+                               "in params.yaml")
     return pa.Table.from_pylist(rows, schema=schema.RAW_DOCS)
 
 
-def summarize(table: pa.Table, seconds: float) -> dict:
-    errors = collections.Counter(e for e in table.column("fetch_error").to_pylist() if e is not None)
+def previous_fetch_times(path: Path) -> dict[tuple[str, str], str]:
+    """(doc_id, content_sha256) -> fetched_at of the table a previous run left at `path` (empty if none)."""
+    try:
+        table = pq.read_table(path, columns=["doc_id", "content_sha256", "fetched_at", "fetch_error"])
+    except (FileNotFoundError, pa.ArrowInvalid, KeyError):  # no previous run, or one of an older layout
+        return {}
+    return {(d, c): t for d, c, t, e in zip(*(table.column(n).to_pylist() for n in table.column_names),
+                                            strict=True) if e is None}
+
+
+def summarize(table: pa.Table) -> dict:
+    errors_ = collections.Counter(e for e in table.column("fetch_error").to_pylist() if e is not None)
     return {
         "docs": table.num_rows,
-        "docs_ok": table.num_rows - sum(errors.values()),
-        "failed": dict(sorted(errors.items())),
+        "docs_ok": table.num_rows - sum(errors_.values()),
+        "failed": dict(sorted(errors_.items())),
         "bytes": sum(table.column("n_bytes").to_pylist()),
         "bad_chars": sum(table.column("n_bad_chars").to_pylist()),
-        "seconds": round(seconds, 3),
     }
 
 
@@ -60,18 +80,15 @@ def main(argv=None) -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-
-    params = load_section("scrape", args.params)
-    start = time.perf_counter()
-    try:
-        table = scrape(params, sources_dir=args.sources_dir)
-    except (SourceError, EmptySourceError) as e:
-        sys.exit(f"scrape failed: {e}")
-    metrics = summarize(table, time.perf_counter() - start)
-    io.write_parquet(table, args.out, schema.RAW_DOCS)
-    io.write_json(metrics, args.metrics)
-    print(f"scrape: {metrics['docs']} documents ({metrics['bytes'] / 1e6:.1f} MB), failed {metrics['failed']}",
-          file=sys.stderr)
+    with errors.reported(STAGE):
+        params = load_section(STAGE, args.params)
+        start = time.perf_counter()
+        table = scrape(params, sources_dir=args.sources_dir, first_seen=previous_fetch_times(args.out))
+        metrics = summarize(table)
+        io.write_parquet(table, args.out, schema.RAW_DOCS)
+        io.write_json(metrics, args.metrics)
+    io.stderr(f"scrape: {metrics['docs']} documents ({metrics['bytes'] / 1e6:.1f} MB), failed {metrics['failed']} "
+              f"({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

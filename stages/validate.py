@@ -12,18 +12,16 @@ previous --out so format cannot run on stale data, and exits 1.
 
 import argparse
 import shutil
-import sys
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from stages import expectations, io, schema
-from stages.params import load_section
+from webtune import errors, expectations, io, schema
+from webtune.params import load_section
 
+STAGE = "validate"
 ROW_COUNT = "expect_table_row_count_to_be_between"
 
 
@@ -40,10 +38,7 @@ def validate(
 
 def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
     """The pairs file as DataFrames of at most batch_rows rows (one empty frame for an empty file)."""
-    parquet = pq.ParquetFile(path)
-    missing = [n for n in schema.PAIRS.names if n not in parquet.schema_arrow.names]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
+    parquet = io.parquet_file(path, schema.PAIRS.names, "the clean stage")
     yielded = False
     for batch in parquet.iter_batches(batch_size=batch_rows, columns=schema.PAIRS.names):
         yielded = True
@@ -71,34 +66,24 @@ def summarize(result: expectations.SuiteResult) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--pairs", "--suite", "--out", "--report", "--metrics"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    params = load_section("validate", args.params)
-
-    start = time.perf_counter()
-    result = validate(read_batches(args.pairs, params.batch_rows), expectations.load_suite(args.suite),
-                      min_rows=params.min_rows, samples=params.report_samples)
-    io.write_text(
-        expectations.render_report(result, title="validate: instruction/response pairs"), args.report
-    )
-    metrics = summarize(result) | {"seconds": round(time.perf_counter() - start, 3)}
-    io.write_json(metrics, args.metrics)
-    try:
-        expectations.check(result)
-    except expectations.ExpectationsFailed as failed:
-        args.out.unlink(missing_ok=True)  # a previous run's pairs must not pass for validated ones
-        print(
-            f"validate: {args.pairs} failed {args.suite}:\n{failed}\nreport: {args.report}", file=sys.stderr
-        )
-        sys.exit(1)
-    with io.atomic_path(args.out) as tmp:  # the validated pairs are the input, unchanged
-        shutil.copyfile(args.pairs, tmp)
-    print(f"validate: {result.rows} pairs passed {len(result.results)} expectations", file=sys.stderr)
+    with errors.reported(STAGE):
+        params = load_section(STAGE, args.params)
+        result = validate(read_batches(args.pairs, params.batch_rows), expectations.load_suite(args.suite),
+                          min_rows=params.min_rows, samples=params.report_samples)
+        io.write_text(expectations.render_report(result, title="validate: instruction/response pairs"), args.report)
+        io.write_json(summarize(result), args.metrics)
+        if not result.success:
+            args.out.unlink(missing_ok=True)  # a previous run's pairs must not pass for validated ones
+            raise errors.GateFailed(f"{args.pairs} failed {args.suite}:\n{expectations.failure_message(result)}\n"
+                                    f"report: {args.report}")
+        with io.atomic_path(args.out) as tmp:  # the validated pairs are the input, unchanged
+            shutil.copyfile(args.pairs, tmp)
+    io.stderr(f"validate: {result.rows} pairs passed {len(result.results)} expectations")
 
 
 if __name__ == "__main__":

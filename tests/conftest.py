@@ -1,9 +1,12 @@
-"""Shared fixtures: the repository's own params (tests override single knobs with dataclasses.replace)."""
+"""Shared fixtures: the repository's own params (tests override single knobs with dataclasses.replace) and
+one toy tiny base built once per session (seconds), for every test that needs a tokenizer or a model."""
 
 import os
 from pathlib import Path
 
 import pytest
+
+from tests.toys import SMALL, TEXTS
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
 
@@ -19,6 +22,25 @@ def repo() -> Path:
 @pytest.fixture
 def load():
     """load("clean") -> the CleanParams of the repository's params.yaml."""
-    from stages.params import load_section
+    from webtune.params import load_section
 
     return lambda section: load_section(section, REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A base folder (tokenizer/ and model/) of a toy tiny gpt-oss, built once. Treat it as read-only."""
+    from webtune.models.tiny import build_tiny_base
+    from webtune.params import BaseParams
+
+    out = tmp_path_factory.mktemp("tiny-base") / "base"
+    build_tiny_base(BaseParams(**SMALL), TEXTS, out, progress=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tok(tiny_base):
+    """The toy base's tokenizer (harmony template)."""
+    from webtune.models import load_tokenizer
+
+    return load_tokenizer(tiny_base / "tokenizer")[0]

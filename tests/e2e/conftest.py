@@ -1,0 +1,34 @@
+"""The one built end-to-end project: the whole DAG run once with small knobs, shared by the e2e files.
+
+A test file that changes the project works on its own copy (`copy_project`), so each file sees the
+project as `dvc repro` left it and the files' order does not matter.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.dvcproject import ALL_STAGES, commit, dvc, new_project, ran_stages
+
+# Five stdlib modules, a short warm-up, 80 LoRA steps: the whole DAG in about a minute on 2 cores.
+KNOBS = {
+    "scrape.pydoc.modules": ["json", "csv", "pathlib", "textwrap", "heapq"],
+    "base.warmup_steps": 30, "base.vocab_size": 1024, "base.warmup_seq_len": 64,
+    "validate.min_rows": 20,
+    # 80 steps at a higher rate than the default's 400: the five-module corpus has ~200 training rows.
+    "train.max_steps": 80, "train.learning_rate": 0.006, "train.save_steps": 20, "train.eval_steps": 40,
+    "train.logging_steps": 10,
+    "evaluate.samples": 4, "evaluate.max_new_tokens": 24,
+}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """The project after its first `dvc repro`, committed. Read-only: copy it to change it."""
+    project = new_project(tmp_path_factory.mktemp("built") / "project", KNOBS)
+    out = dvc(project, "repro")
+    assert ran_stages(out.stdout) == ALL_STAGES, out.stdout
+    (project.parent / "first-repro.json").write_text(json.dumps({"stdout": out.stdout, "stderr": out.stderr}))
+    commit(project, "first repro")
+    return project

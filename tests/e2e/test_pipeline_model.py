@@ -1,0 +1,178 @@
+"""End to end, the model half: real `dvc repro`, `dvc exp run`, `dvc push`/`pull` in a temporary git repo.
+
+A copy of the built project (tests/e2e/conftest.py) carries state from test to test (they run in file
+order): its first repro is commit A, the others change one thing and check what DVC re-ran and what came out.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.dvcproject import ALL_STAGES, commit, copy_project, dvc, ran_stages, set_params, sh, sha256
+
+pytestmark = pytest.mark.slow
+
+ADAPTER = "models/adapter/adapter_model.safetensors"
+
+state: dict = {}
+
+
+def metrics(project: Path) -> dict:
+    """Every metrics file of the run (they hold no wall-clock numbers, so they must repeat exactly)."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((project / "metrics").glob("*.json"))}
+
+
+def assert_close(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, float):
+        assert abs(a - b) <= 1e-6, f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="module")
+def project(built, tmp_path_factory) -> Path:
+    return copy_project(built, tmp_path_factory.mktemp("model-project") / "project")
+
+
+def test_repro_trains_and_evaluates_and_the_adapter_beats_the_base(project):
+    m = json.loads((project / "metrics/evaluate.json").read_text())
+    assert m["adapter"]["loss"] <= 0.9 * m["base"]["loss"], m
+    assert m["loss_ratio"] == pytest.approx(m["adapter"]["loss"] / m["base"]["loss"], abs=1e-5)
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert train["val_loss"] < train["base_val_loss"] and train["steps"] == 80
+
+    adapter = project / "models/adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json"} <= {
+        p.name for p in adapter.iterdir()}
+    samples = [json.loads(line) for line in (project / "reports/eval_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and {"reference", "base_output", "adapter_output"} <= samples[0].keys()
+    assert "Every row trains only assistant tokens." in (project / "reports/train_mask.md").read_text()
+
+    # What `dvc exp show` / `dvc plots show` read: metrics and the dvclive curves are declared outputs.
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {"metrics/train.json", "metrics/evaluate.json", "reports/train/metrics.json"} <= files.keys()
+    assert (project / "reports/train/plots/metrics/eval/loss.tsv").read_text().startswith("step\tloss\n0\t")
+
+    state["adapter_sha"] = sha256(project / ADAPTER)
+    state["metrics"] = metrics(project)
+    tracked = sh(project, "git", "ls-files", "data", "models").stdout.split()
+    assert all(p.endswith((".gitignore", "README.md")) for p in tracked), tracked
+
+
+def test_second_repro_runs_nothing(project):
+    out = dvc(project, "repro")
+    assert ran_stages(out.stdout) == []
+
+
+def test_forced_repro_gives_the_same_metrics_and_adapter_bytes(project):
+    out = dvc(project, "repro", "--force")
+    assert ran_stages(out.stdout) == ALL_STAGES
+    assert_close(metrics(project), state["metrics"])
+    assert sha256(project / ADAPTER) == state["adapter_sha"]
+    # Every output hash repeats, so the committed dvc.lock is still the truth: nothing to commit.
+    assert sh(project, "git", "status", "--porcelain").stdout == ""
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(project):
+    log = project.parent / "killed-repro.log"
+    with open(log, "w") as f:
+        env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "-s", "train"], cwd=project,
+                                env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    checkpoints = project / "models/checkpoints"
+    while not (checkpoints / "checkpoint-20" / "COMPLETE").exists():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage it started, mid-training
+    proc.wait()
+    assert not (project / ADAPTER).exists()
+
+    out = dvc(project, "repro")
+    assert "train: resuming from checkpoint-" in out.stderr
+    assert ran_stages(out.stdout) == ["train"]  # the adapter came out the same, so evaluate is up to date
+    resumed = json.loads((project / "metrics/train.json").read_text())
+    assert resumed["resumed_from_step"] >= 20 and resumed["steps"] == 80
+    # Resuming restores optimizer, scheduler, RNG and data order: the adapter is bit-identical.
+    assert sha256(project / ADAPTER) == state["adapter_sha"]
+
+
+def test_an_evaluate_knob_reruns_only_evaluate(project):
+    set_params(project, **{"evaluate.samples": 2})
+    out = dvc(project, "repro")
+    assert ran_stages(out.stdout) == ["evaluate"]
+    assert len((project / "reports/eval_samples.jsonl").read_text().splitlines()) == 2
+    sh(project, "git", "checkout", "--", "params.yaml")
+    dvc(project, "repro")
+
+
+def test_exp_run_temp_lists_the_experiment_with_its_metrics(project):
+    out = dvc(project, "exp", "run", "--temp", "-S", "train.lora.r=4")
+    assert ran_stages(out.stdout) == ["train", "evaluate"]
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    experiments = [e for commit_ in shown for e in (commit_.get("experiments") or [])]
+    runs = [r for e in experiments for r in e["revs"]]
+    params = [r["data"]["params"]["params.yaml"]["data"]["train"]["lora"]["r"] for r in runs]
+    assert 4 in params, shown
+    exp = runs[params.index(4)]
+    assert exp["data"]["metrics"]["metrics/evaluate.json"]["data"]["adapter"]["loss"] > 0
+    # --temp: the workspace keeps its own params and adapter.
+    assert "r: 16" in (project / "params.yaml").read_text()
+    assert sha256(project / ADAPTER) == state["adapter_sha"]
+
+
+def test_a_past_adapter_comes_back_byte_identical_after_dvc_pull(project):
+    a = commit(project, "A")
+    a_sha = sha256(project / ADAPTER)
+    dvc(project, "push")
+    set_params(project, **{"train.learning_rate": 0.004})
+    dvc(project, "repro")
+    b_sha = sha256(project / ADAPTER)
+    assert b_sha != a_sha
+    commit(project, "B")
+    dvc(project, "push")
+
+    sh(project, "git", "checkout", "-q", a)
+    shutil.rmtree(project / ".dvc/cache")
+    for out in ("data/raw", "data/clean", "data/validated", "data/format", "models/base", "models/adapter",
+                "models/checkpoints"):
+        shutil.rmtree(project / out)
+    pulled = dvc(project, "pull")
+    assert "models/adapter" in pulled.stdout
+    assert sha256(project / ADAPTER) == a_sha
+    assert dvc(project, "status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+    sh(project, "git", "checkout", "-q", "main")
+    dvc(project, "pull")  # B was never in this (fresh) cache: it comes from the remote too
+    assert sha256(project / ADAPTER) == b_sha
+
+
+def test_a_degenerate_mask_is_refused_naming_rows(project):
+    set_params(project, **{"train.channels": ["analysis"]})
+    out = dvc(project, "repro", check=False)
+    assert out.returncode != 0
+    err = out.stderr + out.stdout
+    assert "refusing to train" in err and "have no trained token" in err
+    assert not (project / "models/adapter").exists()
+    sh(project, "git", "checkout", "--", "params.yaml")
+
+
+def test_packing_is_refused_for_gpt_oss(project):
+    set_params(project, **{"train.packing": True})
+    out = dvc(project, "repro", check=False)
+    assert out.returncode != 0
+    assert "packed rows leak attention" in out.stderr + out.stdout
+    sh(project, "git", "checkout", "--", "params.yaml")

@@ -1,0 +1,244 @@
+"""Stage evaluate: base and adapter on the test split (loss on train's supervised tokens, greedy answers,
+chrF), its outputs, and its refusals.
+
+The session's toy base and LoRA adapters made with peft (tests/webtune/models/test_inference.py: a fresh
+one, B = 0, and a perturbed one): seconds, not minutes.
+"""
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from stages import evaluate as E
+from tests.toys import SMALL, TEXTS
+from tests.webtune.models.test_inference import QA, ROWS, lora_config, make_adapter
+from webtune.formats.harmony import FORMAT
+from webtune.models import load_base
+from webtune.models.inference import Answer, ChatModel
+from webtune.models.tiny import build_tiny_model, train_tokenizer
+from webtune.params import BaseParams
+from webtune.schema import CHAT_ROWS
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {"fresh": make_adapter(tiny_base, root / "fresh", perturb=False),
+            "perturbed": make_adapter(tiny_base, root / "perturbed", perturb=True)}
+
+
+# --- generation metrics --------------------------------------------------------------------------
+
+
+def test_chrf_and_stop_rate():
+    refs = ["The pass statement does nothing.", "A lambda is an anonymous function.",
+            "break leaves the loop."]
+    same = E.generation_metrics([Answer(r, True) for r in refs], refs)
+    assert same["chrf"] == pytest.approx(100.0) and same["chrf_per_sample"] == pytest.approx([100.0] * 3)
+    assert same["stop_rate"] == 1.0
+
+    answers = [Answer(refs[0], True), Answer("", False), Answer("break leaves", True)]
+    mixed = E.generation_metrics(answers, refs)
+    assert mixed["stop_rate"] == pytest.approx(2 / 3)
+    first, empty, partial = mixed["chrf_per_sample"]
+    assert first == pytest.approx(100.0) and empty == 0.0 and 0 < partial < 100
+    assert 0 < mixed["chrf"] < 100
+
+    assert E.generation_metrics([], []) == {"chrf": None, "stop_rate": None, "chrf_per_sample": []}
+    with pytest.raises(ValueError, match="2 answers for 3 references"):
+        E.generation_metrics(answers[:2], refs)
+
+
+def test_compare_csv_has_one_row_per_model_and_a_column_per_metric():
+    metrics = {"base": {"loss": 2.0, "perplexity": 7.389056, "chrf": 12.5, "stop_rate": None},
+               "adapter": {"loss": 1.5, "perplexity": 4.481689, "chrf": 20.0, "stop_rate": 0.25}}
+    assert E.compare_csv(metrics).splitlines() == [
+        "model,loss,perplexity,chrf,stop_rate",
+        "base,2.0,7.389056,12.5,",
+        "adapter,1.5,4.481689,20.0,0.25",
+    ]
+
+
+# --- evaluate() scores the tokens train trains ---------------------------------------------------
+
+
+TWO_TURNS = [
+    [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"first answer {i}"},
+     {"role": "user", "content": "And then?"},
+     {"role": "assistant", "content": f"the second, longer answer {i}"}]
+    for i in range(3)
+]
+
+
+def test_evaluate_scores_the_channels_and_turns_train_supervises(tiny_base, adapters, load):
+    chat = ChatModel.load(tiny_base, adapters["perturbed"])
+    tok, train_params = chat.tokenizer, load("train")
+    params = dataclasses.replace(load("evaluate"), samples=0, batch_size=2)
+
+    def supervised_tokens(turns: str) -> int:
+        metrics, _ = E.evaluate(chat, pair_ids=["a", "b", "c"], rows=TWO_TURNS, params=params,
+                                supervised=dataclasses.replace(train_params, assistant_turns=turns),
+                                progress=lambda line: None)
+        return metrics["supervised_tokens"]
+
+    def answer_tokens(text: str) -> int:  # the answer and its stop token (<|end|> or <|return|>)
+        return len(tok.encode(text, add_special_tokens=False)) + 1
+
+    last = sum(answer_tokens(row[3]["content"]) for row in TWO_TURNS)
+    every = last + sum(answer_tokens(row[1]["content"]) for row in TWO_TURNS)
+    assert supervised_tokens("last") == last
+    assert supervised_tokens("all") == every
+    assert last != every
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def write_test_split(path, rows):
+    records = [
+        {
+            "doc_id": f"d{i}", "source": "test", "url": f"test://{i}", "fetched_at": "2026-01-01T00:00:00Z",
+            "content_sha256": "0" * 64, "pair_id": f"p{i}", "task": "doc_qa", "split": "test", "messages": m,
+            "text": FORMAT.render(m), "n_tokens": 0, "n_special_ids": 0,
+            "n_expected_special_ids": FORMAT.expected_special_ids(m),
+        }
+        for i, m in enumerate(rows)
+    ]
+    pq.write_table(pa.Table.from_pylist(records, schema=CHAT_ROWS), path)
+
+
+def stage_args(tmp_path, repo, tiny_base, adapter_dir, rows=ROWS, samples=3):
+    test, params = tmp_path / "test.parquet", tmp_path / "params.yaml"
+    write_test_split(test, rows)
+    all_params = yaml.safe_load((repo / "params.yaml").read_text())  # evaluate reads train's supervision too
+    all_params["evaluate"] = {"samples": samples, "max_new_tokens": 8, "batch_size": 2, "threads": 1}
+    params.write_text(yaml.safe_dump(all_params))
+    out = {"samples": tmp_path / "reports" / "eval_samples.jsonl",
+           "plot": tmp_path / "reports" / "eval_compare.csv",
+           "metrics": tmp_path / "metrics" / "evaluate.json"}
+    argv = ["--base", str(tiny_base), "--adapter", str(adapter_dir), "--test", str(test),
+            "--samples", str(out["samples"]), "--compare-plot", str(out["plot"]),
+            "--metrics", str(out["metrics"]), "--params", str(params)]
+    return argv, out
+
+
+def test_main_writes_samples_plot_and_metrics(tmp_path, repo, tiny_base, adapters, load, capsys):
+    argv, out = stage_args(tmp_path, repo, tiny_base, adapters["perturbed"])
+    E.main(argv)
+
+    metrics = json.loads(out["metrics"].read_text())
+    assert set(metrics) == {"base", "adapter", "loss_ratio", "test_rows", "supervised_tokens", "samples"}
+    for name in E.MODELS:
+        assert set(metrics[name]) == {"loss", "perplexity", "chrf", "stop_rate"}
+        assert metrics[name]["perplexity"] == pytest.approx(math.exp(metrics[name]["loss"]), rel=1e-5)
+        assert 0 <= metrics[name]["chrf"] <= 100 and 0 <= metrics[name]["stop_rate"] <= 1
+    ratio = metrics["adapter"]["loss"] / metrics["base"]["loss"]
+    assert metrics["loss_ratio"] == pytest.approx(ratio, rel=1e-5)
+    assert metrics["test_rows"] == 4 and metrics["samples"] == 3
+
+    train_params = load("train")
+    base = ChatModel.load(tiny_base)
+    base_loss, n_tokens = base.assistant_loss(ROWS, batch_size=4, channels=train_params.channels,
+                                              turns=train_params.assistant_turns)
+    assert metrics["base"]["loss"] == round(base_loss, 6) and metrics["supervised_tokens"] == n_tokens
+
+    samples = [json.loads(line) for line in out["samples"].read_text().splitlines()]
+    assert [s["pair_id"] for s in samples] == ["p0", "p1", "p2"]  # the first rows, in file order
+    assert samples[0]["prompt"] == QA[0][0] and samples[0]["reference"] == QA[0][1]
+    assert set(samples[0]) == {"pair_id", "prompt", "reference", "base_output", "adapter_output",
+                               "base_stopped", "adapter_stopped", "base_chrf", "adapter_chrf"}
+    base_answers = base.generate(ROWS[:3], max_new_tokens=8, batch_size=2)
+    assert [(s["base_output"], s["base_stopped"]) for s in samples] == [tuple(a) for a in base_answers]
+    # The toy base answers every prompt alike; the perturbed adapter's answers tell the prompts apart.
+    adapter_answers = ChatModel.load(tiny_base, adapters["perturbed"]).generate(ROWS[:3], 8, batch_size=2)
+    assert len({a.text for a in adapter_answers}) == 3
+    assert [(s["adapter_output"], s["adapter_stopped"]) for s in samples] == [tuple(a)
+                                                                              for a in adapter_answers]
+
+    plot = out["plot"].read_text().splitlines()
+    assert plot[0] == "model,loss,perplexity,chrf,stop_rate" and len(plot) == 1 + 2
+    assert plot[2].startswith(f"adapter,{metrics['adapter']['loss']},{metrics['adapter']['perplexity']},")
+
+    assert "evaluate: loss base" in capsys.readouterr().err
+
+
+def test_main_with_no_samples_scores_the_loss_only(tmp_path, repo, tiny_base, adapters):
+    argv, out = stage_args(tmp_path, repo, tiny_base, adapters["perturbed"], samples=0)
+    E.main(argv)
+    metrics = json.loads(out["metrics"].read_text())
+    assert metrics["samples"] == 0
+    assert metrics["base"]["chrf"] is None and metrics["adapter"]["stop_rate"] is None
+    assert out["samples"].read_text() == ""
+    plot_rows = out["plot"].read_text().splitlines()[1:]
+    assert [line.split(",")[3:] for line in plot_rows] == [["", ""]] * 2  # no chrF, no stop rate
+
+
+def test_main_is_repeatable_to_the_bit(tmp_path, repo, tiny_base, adapters):
+    outputs = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        argv, out = stage_args(tmp_path / run, repo, tiny_base, adapters["perturbed"])
+        E.main(argv)
+        outputs.append(tuple(out[k].read_bytes() for k in ("metrics", "samples", "plot")))
+    assert outputs[0] == outputs[1]
+
+
+def assert_refused(tmp_path, argv, out, capsys, *needles):
+    with pytest.raises(SystemExit) as e:
+        E.main(argv)
+    assert e.value.code == 1
+    message = capsys.readouterr().err.splitlines()[-1]  # the stage's one line, after any loading progress
+    assert message.startswith("evaluate: ") and all(n in message for n in needles), message
+    assert not any(p.exists() for p in out.values())
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file left behind
+
+
+def test_main_refuses_an_empty_test_split_and_writes_nothing(tmp_path, repo, tiny_base, adapters, capsys):
+    argv, out = stage_args(tmp_path, repo, tiny_base, adapters["perturbed"], rows=[])
+    assert_refused(tmp_path, argv, out, capsys,
+                   f"evaluate: {tmp_path / 'test.parquet'} has no rows: nothing to evaluate")
+
+
+def test_main_refuses_a_folder_that_is_not_an_adapter(tmp_path, repo, tiny_base, capsys):
+    (tmp_path / "not-an-adapter").mkdir()
+    argv, out = stage_args(tmp_path, repo, tiny_base, tmp_path / "not-an-adapter")
+    assert_refused(tmp_path, argv, out, capsys, str(tmp_path / "not-an-adapter"), "adapter_config.json")
+
+
+def test_main_refuses_an_adapter_saved_with_another_tokenizer(tmp_path, repo, tiny_base, adapters, capsys):
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(adapters["fresh"], other)
+    for f in other.glob("tokenizer*"):
+        f.unlink()
+    train_tokenizer(TEXTS[:3], vocab_size=300).save_pretrained(other)
+    argv, out = stage_args(tmp_path, repo, tiny_base, other)
+    assert_refused(tmp_path, argv, out, capsys, str(other), "differs from the base's")
+
+
+def test_main_refuses_an_adapter_made_for_a_base_of_another_width(tmp_path, repo, tiny_base, tok, capsys):
+    from peft import get_peft_model
+
+    narrow = build_tiny_model(BaseParams(**{**SMALL, "hidden_size": 16}), vocab_size=len(tok))
+    get_peft_model(narrow, lora_config()).save_pretrained(tmp_path / "narrow")
+    argv, out = stage_args(tmp_path, repo, tiny_base, tmp_path / "narrow")
+    assert_refused(tmp_path, argv, out, capsys, str(tmp_path / "narrow"), "cannot load the adapter")
+
+
+def test_the_base_only_numbers_are_the_base_alone(tiny_base, adapters, load):
+    """evaluate's base column comes from the adapter's model with the adapter off: the same as the base."""
+    params = dataclasses.replace(load("evaluate"), samples=2, max_new_tokens=4, batch_size=2)
+    train_params = load("train")
+    kw = dict(pair_ids=[f"p{i}" for i in range(4)], rows=ROWS, params=params, supervised=train_params,
+              progress=lambda line: None)
+    with_adapter, _ = E.evaluate(ChatModel.load(tiny_base, adapters["perturbed"]), **kw)
+    base = load_base(tiny_base)
+    alone, _ = E.evaluate(ChatModel(base.model, base.tokenizer, base.chat_format), **kw)
+    assert with_adapter["base"] == alone["base"] == alone["adapter"]
+    assert with_adapter["adapter"] != with_adapter["base"]

@@ -1,0 +1,166 @@
+"""params.yaml loads strictly into frozen dataclasses: every bad key or value is named by its dotted key."""
+
+import dataclasses
+import re
+
+import pytest
+import yaml
+
+from webtune import params as P
+from webtune.errors import ParamsError
+
+
+def write_with(tmp_path, repo, section: str, *keys_and_value):
+    """The repo's params.yaml with one (nested) knob set: ("train", "hf", "threads", 0)"""
+    *keys, value = keys_and_value
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    node = raw[section]
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_every_params_section_loads(repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    assert set(P.SECTIONS) <= set(raw), "params.yaml lacks a section the code defines"
+    for section in P.SECTIONS:
+        loaded = P.load_section(section, repo / "params.yaml")
+        assert isinstance(loaded, P.SECTIONS[section])
+
+
+def test_a_misspelt_key_is_named(tmp_path, repo):
+    text = (repo / "params.yaml").read_text().replace("near_dup_threshold:", "near_dup_thresold:")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=r"clean\.near_dup_thresold: unknown key"):
+        P.load_section("clean", tmp_path / "params.yaml")
+
+
+def test_a_missing_nested_key_is_named(tmp_path, repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    del raw["scrape"]["http"]["timeout_s"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"scrape\.http\.timeout_s: missing key"):
+        P.load_section("scrape", tmp_path / "params.yaml")
+
+
+def test_a_wrong_type_is_named(tmp_path, repo):
+    path = write_with(tmp_path, repo, "clean", "workers", "two")
+    with pytest.raises(ParamsError, match=r"clean\.workers: expected an integer"):
+        P.load_section("clean", path)
+
+
+def test_params_are_frozen(load):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load("clean").min_chars = 1
+
+
+# --- range checks at load time --------------------------------------------------------------------
+
+
+def test_a_value_out_of_range_fails_at_load_time_naming_the_dotted_key(tmp_path, repo):
+    path = write_with(tmp_path, repo, "evaluate", "max_new_tokens", 0)
+    with pytest.raises(ParamsError, match=r"^evaluate\.max_new_tokens: must be at least 1, got 0$"):
+        P.load_section("evaluate", path)
+
+
+def test_a_nested_value_out_of_range_names_its_full_dotted_key(tmp_path, repo):
+    path = write_with(tmp_path, repo, "train", "hf", "threads", 0)
+    with pytest.raises(ParamsError, match=r"^train\.hf\.threads: must be at least 1, got 0$"):
+        P.load_section("train", path)
+
+
+def test_an_unknown_backend_names_the_known_ones(tmp_path, repo):
+    path = write_with(tmp_path, repo, "train", "backend", "jax")
+    with pytest.raises(ParamsError, match=r"^train\.backend: 'jax' is not one of hf$"):
+        P.load_section("train", path)
+
+
+def test_an_unknown_source_names_the_known_ones(tmp_path, repo):
+    from webtune.sources import SOURCES
+
+    path = write_with(tmp_path, repo, "scrape", "source", "ftp")
+    with pytest.raises(ParamsError) as err:
+        P.load_section("scrape", path)
+    assert str(err.value) == f"scrape.source: 'ftp' is not one of {', '.join(SOURCES)}"
+    assert {"pydoc", "files", "http"} <= set(SOURCES)
+
+
+def test_a_cross_field_check_names_the_key_to_fix(tmp_path, repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["format"] |= {"train_ratio": 0.9, "val_ratio": 0.2}  # each in [0, 1], together above 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"^format\.val_ratio: .*above 1$"):
+        P.load_section("format", tmp_path / "params.yaml")
+
+
+def test_a_string_for_a_float_knob_is_a_type_error_not_a_crash_in_its_range_check(tmp_path, repo):
+    path = write_with(tmp_path, repo, "clean", "near_dup_threshold", "high")
+    with pytest.raises(ParamsError, match=r"^clean\.near_dup_threshold: expected float, got 'high'$"):
+        P.load_section("clean", path)
+
+
+# --- report-only knobs ------------------------------------------------------------------------------
+
+
+def test_without_report_knobs_drops_only_the_report_knobs(load):
+    train = load("train")
+    slim = P.without_report_knobs(train)
+    full = P.as_dict(train)
+    assert "mask_report_rows" in full and "mask_report_rows" not in slim
+    assert slim == {k: v for k, v in full.items() if k != "mask_report_rows"}  # nested sections kept whole
+    assert slim["lora"] == full["lora"] and slim["hf"] == full["hf"]
+
+
+def test_report_only_comments_in_params_yaml_match_the_report_knobs(repo):
+    """A knob whose comment says "report only" is marked report=True, and every report=True knob says so."""
+    marked = set()
+
+    def walk(cls, prefix):
+        for field in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(field.type):
+                walk(field.type, f"{prefix}{field.name}.")
+            elif field.metadata.get("report"):
+                marked.add(f"{prefix}{field.name}")
+
+    for section, cls in P.SECTIONS.items():
+        walk(cls, f"{section}.")
+    said, path = set(), []
+    for line in (repo / "params.yaml").read_text().splitlines():
+        m = re.match(r"^( *)(\w+):(.*)$", line)
+        if not m:
+            continue
+        depth = len(m.group(1)) // 2
+        path[depth:] = [m.group(2)]
+        if "# report only" in m.group(3):
+            said.add(".".join(path))
+    assert marked and said == marked
+
+
+# --- params.yaml itself ----------------------------------------------------------------------------
+
+
+def test_every_knob_in_params_yaml_has_a_comment(repo):
+    for lineno, line in enumerate((repo / "params.yaml").read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        key, _, value = stripped.partition(":")
+        if value.strip() and not value.strip().startswith("#"):  # a leaf knob, not a section header
+            assert "#" in value, (
+                f"params.yaml:{lineno}: knob {key!r} has no comment saying what it trades off")
+
+
+SECRET = re.compile(
+    r"(^|_)(api_?key|api_?token|auth_token|secret|secret_key|password|access_key_id|secret_access_key)$"
+)
+
+
+def test_no_secret_knobs_in_params(repo):
+    keys = re.findall(r"^\s*([\w.]+):", (repo / "params.yaml").read_text(), flags=re.M)
+    assert keys
+    for key in keys:
+        assert not SECRET.search(key.lower()), (
+            f"params.yaml has a secret-looking key {key!r}: secrets come from the environment only")

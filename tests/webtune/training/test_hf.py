@@ -1,0 +1,98 @@
+"""Backend hf: the trainer's labels checked against the mask, the packing probe, and the NaN guard."""
+
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tests.stages.test_train import run_train, small_params
+from webtune.errors import UserError
+from webtune.formats.harmony import FORMAT
+from webtune.models import INFO_FILE, MODEL_DIR, TOKENIZER_DIR, load_base
+from webtune.models.packing import PROBE_TOLERANCE, check_packing, packing_leak
+from webtune.training import TrainError
+from webtune.training.hf import check_prepared, final_train_loss, to_dataset
+from webtune.training.supervision import encode_rows
+
+DIFFER = "the trainer's labels differ from the checked mask"
+
+
+@pytest.fixture
+def encoded(tok):
+    conversations = [[{"role": "user", "content": f"question {i}"},
+                      {"role": "assistant", "content": f"answer number {i}"}] for i in range(3)]
+    return encode_rows(FORMAT, tok, [f"row{i}" for i in range(3)], conversations, channels=("final",),
+                       turns="all", max_length=512)
+
+
+# --- the trainer's labels ------------------------------------------------------------------------
+
+
+def test_check_prepared_catches_a_row_the_trainer_dropped_or_relabelled(encoded):
+    prepared = to_dataset(encoded).add_column("labels", encoded.labels())
+    check_prepared(prepared, encoded, packing=False)  # identical: passes
+    with pytest.raises(TrainError) as e:
+        check_prepared(prepared.select([0, 2]), encoded, packing=False)
+    assert str(e.value) == f"{DIFFER}: dropped rows ['row1'], changed rows []"
+
+    labels = encoded.labels()
+    labels[2][0] = encoded.input_ids[2][0]  # the trainer would also train the first prompt token
+    with pytest.raises(TrainError) as e:
+        check_prepared(to_dataset(encoded).add_column("labels", labels), encoded, packing=False)
+    assert str(e.value) == f"{DIFFER}: dropped rows [], changed rows ['row2']"
+
+
+def test_check_prepared_follows_the_run_order_not_the_whole_split(encoded):
+    order = [2, 0, 2]  # a run shorter than the split (row1 never trained) that wraps into a second epoch
+    labels = encoded.labels()
+    prepared = to_dataset(encoded, order).add_column("labels", [labels[i] for i in order])
+    assert prepared["pair_id"] == ["row2", "row0", "row2"]
+    check_prepared(prepared, encoded, packing=False, order=order)  # row1's absence is not a drop
+    with pytest.raises(TrainError, match=r"dropped rows \['row0'\]"):
+        check_prepared(prepared.select([0, 2]), encoded, packing=False, order=order)
+    check_prepared(prepared, encoded, packing=True, order=order)  # repeats count once per time trained
+    want = sum(sum(m) for m in (encoded.masks[i] for i in order))
+    got = want - sum(encoded.masks[2])
+    with pytest.raises(TrainError) as e:
+        check_prepared(prepared.select([0, 1]), encoded, packing=True, order=order)
+    assert str(e.value) == f"packing changed the supervised token count from {want} to {got}"
+
+
+def test_the_final_train_loss_is_the_mean_of_the_last_tenth_of_the_logs():
+    history = [{"loss": float(i), "step": i} for i in range(1, 21)] + [{"eval_loss": 0.5, "step": 20}]
+    assert final_train_loss(history) == 19.5  # the last 2 of 20 logged losses; eval entries do not count
+    assert final_train_loss([{"loss": 3.0}]) == 3.0
+
+
+# --- packing probe --------------------------------------------------------------------------------
+
+
+def test_packing_probe_passes_llama_and_refuses_gpt_oss(tok, tiny_base):
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="eager"))
+    assert packing_leak(llama, tok) < PROBE_TOLERANCE
+    assert check_packing(llama, tok) < PROBE_TOLERANCE
+
+    gpt_oss = load_base(tiny_base).model
+    assert packing_leak(gpt_oss, tok) > 100 * PROBE_TOLERANCE  # the documented leak
+    with pytest.raises(UserError, match="leak attention .* gpt_oss .*set train.packing: false"):
+        check_packing(gpt_oss, tok)
+
+
+# --- NaN guard ------------------------------------------------------------------------------------
+
+
+def test_a_nan_loss_stops_training_and_writes_no_adapter(tmp_path, tiny_base):
+    broken = tmp_path / "base"
+    shutil.copytree(tiny_base / TOKENIZER_DIR, broken / TOKENIZER_DIR)
+    model = load_base(tiny_base).model
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(broken / MODEL_DIR)
+    shutil.copy(tiny_base / MODEL_DIR / INFO_FILE, broken / MODEL_DIR / INFO_FILE)
+    with pytest.raises(TrainError, match=r"loss is nan at step 0: training diverged"):
+        run_train(tmp_path, broken, small_params(), n_train=8, n_val=4)
+    assert not (tmp_path / "adapter").exists()

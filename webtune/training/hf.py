@@ -1,0 +1,195 @@
+"""Backend `hf`: transformers + PEFT + TRL's SFTTrainer, on a GPU when there is one and on the CPU otherwise.
+
+The rows arrive tokenized, masked, checked and in the run's order (webtune.training.run.row_order); the
+trainer reads them sequentially, and `check_prepared` proves that the labels TRL built are exactly the
+checked ones before the first step. Its own section is `train.hf` in params.yaml.
+"""
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from webtune.models import prepare_for_lora
+from webtune.models.packing import check_packing
+from webtune.training import Backend, FitJob, Fitted, TrainError
+from webtune.training.run import mark_complete
+from webtune.training.supervision import IGNORE, Encoded
+
+
+def check_prepared(prepared, encoded: Encoded, packing: bool, order: Sequence[int] | None = None) -> None:
+    """The trainer must train exactly the tokens the mask report shows: no row dropped, no label changed.
+
+    TRL silently drops rows with no supervised token and builds labels itself; this catches any
+    difference between what was checked and what will be trained. `order` is the run's row order: a run
+    shorter than an epoch trains only the rows in it, a longer one repeats rows.
+    """
+    order = range(len(encoded.pair_ids)) if order is None else order
+    labels = encoded.labels()
+    if packing:  # packed rows lose their ids; the supervised token count must survive packing
+        got = sum(sum(lab != IGNORE for lab in labs) for labs in prepared["labels"])
+        want = sum(sum(lab != IGNORE for lab in labels[i]) for i in order)
+        if got != want:
+            raise TrainError(f"packing changed the supervised token count from {want} to {got}")
+        return
+    expected = {encoded.pair_ids[i]: labels[i] for i in order}
+    got = dict(zip(prepared["pair_id"], prepared["labels"], strict=True))
+    dropped = [pid for pid in expected if pid not in got]
+    changed = [pid for pid in expected if pid in got and got[pid] != expected[pid]]
+    if dropped or changed:
+        raise TrainError(f"the trainer's labels differ from the checked mask: dropped rows {dropped[:10]}, "
+                         f"changed rows {changed[:10]}")
+
+
+def to_dataset(encoded: Encoded, order: Sequence[int] | None = None):
+    from datasets import Dataset
+
+    order = range(len(encoded.pair_ids)) if order is None else order
+    return Dataset.from_dict({
+        "pair_id": [encoded.pair_ids[i] for i in order],
+        "input_ids": [encoded.input_ids[i] for i in order],
+        "assistant_masks": [encoded.masks[i] for i in order],
+    })
+
+
+def final_train_loss(log_history: Sequence[dict]) -> float:
+    """Mean logged train loss over the last tenth of the run (one log is one batch's luck).
+
+    From the trainer's log history, which a resumed run restores from its checkpoint, so it is the same
+    number whether or not the run was interrupted (the trainer's own `training_loss` covers only the
+    steps of the last process).
+    """
+    losses = [h["loss"] for h in log_history if "loss" in h]
+    tail = losses[-max(1, len(losses) // 10):]
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+def make_callback(job: FitJob):
+    from dvclive import Live
+    from transformers import TrainerCallback
+
+    class LiveAndGuard(TrainerCallback):
+        """dvclive curves indexed by optimizer step, progress lines, NaN guard and checkpoint markers.
+
+        transformers' own DVCLiveCallback numbers points by log call, not by step, so train and eval
+        curves would not line up; this one sets live.step = global_step.
+        """
+
+        def __init__(self):
+            self.live = Live(dir=str(job.live_dir), resume=job.resume_from is not None, save_dvc_exp=False,
+                             dvcyaml=None)
+            self.t0 = time.perf_counter()
+            self.recording = True  # off for the evaluations after training: they are not curve points
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            for key in ("loss", "eval_loss"):
+                if key in logs and not math.isfinite(logs[key]):
+                    raise TrainError(f"{key} is {logs[key]} at step {state.global_step}: training diverged. Lower "
+                                     "train.learning_rate or check the data; no adapter was written.")
+            if not self.recording:
+                return
+            self.live.step = state.global_step
+            for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"), ("learning_rate", "train/lr")):
+                if key in logs:
+                    self.live.log_metric(name, logs[key])
+            if "loss" in logs or "eval_loss" in logs:
+                self.live.make_summary()
+                shown = "  ".join(f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs)
+                job.progress(f"train: step {state.global_step}/{job.total_steps}  {shown}  "
+                             f"({time.perf_counter() - self.t0:.0f} s)")
+
+        def on_save(self, args, state, control, **kwargs):
+            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", job.live_dir)
+
+    return LiveAndGuard()
+
+
+class HfBackend(Backend):
+    name = "hf"
+
+    def fit(self, base, job: FitJob) -> Fitted:
+        import datasets
+        from peft import LoraConfig
+        from transformers.trainer_callback import PrinterCallback
+        from trl import SFTConfig, SFTTrainer
+
+        datasets.disable_progress_bars()  # per-map bars flood dvc's output; our progress lines say what runs
+        params, cuda = job.params, torch.cuda.is_available()
+        torch.set_num_threads(params.hf.threads)
+        model = base.model
+        prepare_for_lora(model)
+        if params.packing:
+            job.progress(f"train: packing probe passed (max logit difference {check_packing(model, base.tokenizer):.2e})")
+        config = SFTConfig(
+            output_dir=str(job.checkpoints),
+            max_steps=-1,  # the dataset below holds exactly total_steps batches, in the run's order
+            num_train_epochs=1,
+            per_device_train_batch_size=params.batch_size,
+            per_device_eval_batch_size=params.batch_size,
+            gradient_accumulation_steps=params.grad_accum,
+            learning_rate=params.learning_rate,
+            lr_scheduler_type=params.lr_schedule,
+            warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a share of the steps in transformers 5
+            weight_decay=params.weight_decay,
+            max_grad_norm=params.max_grad_norm,
+            max_length=job.max_length,  # every row was checked to fit: nothing is cut (and a packing block)
+            packing=params.packing,
+            # Labels come from our assistant_masks column (TRL applies it whatever this flag says); True would
+            # make TRL re-tokenize through the template, and the rows are already tokenized and checked.
+            assistant_only_loss=False,
+            seed=params.seed,
+            data_seed=params.seed,
+            eval_strategy="steps" if job.val else "no",
+            eval_steps=params.eval_steps,
+            save_strategy="steps",
+            save_steps=params.save_steps,
+            save_total_limit=2,  # the newest complete checkpoint survives a kill during the next save
+            logging_steps=params.logging_steps,
+            logging_nan_inf_filter=False,  # the default hides NaN losses from the logs: the guard must see them
+            include_num_input_tokens_seen="non_padding",
+            report_to="none",
+            disable_tqdm=True,  # progress is one line per log step (readable in dvc's output)
+            use_cpu=not cuda,
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+            dataloader_num_workers=0,
+            train_sampling_strategy="sequential",  # the order is the run's (seeded, length-grouped)
+        )
+        lora = LoraConfig(
+            r=params.lora.r,
+            lora_alpha=params.lora.alpha,
+            lora_dropout=params.lora.dropout,
+            target_modules=list(params.lora.target_modules) or None,
+            target_parameters=list(params.lora.target_parameters) or None,
+            modules_to_save=list(params.lora.modules_to_save) or None,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        callback = make_callback(job)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=to_dataset(job.train, job.order),
+                             eval_dataset=to_dataset(job.val) if job.val else None, processing_class=base.tokenizer,
+                             peft_config=lora, callbacks=[callback])
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict; our callback prints one line
+        check_prepared(trainer.train_dataset, job.train, params.packing, job.order)
+
+        if job.resume_from is None and job.val:
+            trainer.evaluate()  # step-0 point of the eval curve: LoRA B starts at zero, so this is the base
+        t_train = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+        train_seconds = time.perf_counter() - t_train
+        callback.recording = False
+        fitted = Fitted(model=trainer.model, steps=trainer.state.global_step,
+                        train_loss=final_train_loss(trainer.state.log_history),
+                        tokens_seen=trainer.state.num_input_tokens_seen, train_seconds=train_seconds,
+                        device="cuda" if cuda else "cpu")
+        if job.val:
+            fitted.val_loss = trainer.evaluate()["eval_loss"]
+            with trainer.model.disable_adapter():
+                fitted.base_val_loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+        callback.live.end()
+        return fitted
+
+
+BACKEND = HfBackend()
