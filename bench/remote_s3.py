@@ -44,7 +44,8 @@ def env() -> dict:
 
 def timed(project: Path, *args: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env(), capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env(), capture_output=True,
+                          text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -87,7 +88,8 @@ def main() -> None:
             files = int(out.split(" file")[0].split()[-1])
             times["noop_push"].append(timed(project, "dvc", "push")[0])
             timed(project, "dvc", "config", "--local", "--unset", "cache.dir")
-            for name, command in (("dvc_pull", ("dvc", "pull")), ("make_pull", ("webtune.cli.remote", "pull"))):
+            for name, command in (("dvc_pull", ("dvc", "pull")),
+                                  ("make_pull", ("webtune.cli.remote", "pull"))):
                 empty_workspace(project)
                 times[name].append(timed(project, *command)[0])
         pushed_bytes = sum(obj["Size"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)

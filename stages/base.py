@@ -46,9 +46,11 @@ def read_texts(path: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True, type=Path, help="clean docs Parquet (its text column)")
-    parser.add_argument("--out", required=True, type=Path, help="base folder to write (tokenizer/ and model/)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="base folder to write (tokenizer/ and model/)")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

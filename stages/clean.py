@@ -96,8 +96,10 @@ def clean(batches: Iterable[list[dict] | pa.RecordBatch], params: CleanParams) -
         yield out
 
 
-def clean_files(raw: Path, docs: Path, dropped: Path, pairs: Path, params: CleanParams, progress=io.stderr) -> dict:
-    """The stage: stream `raw` through `clean` into the three Parquet outputs (each atomic); return metrics."""
+def clean_files(raw: Path, docs: Path, dropped: Path, pairs: Path, params: CleanParams,
+                progress=io.stderr) -> dict:
+    """The stage: stream `raw` through `clean` into the three Parquet outputs (each atomic); return
+    metrics."""
     raw_file = io.parquet_file(raw, schema.RAW_DOCS.names, "the scrape stage")
     n_in = raw_file.metadata.num_rows
     # Record batches go to the workers as they are (Arrow buffers pickle cheaply); rows are built there.
@@ -127,7 +129,8 @@ def clean_files(raw: Path, docs: Path, dropped: Path, pairs: Path, params: Clean
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--raw", "--docs", "--dropped", "--pairs", "--metrics"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -137,7 +140,8 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         metrics = clean_files(args.raw, args.docs, args.dropped, args.pairs, params)
         io.write_json(metrics, args.metrics)
-    io.stderr(f"clean: {metrics['docs_in']} docs in -> {metrics['docs_out']} kept, {metrics['pairs_out']} pairs; "
+    io.stderr(f"clean: {metrics['docs_in']} docs in -> {metrics['docs_out']} kept, "
+              f"{metrics['pairs_out']} pairs; "
               f"dropped {metrics['dropped']} ({time.perf_counter() - start:.1f} s)")
 
 

@@ -52,7 +52,8 @@ def generation_metrics(answers: Sequence[Answer], references: Sequence[str]) -> 
     return {
         "chrf": chrf.corpus_score(hypotheses, [list(references)]).score,
         "stop_rate": sum(a.stopped for a in answers) / len(answers),
-        "chrf_per_sample": [chrf.sentence_score(h, [r]).score for h, r in zip(hypotheses, references, strict=True)],
+        "chrf_per_sample": [chrf.sentence_score(h, [r]).score
+                            for h, r in zip(hypotheses, references, strict=True)],
     }
 
 
@@ -101,7 +102,8 @@ def evaluate(chat: ChatModel, *, pair_ids: list[str], rows: list[list[dict]], pa
                                        f"check the {name}'s weights")
             progress(f"evaluate: {name} loss {losses[name]:.4f} on {n_tokens:,} tokens; generating")
             answers[name] = chat.generate(rows[:n_samples], params.max_new_tokens, params.batch_size,
-                                          progress=lambda line, name=name: progress(f"evaluate: {name} {line}"))
+                                          progress=lambda line, name=name: progress(
+                                              f"evaluate: {name} {line}"))
     progress(f"evaluate: loss base {losses['base']:.4f} adapter {losses['adapter']:.4f} ({len(rows)} rows)")
 
     references = [m[-1]["content"] for m in rows[:n_samples]]
@@ -125,7 +127,8 @@ def evaluate(chat: ChatModel, *, pair_ids: list[str], rows: list[list[dict]], pa
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, type=Path, help="base folder (the base stage's)")
     parser.add_argument("--adapter", required=True, type=Path, help="adapter folder (the train stage's)")
     parser.add_argument("--test", required=True, type=Path, help="test split Parquet (the format stage's)")

@@ -48,7 +48,8 @@ def split_of(pair_id: str, *, seed: str, train_ratio: float, val_ratio: float) -
 
 def to_messages(pair: dict) -> list[dict]:
     messages = [{"role": "system", "content": pair["system"]}] if pair["system"] else []
-    messages += [{"role": "user", "content": pair["instruction"]}, {"role": "assistant", "content": pair["response"]}]
+    messages += [{"role": "user", "content": pair["instruction"]},
+                 {"role": "assistant", "content": pair["response"]}]
     formats.validate_messages(messages)
     return messages
 
@@ -72,8 +73,10 @@ def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat,
     rows, dropped = [], []
     for pair, msgs, text, ids in zip(pairs, messages, texts, encode_batch(tokenizer, texts), strict=True):
         if len(ids) > params.max_length:
-            dropped.append(schema.dropped_row(pair, stage=STAGE, reason="too_many_tokens", row_id=pair["pair_id"],
-                                              detail=f"{len(ids)} tokens > format.max_length={params.max_length}"))
+            dropped.append(schema.dropped_row(pair, stage=STAGE, reason="too_many_tokens",
+                                              row_id=pair["pair_id"],
+                                              detail=f"{len(ids)} tokens > "
+                                                     f"format.max_length={params.max_length}"))
             continue
         rows.append(schema.provenance(pair) | {
             "pair_id": pair["pair_id"],
@@ -159,7 +162,8 @@ def format_batch(batch: pa.RecordBatch, params: FormatParams) -> FormattedBatch:
     """One record batch of pairs -> everything main writes for it, checked (runs in a worker process)."""
     rows, dropped = format_pairs(batch.to_pylist(), _worker["tokenizer"], _worker["fmt"], params)
     return FormattedBatch(
-        splits={s: pa.Table.from_pylist([r for r in rows if r["split"] == s], schema=schema.CHAT_ROWS) for s in SPLITS},
+        splits={s: pa.Table.from_pylist([r for r in rows if r["split"] == s], schema=schema.CHAT_ROWS)
+                for s in SPLITS},
         jsonl={s: openai_jsonl([r for r in rows if r["split"] == s]) for s in ("train", "val")},
         dropped=pa.Table.from_pylist(dropped, schema=schema.DROPPED),
         check=check_rows(_worker["suite"], rows, params.report_samples),
@@ -169,8 +173,8 @@ def format_batch(batch: pa.RecordBatch, params: FormatParams) -> FormattedBatch:
 
 
 def check_rows(suite, rows: list[dict], samples: int) -> expectations.BatchCheck:
-    return expectations.check_batch(suite, pd.DataFrame(rows, columns=schema.CHAT_ROWS.names), id_column="pair_id",
-                                    samples=samples)
+    return expectations.check_batch(suite, pd.DataFrame(rows, columns=schema.CHAT_ROWS.names),
+                                    id_column="pair_id", samples=samples)
 
 
 def openai_jsonl(rows: list[dict]) -> str:
@@ -179,13 +183,15 @@ def openai_jsonl(rows: list[dict]) -> str:
 
 
 def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally, expectations.SuiteResult]:
-    """Stream the pairs through format_batch into the split files (renamed into place only if the gate passes)."""
+    """Stream the pairs through format_batch into the split files (renamed into place only if the gate
+    passes)."""
     from webtune.models import load_tokenizer  # imports transformers: only the stage needs it
 
     tokenizer, fmt = load_tokenizer(args.tokenizer)
     if params.max_length > tokenizer.model_max_length:
         raise errors.ParamsError(f"format.max_length: {params.max_length} is beyond the base's context of "
-                                 f"{tokenizer.model_max_length} tokens (base.max_position_embeddings for the tiny base)")
+                                 f"{tokenizer.model_max_length} tokens "
+                                 "(base.max_position_embeddings for the tiny base)")
     # The row pattern is the chat format's own, so the suite and the renderer cannot disagree.
     suite = expectations.with_kwargs(expectations.load_suite(args.suite), ROW_PATTERN, regex=fmt.row_regex())
     if params.workers > 1:  # one tokenizer thread per worker process: the workers already fill the cores
@@ -193,9 +199,11 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
     pairs_file = io.parquet_file(args.pairs, schema.PAIRS.names, "the validate stage")
     n_pairs, done, checks, tally = pairs_file.metadata.num_rows, 0, [], Tally()
     with contextlib.ExitStack() as stack:
-        split_out = {s: stack.enter_context(io.parquet_writer(args.out_dir / f"{s}.parquet", schema.CHAT_ROWS))
+        split_out = {s: stack.enter_context(io.parquet_writer(args.out_dir / f"{s}.parquet",
+                                                              schema.CHAT_ROWS))
                      for s in SPLITS}
-        jsonl_out = {s: stack.enter_context(io.text_writer(args.openai_dir / f"{s}.jsonl")) for s in ("train", "val")}
+        jsonl_out = {s: stack.enter_context(io.text_writer(args.openai_dir / f"{s}.jsonl"))
+                     for s in ("train", "val")}
         dropped_out = stack.enter_context(io.parquet_writer(args.dropped, schema.DROPPED))
         batches = pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names)
         for out in ordered_map(format_batch, batches, params.workers, params, initializer=init_worker,
@@ -218,7 +226,8 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--pairs", "--tokenizer", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report",
                  "--metrics", "--lengths-plot"):
         parser.add_argument(name, type=Path, required=True)
@@ -234,7 +243,8 @@ def main(argv=None) -> None:
         except expectations.ExpectationsFailed as failed:
             for path in outputs:  # never leave a previous run's rows where the next stage would read them
                 path.unlink(missing_ok=True)
-            raise errors.GateFailed(f"rendered rows failed {args.suite}:\n{failed}\nreport: {args.report}") from None
+            raise errors.GateFailed(f"rendered rows failed {args.suite}:\n{failed}\n"
+                                    f"report: {args.report}") from None
         io.write_text(tally.histogram(params.max_length), args.lengths_plot)
         metrics = tally.summary()
         io.write_json(metrics, args.metrics)

@@ -1,6 +1,7 @@
 """scrape: fetch raw documents from the configured source into one Parquet table.
 
-    python -m stages.scrape --sources-dir data/sources --out data/raw/docs.parquet --metrics metrics/scrape.json
+    python -m stages.scrape --sources-dir data/sources --out data/raw/docs.parquet \
+        --metrics metrics/scrape.json
 
 The raw table is written once and is all later stages read: re-running clean or anything after it
 never re-scrapes. Documents that could not be fetched are rows with `fetch_error` set, so clean
@@ -39,7 +40,8 @@ def scrape(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str] = 
     rows, seen = [], {}
     for row in fetch(params, sources_dir=sources_dir, now=now):
         if row["doc_id"] in seen:
-            raise SourceError(f"source {params.source!r} returned {row['url']} twice: list each document once")
+            raise SourceError(f"source {params.source!r} returned {row['url']} twice: "
+                              "list each document once")
         seen[row["doc_id"]] = row["url"]
         if row["fetch_error"] is None:
             row["fetched_at"] = first_seen.get((row["doc_id"], row["content_sha256"]), row["fetched_at"])
@@ -47,8 +49,8 @@ def scrape(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str] = 
         if len(rows) % 100 == 0:
             progress(f"scrape: {len(rows)} documents")
     if not rows:
-        raise EmptySourceError(f"source {params.source!r} produced no documents: check scrape.{params.source} "
-                               "in params.yaml")
+        raise EmptySourceError(f"source {params.source!r} produced no documents: "
+                               f"check scrape.{params.source} in params.yaml")
     return pa.Table.from_pylist(rows, schema=schema.RAW_DOCS)
 
 
@@ -74,7 +76,8 @@ def summarize(table: pa.Table) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
@@ -87,8 +90,8 @@ def main(argv=None) -> None:
         metrics = summarize(table)
         io.write_parquet(table, args.out, schema.RAW_DOCS)
         io.write_json(metrics, args.metrics)
-    io.stderr(f"scrape: {metrics['docs']} documents ({metrics['bytes'] / 1e6:.1f} MB), failed {metrics['failed']} "
-              f"({time.perf_counter() - start:.1f} s)")
+    io.stderr(f"scrape: {metrics['docs']} documents ({metrics['bytes'] / 1e6:.1f} MB), "
+              f"failed {metrics['failed']} ({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -37,14 +37,14 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
     """Train, check, save; return metrics. Raises TrainError (a UserError) for anything the user must fix."""
     t0 = time.perf_counter()
     backend = get_backend(params.backend)
-    base = backend.load(base_dir, params)
-    data_md5 = {str(train_path): runs.file_md5(train_path), str(val_path): runs.file_md5(val_path)}
-    fingerprint = runs.run_fingerprint(params, base.info, data_md5, max_length)
-
+    # The splits first: a bad file fails in a second, not after loading the base (minutes for a big one).
     train_ids, train_rows = io.read_chat_rows(train_path)
     val_ids, val_rows = io.read_chat_rows(val_path)
     if not train_rows:
         raise TrainError(f"{train_path} has no rows to train on")
+    base = backend.load(base_dir, params)
+    data_md5 = {str(train_path): runs.file_md5(train_path), str(val_path): runs.file_md5(val_path)}
+    fingerprint = runs.run_fingerprint(params, base.info, data_md5, max_length)
     encode = dict(channels=params.channels, turns=params.assistant_turns, max_length=max_length)
     train_enc = encode_rows(base.chat_format, base.tokenizer, train_ids, train_rows, **encode)
     val_enc = encode_rows(base.chat_format, base.tokenizer, val_ids, val_rows, **encode) if val_rows else None
@@ -61,8 +61,8 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
     runs.restore_live(resume_from, live_dir)
     rows_per_step = params.batch_size * params.grad_accum
     total_steps = params.max_steps or math.ceil(params.epochs * len(train_rows) / rows_per_step)
-    order = runs.row_order([len(ids) for ids in train_enc.input_ids], total_steps * rows_per_step, rows_per_step,
-                           params.seed)
+    order = runs.row_order([len(ids) for ids in train_enc.input_ids], total_steps * rows_per_step,
+                           rows_per_step, params.seed)
     progress(f"train: {report.rows} rows, {report.trained_tokens:,} of {report.tokens:,} tokens trained "
              f"({report.trained_share:.1%}); {total_steps} steps, backend {backend.name}")
     fitted = backend.fit(base, FitJob(train=train_enc, val=val_enc, order=order, total_steps=total_steps,
@@ -90,8 +90,9 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         fitted.model.save_pretrained(tmp)
         canonical_adapter_config(tmp / "adapter_config.json")
         base.tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(params=params, base_info=base.info, chat_format=base.chat_format,
-                                                  data_md5=data_md5, metrics=metrics, device=fitted.device.upper()))
+        (tmp / "README.md").write_text(model_card(params=params, base_info=base.info,
+                                                  chat_format=base.chat_format, data_md5=data_md5,
+                                                  metrics=metrics, device=fitted.device.upper()))
     runs.finish_checkpoints(checkpoints, fingerprint, fitted.steps)
     speed = f", {fitted.tokens_seen / fitted.train_seconds:,.0f} tokens/s" if fitted.train_seconds > 0 else ""
     progress(f"train: {fitted.steps} steps done in {time.perf_counter() - t0:.0f} s{speed}")
@@ -99,7 +100,8 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, type=Path, help="base folder (the base stage's)")
     parser.add_argument("--train", required=True, type=Path, help="train split Parquet (the format stage's)")
     parser.add_argument("--val", required=True, type=Path, help="val split Parquet (held-out loss)")

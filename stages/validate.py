@@ -66,7 +66,8 @@ def summarize(result: expectations.SuiteResult) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("--pairs", "--suite", "--out", "--report", "--metrics"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -75,11 +76,13 @@ def main(argv=None) -> None:
         params = load_section(STAGE, args.params)
         result = validate(read_batches(args.pairs, params.batch_rows), expectations.load_suite(args.suite),
                           min_rows=params.min_rows, samples=params.report_samples)
-        io.write_text(expectations.render_report(result, title="validate: instruction/response pairs"), args.report)
+        io.write_text(expectations.render_report(result, title="validate: instruction/response pairs"),
+                      args.report)
         io.write_json(summarize(result), args.metrics)
         if not result.success:
             args.out.unlink(missing_ok=True)  # a previous run's pairs must not pass for validated ones
-            raise errors.GateFailed(f"{args.pairs} failed {args.suite}:\n{expectations.failure_message(result)}\n"
+            raise errors.GateFailed(f"{args.pairs} failed {args.suite}:\n"
+                                    f"{expectations.failure_message(result)}\n"
                                     f"report: {args.report}")
         with io.atomic_path(args.out) as tmp:  # the validated pairs are the input, unchanged
             shutil.copyfile(args.pairs, tmp)

@@ -22,7 +22,8 @@ class UserError(Exception):
 
 
 class ParamsError(UserError, ValueError):
-    """A params.yaml key is missing, unknown, mistyped or out of range (the message starts with its dotted key)."""
+    """A params.yaml key is missing, unknown, mistyped or out of range (the message starts with its
+    dotted key)."""
 
 
 class InputError(UserError, ValueError):

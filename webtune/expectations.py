@@ -197,7 +197,8 @@ def run_suite(
 
 
 # Expectations that need every row at once. run_suite_batched runs them on a slim frame (the id column and a
-# 16-byte digest of each column checked for uniqueness), so memory per row stays ~100 bytes, not the text size.
+# 16-byte digest of each column checked for uniqueness), so memory per row stays ~100 bytes, not the text
+# size.
 WHOLE_TABLE = ("expect_table_row_count_to_be_between", "expect_column_values_to_be_unique")
 
 
@@ -224,7 +225,8 @@ def _subsuite(data: dict, indexes: list[int]) -> gx.ExpectationSuite:
     return gx.ExpectationSuite(**(data | {"expectations": [data["expectations"][i] for i in indexes]}))
 
 
-def check_batch(suite: gx.ExpectationSuite, df: pd.DataFrame | pa.Table, id_column: str, samples: int) -> BatchCheck:
+def check_batch(suite: gx.ExpectationSuite, df: pd.DataFrame | pa.Table, id_column: str,
+                samples: int) -> BatchCheck:
     """The per-batch half of run_suite_batched (safe to run in a worker process)."""
     if isinstance(df, pa.Table):
         df = df.to_pandas()
@@ -237,7 +239,8 @@ def check_batch(suite: gx.ExpectationSuite, df: pd.DataFrame | pa.Table, id_colu
     return BatchCheck(rows=rows, slim=slim)
 
 
-def combine(suite: gx.ExpectationSuite, checks: list[BatchCheck], id_column: str, samples: int) -> SuiteResult:
+def combine(suite: gx.ExpectationSuite, checks: list[BatchCheck], id_column: str,
+            samples: int) -> SuiteResult:
     """The whole-table half: add up the batches' row-level outcomes, run WHOLE_TABLE on the slim frames."""
     if not checks:
         raise ValueError("no batches (check an empty frame for an empty table)")
@@ -279,7 +282,8 @@ def failure_message(result: SuiteResult) -> str:
     """A headline, then one line per failed expectation: what it checks, how badly, which rows."""
     failed = result.failed
     lines = [
-        f"{len(failed)} of {len(result.results)} expectations failed (suite {result.suite}, {result.rows} rows)"
+        f"{len(failed)} of {len(result.results)} expectations failed "
+        f"(suite {result.suite}, {result.rows} rows)"
     ]
     for r in failed:
         line = f"  {r.describe()}: {r.outcome()}"
@@ -305,7 +309,8 @@ def render_report(result: SuiteResult, title: str) -> str:
     if result.success:
         headline = f"**PASSED**: all {n} expectations met on {result.rows:,} rows (suite `{result.suite}`)."
     else:
-        headline = f"**FAILED**: {n_failed} of {n} expectations failed on {result.rows:,} rows (suite `{result.suite}`)."
+        headline = (f"**FAILED**: {n_failed} of {n} expectations failed on {result.rows:,} rows "
+                    f"(suite `{result.suite}`).")
     lines = [
         f"# {title}",
         "",

@@ -94,7 +94,8 @@ def parquet_file(path: str | Path, columns: list[str], written_by: str) -> pq.Pa
 
 def read_chat_rows(path: str | Path) -> tuple[list[str], list[list[dict]]]:
     """(pair ids, messages) of a chat-rows split (schema.CHAT_ROWS): what train and evaluate consume."""
-    table = parquet_file(path, ["pair_id", "messages"], "the format stage").read(columns=["pair_id", "messages"])
+    table = parquet_file(path, ["pair_id", "messages"],
+                         "the format stage").read(columns=["pair_id", "messages"])
     return table.column("pair_id").to_pylist(), table.column("messages").to_pylist()
 
 

@@ -24,7 +24,8 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, *args, initializer:
             yield fn(item, *args)
         return
     # fork: workers inherit loaded modules (torch & co.) instead of re-importing them.
-    with multiprocessing.get_context("fork").Pool(workers, initializer=initializer, initargs=initargs) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=initializer,
+                                                  initargs=initargs) as pool:
         pending = collections.deque()
         for item in items:
             pending.append(pool.apply_async(fn, (item, *args)))

@@ -45,11 +45,6 @@ def one_of(*allowed) -> Check:
     return lambda v: None if v in allowed else f"{v!r} is not one of {', '.join(map(str, allowed))}"
 
 
-def every(check: Check) -> Check:
-    """Apply `check` to each item of a tuple."""
-    return lambda items: next((f"item {i}: {p}" for i, v in enumerate(items) if (p := check(v))), None)
-
-
 def _source_names() -> tuple[str, ...]:
     from webtune.sources import SOURCES
 
@@ -162,7 +157,8 @@ class BaseParams:
         if self.num_heads % self.num_kv_heads:
             yield "num_kv_heads", f"{self.num_kv_heads} does not divide base.num_heads ({self.num_heads})"
         if self.experts_per_token > self.num_experts:
-            yield "experts_per_token", f"{self.experts_per_token} is above base.num_experts ({self.num_experts})"
+            yield "experts_per_token", (f"{self.experts_per_token} is above base.num_experts "
+                                        f"({self.num_experts})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +173,8 @@ class FormatParams:
 
     def problems(self):
         if self.train_ratio + self.val_ratio > 1:
-            yield "val_ratio", f"format.train_ratio + format.val_ratio is {self.train_ratio + self.val_ratio}, above 1"
+            yield "val_ratio", ("format.train_ratio + format.val_ratio is "
+                                f"{self.train_ratio + self.val_ratio}, above 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +188,8 @@ class LoraParams:
 
     def problems(self):
         if not self.target_modules and not self.target_parameters:
-            yield "target_modules", "and train.lora.target_parameters are both empty: LoRA would train nothing"
+            yield "target_modules", ("and train.lora.target_parameters are both empty: "
+                                     "LoRA would train nothing")
 
 
 @dataclasses.dataclass(frozen=True)

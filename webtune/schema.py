@@ -10,7 +10,8 @@ import pyarrow as pa
 
 # Provenance columns, shared by every table.
 PROVENANCE = [
-    pa.field("doc_id", pa.string(), nullable=False),  # sha256(source + "\0" + url)[:16]: stable across re-scrapes
+    # sha256(source + "\0" + url)[:16]: stable across re-scrapes
+    pa.field("doc_id", pa.string(), nullable=False),
     pa.field("source", pa.string(), nullable=False),  # source module name: pydoc | files | http | ...
     pa.field("url", pa.string(), nullable=False),  # URL, file path, or pydoc:// address
     pa.field("fetched_at", pa.string(), nullable=False),  # ISO-8601 UTC: when this content was first fetched
@@ -23,7 +24,8 @@ PROVENANCE_KEYS = tuple(f.name for f in PROVENANCE)
 RAW_DOCS = pa.schema(
     PROVENANCE
     + [
-        pa.field("content_type", pa.string(), nullable=False),  # text/html | text/markdown | text/plain | application/x-record+json
+        # text/html | text/markdown | text/plain | application/x-record+json
+        pa.field("content_type", pa.string(), nullable=False),
         pa.field("title", pa.string(), nullable=False),
         pa.field("body", pa.string(), nullable=False),  # decoded text (see io.decode_bytes for the policy)
         pa.field("record", pa.string(), nullable=True),  # a structured record (e.g. a product) as JSON
@@ -52,7 +54,8 @@ DROPPED = pa.schema(
     + [
         pa.field("stage", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
-        pa.field("detail", pa.string(), nullable=False),  # human-readable context (e.g. which doc it duplicates)
+        # human-readable context (e.g. which doc it duplicates)
+        pa.field("detail", pa.string(), nullable=False),
         pa.field("row_id", pa.string(), nullable=False),  # doc_id or pair_id of what was dropped
     ]
 )

@@ -1,4 +1,5 @@
-"""Helpers of the end-to-end tests: a git + DVC project holding this repository's pipeline, and commands in it."""
+"""Helpers of the end-to-end tests: a git + DVC project holding this repository's pipeline, and commands
+in it."""
 
 import hashlib
 import os
@@ -10,8 +11,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-COPY = ["dvc.yaml", "params.yaml", "stages", "webtune", "expectations", "data/sources/README.md", ".dvcignore",
-        ".gitignore"]
+COPY = ["dvc.yaml", "params.yaml", "stages", "webtune", "expectations", "data/sources/README.md",
+        ".dvcignore", ".gitignore"]
 ALL_STAGES = ["scrape", "clean", "validate", "base", "format", "train", "evaluate"]
 
 
@@ -92,7 +93,8 @@ def new_project(project: Path, knobs: dict) -> Path:
 
 
 def copy_project(project: Path, dest: Path) -> Path:
-    """An independent copy of a built project (git history, DVC cache and workspace), for a test that changes it.
+    """An independent copy of a built project (git history, DVC cache and workspace), for a test that
+    changes it.
 
     The default remote (`../webtune-dvc-storage`) is relative to the project, so the copy has its own.
     """

@@ -1,4 +1,5 @@
-"""End to end, the data half: what the first `dvc repro` of the built project wrote, and the gate stopping the DAG.
+"""End to end, the data half: what the first `dvc repro` of the built project wrote, and the gate
+stopping the DAG.
 
 Real `dvc` in a temporary git repository holding this repository's dvc.yaml, stages/ and webtune/.
 """
@@ -28,7 +29,8 @@ def test_the_first_repro_wrote_every_data_output(built):
     openai_line = (built / "data/format/openai/train.jsonl").read_text().splitlines()[0]
     assert [m["role"] for m in json.loads(openai_line)["messages"]] == ["user", "assistant"]
     assert (built / "reports/validate.md").exists()
-    assert json.loads((built / "models/base/tokenizer/chat_format.json").read_text()) == {"chat_format": "harmony"}
+    assert (json.loads((built / "models/base/tokenizer/chat_format.json").read_text())
+            == {"chat_format": "harmony"})
     # Metrics hold no wall-clock numbers: a re-run writes the same files (and dvc.lock the same hashes).
     assert not any("seconds" in (built / "metrics" / f"{m}.json").read_text() for m in metrics)
     # git tracks no pipeline data: DVC does.

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.e2e.dvcproject import commit, new_project, set_params, sh, sha256
 from tests.e2e.s3_endpoint import S3Endpoint
 from webtune.cli import remote
@@ -57,7 +58,8 @@ def test_plain_http_is_flagged_unless_it_stays_on_this_machine():
 
 def test_repair_advice_lists_each_corrupted_object_and_its_folder_listing_once():
     root = "s3://team/x/files/md5"
-    corrupted = [remote.Missing("models/adapter/a.safetensors", "ab12", f"{root}/ab/12", True, f"{root}/dd/1.dir"),
+    corrupted = [remote.Missing("models/adapter/a.safetensors", "ab12", f"{root}/ab/12", True,
+                                f"{root}/dd/1.dir"),
                  remote.Missing("models/adapter/b.json", "cd34", f"{root}/cd/34", True, f"{root}/dd/1.dir"),
                  remote.Missing("data/raw/docs.parquet", "ef56", f"{root}/ef/56", True)]
     absent = remote.Missing("data/clean/docs.parquet", "0a0b", f"{root}/0a/0b", False)
@@ -117,7 +119,8 @@ def dvc_files(project: Path) -> dict[str, str]:
 
     Left out: git's README and .gitignore files, and train's models/checkpoints.lock (not an output).
     """
-    tracked = set(sh(project, "git", "ls-files", "data", "models").stdout.split()) | {"models/checkpoints.lock"}
+    tracked = (set(sh(project, "git", "ls-files", "data", "models").stdout.split())
+               | {"models/checkpoints.lock"})
     return {str(p.relative_to(project)): sha256(p) for top in ("data", "models")
             for p in sorted((project / top).rglob("*"))
             if p.is_file() and str(p.relative_to(project)) not in tracked}
@@ -157,7 +160,8 @@ def test_use_s3_writes_plain_dvc_config(project, s3):
 @pytest.mark.slow
 def test_push_then_pull_into_an_empty_cache_is_byte_identical(project, s3):
     before = dvc_files(project)
-    assert ADAPTER in before and "models/base/model.safetensors" in before and "data/format/train.parquet" in before
+    assert (ADAPTER in before and "models/base/model.safetensors" in before
+            and "data/format/train.parquet" in before)
     pushed = dvc(project, "push")
     state["a_objects"] = int(re.search(r"(\d+) files? pushed", pushed.stdout).group(1))
     assert len(s3.keys(PREFIX)) == state["a_objects"]
@@ -260,9 +264,10 @@ def test_the_endpoint_going_down_mid_push_fails_clearly_and_the_retry_sends_only
 @pytest.mark.slow
 def test_an_aws_profile_is_enough(project, s3, tmp_path):
     credentials = tmp_path / "credentials"  # a ~/.aws/credentials with one profile, outside the repository
-    credentials.write_text(f"[webtune-test]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n")
-    run(project, sys.executable, "-m", "webtune.cli.remote", "use-s3", f"s3://{BUCKET}/{PREFIX}", "--endpoint", s3.url,
-        "--region", "us-east-1", "--profile", "webtune-test", keys=False)
+    credentials.write_text(f"[webtune-test]\naws_access_key_id = {KEY_ID}\n"
+                           f"aws_secret_access_key = {SECRET}\n")
+    run(project, sys.executable, "-m", "webtune.cli.remote", "use-s3", f"s3://{BUCKET}/{PREFIX}",
+        "--endpoint", s3.url, "--region", "us-east-1", "--profile", "webtune-test", keys=False)
     assert "profile = webtune-test" in (project / ".dvc/config.local").read_text()
     assert "profile" not in (project / ".dvc/config").read_text()
     status = dvc(project, "status", "--cloud", keys=False, credentials_file=str(credentials))

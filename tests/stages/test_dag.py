@@ -96,7 +96,8 @@ def test_every_path_in_a_command_is_a_declared_dep_or_output(dag, name):
 
 def leaves(obj, prefix: str) -> set[str]:
     if dataclasses.is_dataclass(obj):
-        return set().union(*(leaves(getattr(obj, f.name), f"{prefix}.{f.name}") for f in dataclasses.fields(obj)))
+        return set().union(*(leaves(getattr(obj, f.name), f"{prefix}.{f.name}")
+                             for f in dataclasses.fields(obj)))
     return {prefix}
 
 

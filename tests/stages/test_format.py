@@ -152,7 +152,8 @@ def too_long():
 
 def error_lines(capsys) -> list[str]:
     """stderr less the progress lines (`format: 7/30 pairs`): the stage's error message."""
-    return [line for line in capsys.readouterr().err.splitlines() if not re.fullmatch(r"format: \d+/\d+ pairs", line)]
+    lines = capsys.readouterr().err.splitlines()
+    return [line for line in lines if not re.fullmatch(r"format: \d+/\d+ pairs", line)]
 
 
 def run_main(folder, *, pairs, tokenizer, suite, params):
@@ -185,10 +186,12 @@ def test_main_writes_splits_jsonl_report_and_metrics(tiny_base, repo, tmp_path):
 
 def test_a_pool_of_two_workers_writes_what_one_writes(tiny_base, repo, tmp_path, monkeypatch):
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # format sets it for a pool: undo after
+    # No tokenizer in this process that forked workers could inherit: only the pool's initializer sets one.
+    monkeypatch.setattr(F, "_worker", {})
     pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(40)] + [too_long()])
     suite = repo / SUITE
     outputs = {}
-    for workers in (2, 1):  # the pool first: no tokenizer is set in this process that forks could inherit
+    for workers in (2, 1):  # the pool first, while this process holds no tokenizer
         folder = tmp_path / f"workers{workers}"
         folder.mkdir()
         params = write_params(repo, folder / "params.yaml", workers=workers, batch_rows=7)
@@ -207,8 +210,8 @@ def test_main_gate_failure_writes_no_rows_and_removes_stale_ones(tiny_base, repo
     pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(30)])
     strict = tmp_path / "strict.json"  # every row has more than 5 tokens: the gate must fail
     suite = expectations.load_suite(repo / SUITE)
-    expectations.save_suite(expectations.with_kwargs(suite, "expect_column_values_to_be_between", max_value=5),
-                            strict)
+    strict_suite = expectations.with_kwargs(suite, "expect_column_values_to_be_between", max_value=5)
+    expectations.save_suite(strict_suite, strict)
     params = write_params(repo, tmp_path / "params.yaml", batch_rows=7, workers=1)
     out = tmp_path / "format"
     stale = out / "train.parquet"
@@ -221,7 +224,7 @@ def test_main_gate_failure_writes_no_rows_and_removes_stale_ones(tiny_base, repo
     assert err[:2] == [f"format: rendered rows failed {strict}:",
                        "1 of 7 expectations failed (suite chat_rows, 30 rows)"]
     assert err[2].startswith("  expect_column_values_to_be_between(column=n_tokens, min_value=1.0, "
-                             "max_value=5): 30 of 30 rows unexpected; sample pair_id: ")
+                             "max_value=5.0): 30 of 30 rows unexpected; sample pair_id: ")
     assert err[3:] == [f"report: {tmp_path / 'report.md'}"]
     left = sorted(p.name for p in out.rglob("*") if p.is_file())
     assert left == [], "outputs or temp files were left behind"
@@ -250,7 +253,8 @@ def test_the_gate_checks_rows_against_the_formats_own_row_regex(tiny_base, repo,
         run_main(tmp_path, pairs=pairs, tokenizer=tiny_base / "tokenizer", suite=lax, params=params)
     assert exit_info.value.code == 1
     err = error_lines(capsys)
-    assert err[:2] == [f"format: rendered rows failed {lax}:", "1 of 7 expectations failed (suite chat_rows, 6 rows)"]
+    assert err[:2] == [f"format: rendered rows failed {lax}:",
+                       "1 of 7 expectations failed (suite chat_rows, 6 rows)"]
     assert err[2].startswith("  expect_column_values_to_match_regex(column=text, regex=^(?:")
     assert err[2].endswith(f"1 of 6 rows unexpected; sample pair_id: {bad['pair_id']}")
 

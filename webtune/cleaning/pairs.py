@@ -22,7 +22,8 @@ _UNDERLINE_LEVEL = {"*": 1, "=": 2, "-": 3, "~": 4, "^": 5, '"': 6}
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _SENTENCE_END = re.compile(r"[.!?:][\"')\]]?\s")
 
-PRODUCT_PROMPT = "Write a crisp product description.\nTitle: {title}\nBrand: {brand}\nFeatures: {features}\nDescription:"
+PRODUCT_PROMPT = ("Write a crisp product description.\nTitle: {title}\nBrand: {brand}\n"
+                  "Features: {features}\nDescription:")
 
 
 @dataclasses.dataclass
@@ -133,7 +134,8 @@ def doc_qa_pairs(doc: dict, params: PairsParams) -> tuple[list[dict], list[tuple
         if is_lead:
             question = _fit(params.doc_question, params.max_instruction_chars, title=title)
         else:
-            question = _fit(params.section_question, params.max_instruction_chars, title=title, heading=section.heading)
+            question = _fit(params.section_question, params.max_instruction_chars, title=title,
+                            heading=section.heading)
         pairs.append(_pair(doc, "doc_qa", "", question, answer))
     return pairs, skipped
 

@@ -116,7 +116,8 @@ def remove_boilerplate(text: str, patterns: tuple[str, ...], max_words: int) -> 
 
 def mask(text: str, *, emails: bool, secrets: bool) -> tuple[str, int, int]:
     n_secrets = n_emails = 0
-    if secrets and (any(h in text for h in _SECRET_HINTS) or _GITHUB_HINT.search(text) or _AWS_HINT.search(text)):
+    if secrets and (any(h in text for h in _SECRET_HINTS) or _GITHUB_HINT.search(text)
+                    or _AWS_HINT.search(text)):
         text, n_secrets = SECRETS.subn("<secret>", text)
     if emails and "@" in text:
         text, n_emails = EMAIL.subn("<email>", text)
@@ -131,7 +132,8 @@ def clean_text(text: str, params: CleanParams, stats: collections.Counter) -> st
         text = _BLANK_RUNS.sub("\n\n", text)
     text, n_emails, n_secrets = mask(text, emails=params.mask_emails, secrets=params.mask_secrets)
     n_tags = count_control_tags(text)
-    stats.update(boilerplate_lines=n_lines, emails_masked=n_emails, secrets_masked=n_secrets, control_tags=n_tags)
+    stats.update(boilerplate_lines=n_lines, emails_masked=n_emails, secrets_masked=n_secrets,
+                 control_tags=n_tags)
     return neutralise(text).strip()
 
 
@@ -178,7 +180,10 @@ def score_doc(raw: dict, params: CleanParams) -> dict:
         out["drop"] = (raw["fetch_error"], f"scrape failed: {raw['fetch_detail']}")
         return out
     body = raw["body"]
-    bad_ratio = raw["n_bad_chars"] / max(1, len(body) + raw["n_bad_chars"])
+    # decode_bytes counts two kinds of bad chars: U+FFFD replacements, which stay in the body, and control
+    # bytes, which it removed. Only the removed ones are missing from len(body).
+    removed = raw["n_bad_chars"] - body.count("\ufffd")
+    bad_ratio = raw["n_bad_chars"] / max(1, len(body) + removed)
     if bad_ratio > params.max_bad_char_ratio:
         out["drop"] = ("mostly_garbage", f"{bad_ratio:.0%} of chars undecodable or control bytes")
         return out

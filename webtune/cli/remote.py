@@ -49,8 +49,8 @@ def s3_remote_commands(url: str, *, name: str = "s3", endpoint: str | None = Non
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RemoteError(f"endpoint {endpoint!r} must be an http(s) URL, e.g. https://minio.example.com:9000")
         if parts.username or parts.password:
-            raise RemoteError("the endpoint URL carries credentials: give them through the AWS environment or "
-                              "`dvc remote modify --local`, never in a URL that lands in .dvc/config")
+            raise RemoteError("the endpoint URL carries credentials: give them through the AWS environment "
+                              "or `dvc remote modify --local`, never in a URL that lands in .dvc/config")
         commands.append(["remote", "modify", name, "endpointurl", endpoint])
     if region:
         commands.append(["remote", "modify", name, "region", region])
@@ -92,7 +92,8 @@ def repair_advice(missing: list[Missing]) -> str:
     # re-push only replaces a file once its folder's listing is gone too.
     urls = sorted({m.url for m in bad} | {m.listing_url for m in bad if m.listing_url})
     return ("To repair: delete these objects from the remote, then run `dvc push` from a clone whose cache "
-            "holds good copies (DVC re-uploads only what the remote lacks):\n" + "\n".join(f"  {u}" for u in urls))
+            "holds good copies (DVC re-uploads only what the remote lacks):\n"
+            + "\n".join(f"  {u}" for u in urls))
 
 
 def missing_objects(repo, targets: list[str], remote: str | None) -> list[Missing]:
@@ -171,7 +172,8 @@ def use_s3(url: str, **options) -> int:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     s3 = commands.add_parser("use-s3", help="make an S3 (or S3-compatible) bucket the default DVC remote")
     s3.add_argument("url", help="s3://bucket/prefix")
@@ -183,10 +185,12 @@ def main(argv=None) -> None:
     get.add_argument("targets", nargs="*", help="outputs or stages (default: all)")
     get.add_argument("-r", "--remote", help="remote name (default: the project's default remote)")
     get.add_argument("-j", "--jobs", type=int, help="parallel downloads (DVC's default when unset)")
-    get.add_argument("-f", "--force", action="store_true", help="let checkout overwrite modified workspace files")
+    get.add_argument("-f", "--force", action="store_true",
+                     help="let checkout overwrite modified workspace files")
     args = parser.parse_args(argv)
     if args.command == "use-s3":
-        sys.exit(use_s3(args.url, name=args.name, endpoint=args.endpoint, region=args.region, profile=args.profile))
+        sys.exit(use_s3(args.url, name=args.name, endpoint=args.endpoint, region=args.region,
+                        profile=args.profile))
     sys.exit(pull(args.targets, remote=args.remote, force=args.force, jobs=args.jobs))
 
 

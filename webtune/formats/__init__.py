@@ -31,7 +31,8 @@ class ChatFormat(abc.ABC):
     """One chat format. Subclasses set the class attributes and implement the abstract methods."""
 
     name: str
-    control_tokens: tuple[str, ...]  # every special token the structure uses, each one id in a fitting tokenizer
+    # every special token the structure uses, each one id in a fitting tokenizer
+    control_tokens: tuple[str, ...]
     stop_tokens: tuple[str, ...]  # generation stops at any of these
     pad_token: str  # never supervised; fills batches
     channels: tuple[str, ...]  # assistant channels this format can express

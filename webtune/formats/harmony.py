@@ -23,7 +23,8 @@ ASSISTANT_CHANNEL = "final"
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    f"{{%- set content = message['content'] | replace('<|', '{NEUTRAL_OPEN}') | replace('|>', '{NEUTRAL_CLOSE}') -%}}"
+    f"{{%- set content = message['content'] | replace('<|', '{NEUTRAL_OPEN}')"
+    f" | replace('|>', '{NEUTRAL_CLOSE}') -%}}"
     "{%- if message['role'] == 'assistant' -%}"
     "<|start|>assistant<|channel|>final<|message|>"
     "{%- generation -%}{{ content }}{{ '<|return|>' if loop.last else '<|end|>' }}{%- endgeneration -%}"
@@ -68,7 +69,8 @@ class Harmony(ChatFormat):
     def assistant_spans(self, tokenizer, ids: Sequence[int]) -> list[tuple[str, int, int]]:
         """`<|start|>assistant<|channel|>C<|message|>` opens a turn and the next `<|return|>` or `<|end|>`
         closes it (inclusive: the model must learn to stop). An unterminated turn runs to the end."""
-        start, channel, message, end, ret = tokenizer.convert_tokens_to_ids([START, CHANNEL, MESSAGE, END, RETURN])
+        start, channel, message, end, ret = tokenizer.convert_tokens_to_ids([START, CHANNEL, MESSAGE, END,
+                                                                             RETURN])
         spans, i, n = [], 0, len(ids)
         while i < n:
             if ids[i] != start:

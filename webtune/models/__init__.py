@@ -57,7 +57,8 @@ def load_tokenizer(folder: str | Path):
     try:
         name = json.loads((folder / FORMAT_FILE).read_text())["chat_format"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        raise ModelError(f"{folder}: no {FORMAT_FILE}: not a tokenizer folder written by the base stage") from None
+        raise ModelError(f"{folder}: no {FORMAT_FILE}: not a tokenizer folder "
+                         "written by the base stage") from None
     fmt = formats.get(name)
     # local_files_only: the base stage saved every file here; never ask the hub (works with HF_HUB_OFFLINE=1).
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -73,7 +74,8 @@ def base_info(base_dir: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ModelError(f"{path}: missing: {base_dir} is not a base folder written by the base stage") from None
+        raise ModelError(f"{path}: missing: {base_dir} is not a base folder "
+                         "written by the base stage") from None
 
 
 def load_base(base_dir: str | Path, with_model: bool = True) -> Base:
@@ -95,9 +97,12 @@ def load_base(base_dir: str | Path, with_model: bool = True) -> Base:
                 info["model"], revision=info["revision"], dtype=torch.bfloat16 if cuda else torch.float32,
                 device_map="auto" if cuda else None)
         except OSError as e:  # offline, gated or missing
-            raise ModelError(f"cannot load {info['model']} at {info['revision']} (base {base_dir}): {e}") from None
+            reason = " ".join(str(e).split())  # hub errors span lines; the stage's error is one
+            raise ModelError(f"cannot load {info['model']} at {info['revision']} "
+                             f"(base {base_dir}): {reason}") from None
     elif with_model:
-        raise ModelError(f"{base_dir / MODEL_DIR / INFO_FILE}: unknown base kind {info['kind']!r} (known: tiny, hub)")
+        raise ModelError(f"{base_dir / MODEL_DIR / INFO_FILE}: unknown base kind {info['kind']!r} "
+                         "(known: tiny, hub)")
     return Base(model, tokenizer, fmt, info)
 
 
@@ -112,14 +117,21 @@ def prepare_for_lora(model) -> None:
         model.config.router_aux_loss_coef = 0.0
 
 
-def load_adapter(base: Base, adapter_dir: str | Path):
-    """A PeftModel of `base.model` with the adapter in `adapter_dir`, after checking it belongs to this base."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    """`adapter_dir` if it holds a PEFT adapter (checked before any base is loaded), else ModelError."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir} has no adapter_config.json: not a PEFT adapter folder (run train)")
+    return adapter_dir
+
+
+def load_adapter(base: Base, adapter_dir: str | Path):
+    """A PeftModel of `base.model` with the adapter in `adapter_dir`, after checking it belongs to this
+    base."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    adapter_dir = check_adapter_dir(adapter_dir)
     if any((adapter_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         try:
             adapter_tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
@@ -131,4 +143,5 @@ def load_adapter(base: Base, adapter_dir: str | Path):
     try:
         return PeftModel.from_pretrained(base.model, adapter_dir)
     except (RuntimeError, ValueError, KeyError) as e:  # e.g. LoRA shapes of a base of another width
-        raise ModelError(f"cannot load the adapter in {adapter_dir} onto this base: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"cannot load the adapter in {adapter_dir} onto this base: "
+                         f"{str(e).splitlines()[0]}") from None

@@ -19,7 +19,7 @@ import torch
 
 from webtune import formats
 from webtune.formats import ChatFormat
-from webtune.models import load_adapter, load_base
+from webtune.models import check_adapter_dir, load_adapter, load_base
 
 IGNORE = -100  # label of a token that is not scored (torch's cross_entropy default ignore_index)
 
@@ -57,6 +57,8 @@ class ChatModel:
 
     @classmethod
     def load(cls, base_dir: str | Path, adapter_dir: str | Path | None = None) -> "ChatModel":
+        if adapter_dir is not None:  # a wrong folder fails before the base's weights load
+            check_adapter_dir(adapter_dir)
         base = load_base(base_dir)
         model = load_adapter(base, adapter_dir) if adapter_dir is not None else base.model
         return cls(model, base.tokenizer, base.chat_format)
@@ -64,11 +66,13 @@ class ChatModel:
     @contextlib.contextmanager
     def base_only(self):
         """The base's numbers from the same PeftModel with its adapter disabled: one model in memory."""
-        with self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext():
+        with (self.model.disable_adapter() if hasattr(self.model, "disable_adapter")
+              else contextlib.nullcontext()):
             yield
 
     def stop_ids(self) -> list[int]:
-        """The format's stop tokens and the model's own eos ids (a warmed-up base adds its end of document)."""
+        """The format's stop tokens and the model's own eos ids (a warmed-up base adds its end of
+        document)."""
         ids = self.tokenizer.convert_tokens_to_ids(list(self.chat_format.stop_tokens))
         eos = self.model.generation_config.eos_token_id
         for i in [eos] if isinstance(eos, int) else eos or []:
@@ -95,16 +99,19 @@ class ChatModel:
         stops, pad_id = self.stop_ids(), self.tokenizer.pad_token_id
         answers = []
         for start in range(0, len(rows), batch_size):
-            ids, attention = pad([self.prompt_ids(m) for m in rows[start : start + batch_size]], pad_id, "left")
+            ids, attention = pad([self.prompt_ids(m) for m in rows[start : start + batch_size]], pad_id,
+                                 "left")
             out = self.model.generate(
                 input_ids=ids.to(self.model.device), attention_mask=attention.to(self.model.device),
                 do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id)
-            answers += [cut_answer(self.tokenizer, new, stops) for new in out[:, ids.shape[1]:].cpu().tolist()]
+            answers += [cut_answer(self.tokenizer, new, stops)
+                        for new in out[:, ids.shape[1]:].cpu().tolist()]
             if progress:
                 progress(f"generated {len(answers)}/{len(rows)}")
         return answers
 
-    def labels(self, messages: Sequence[dict], channels: Sequence[str], turns: str) -> tuple[list[int], list[int]]:
+    def labels(self, messages: Sequence[dict], channels: Sequence[str],
+               turns: str) -> tuple[list[int], list[int]]:
         """(ids, labels): labels are the ids on supervised tokens and IGNORE elsewhere, as train sees them."""
         ids, mask = formats.encode(self.chat_format, self.tokenizer, messages, channels=channels, turns=turns)
         return ids, [i if m else IGNORE for i, m in zip(ids, mask, strict=True)]
@@ -125,11 +132,12 @@ class ChatModel:
             batch = encoded[start : start + batch_size]
             ids, attention = pad([e[0] for e in batch], self.tokenizer.pad_token_id, "right")
             labels, _ = pad([e[1] for e in batch], IGNORE, "right")
-            logits = self.model(input_ids=ids.to(self.model.device), attention_mask=attention.to(self.model.device),
-                                use_cache=False).logits.cpu()
+            logits = self.model(input_ids=ids.to(self.model.device),
+                                attention_mask=attention.to(self.model.device), use_cache=False).logits.cpu()
             # Position t predicts token t + 1.
             per_token = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="none")
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
+                reduction="none")
             total += per_token.double().sum()
             n_tokens += int((labels[:, 1:] != IGNORE).sum())
         if n_tokens == 0:

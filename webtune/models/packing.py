@@ -25,10 +25,12 @@ def packing_leak(model, tokenizer, lengths: tuple[int, int] = (24, 17), seed: in
     model.eval()
     try:
         # use_cache=False: with a cache, transformers skips packed-sequence masking even for Llama.
-        separate = [model(input_ids=r[None].to(device), use_cache=False).logits[0].float().cpu() for r in rows]
+        separate = [model(input_ids=r[None].to(device), use_cache=False).logits[0].float().cpu()
+                    for r in rows]
         packed_ids = torch.cat(rows)[None].to(device)
         position_ids = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
-        packed = model(input_ids=packed_ids, position_ids=position_ids, use_cache=False).logits[0].float().cpu()
+        packed = model(input_ids=packed_ids, position_ids=position_ids,
+                       use_cache=False).logits[0].float().cpu()
     finally:
         model.train(was_training)
     return (packed - torch.cat(separate)).abs().max().item()
@@ -40,8 +42,8 @@ def check_packing(model, tokenizer) -> float:
     if leak > PROBE_TOLERANCE:
         raise UserError(
             f"train.packing is true, but packed rows leak attention into each other in this "
-            f"{model.config.model_type} model with transformers (max logit difference {leak:.3g} between packed "
-            f"and separate rows; tolerance {PROBE_TOLERANCE}). Packing would train on cross-example attention: "
-            f"set train.packing: false."
+            f"{model.config.model_type} model with transformers (max logit difference {leak:.3g} "
+            f"between packed and separate rows; tolerance {PROBE_TOLERANCE}). "
+            f"Packing would train on cross-example attention: set train.packing: false."
         )
     return leak

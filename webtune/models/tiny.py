@@ -24,7 +24,6 @@ from webtune.formats import harmony, neutralise
 from webtune.models import INFO_FILE, MODEL_DIR, TINY, TOKENIZER_DIR, save_tokenizer
 from webtune.params import BaseParams, as_dict
 
-
 # gpt-oss alternates a sliding-window layer with a full-attention layer. 128 tokens (gpt-oss's own
 # window) is half of warmup_seq_len, so the sliding layers really do slide during warm-up.
 SLIDING_WINDOW = 128
@@ -67,7 +66,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=harmony.RETURN,
-        pad_token=harmony.ENDOFTEXT,
+        pad_token=harmony.FORMAT.pad_token,
         chat_template=harmony.CHAT_TEMPLATE,
     )
     problem = harmony.FORMAT.fits(tokenizer)
@@ -209,7 +208,8 @@ def warm_up(
         schedule.step()
         if progress and ((step + 1) % log_every == 0 or step + 1 == params.warmup_steps):
             progress(
-                f"step {step + 1}/{params.warmup_steps} loss {losses[-1]:.4f} lr {schedule.get_last_lr()[0]:.2e}"
+                f"step {step + 1}/{params.warmup_steps} loss {losses[-1]:.4f} "
+                f"lr {schedule.get_last_lr()[0]:.2e}"
             )
     train_seconds = time.perf_counter() - t_train
 
@@ -219,7 +219,8 @@ def warm_up(
     train_tokens = params.warmup_steps * params.warmup_batch_size * params.warmup_seq_len
     if progress:
         speed = f", {train_tokens / train_seconds:,.0f} tokens/s" if train_seconds > 0 else ""
-        progress(f"warm-up done: held-out loss {initial:.4f} -> {final:.4f} ({time.perf_counter() - t0:.1f} s{speed})")
+        progress(f"warm-up done: held-out loss {initial:.4f} -> {final:.4f} "
+                 f"({time.perf_counter() - t0:.1f} s{speed})")
     return {
         "initial_eval_loss": round(initial, 6),
         "final_eval_loss": round(final, 6),

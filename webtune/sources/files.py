@@ -54,7 +54,8 @@ def list_files(sources_dir: Path, patterns: tuple[str, ...]) -> list[Path]:
         raise SourceError(f"files source: folder {sources_dir} does not exist")
     found = {p for pattern in patterns for p in sources_dir.glob(pattern) if p.is_file()}
     found.discard(sources_dir / "README.md")
-    unsupported = sorted(p for p in found if p.suffix.lower() not in DOCUMENT_SUFFIXES.keys() | RECORD_SUFFIXES)
+    unsupported = sorted(p for p in found
+                         if p.suffix.lower() not in DOCUMENT_SUFFIXES.keys() | RECORD_SUFFIXES)
     if unsupported:
         raise SourceError(f"files source: unsupported file type {unsupported[0]} (supported: "
                           f"{', '.join(sorted(DOCUMENT_SUFFIXES.keys() | RECORD_SUFFIXES))})")
@@ -87,7 +88,8 @@ def read_objects(path: Path, raw: bytes) -> list[dict]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SourceError(f"{path}:{lineno}: malformed JSON line: {e.msg} (column {e.colno})") from None
+                raise SourceError(f"{path}:{lineno}: malformed JSON line: {e.msg} "
+                                  f"(column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise SourceError(f"{path}:{lineno}: expected an object, got {type(obj).__name__}")
             objects.append(obj)
@@ -128,5 +130,6 @@ def object_row(obj: dict, *, path: Path, index: int, fetched_at: str) -> dict:
             )
     record = json.dumps(obj, ensure_ascii=False, sort_keys=True)
     return raw_row(
-        source=SOURCE, url=url, raw=record.encode(), content_type=RECORD, title=title, fetched_at=fetched_at, record=record
+        source=SOURCE, url=url, raw=record.encode(), content_type=RECORD, title=title, fetched_at=fetched_at,
+        record=record
     )

@@ -112,12 +112,14 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def _fetch_all(params: ScrapeParams, *, now: Callable[[], str], sleep: Callable[[float], None]) -> Iterator[dict]:
+def _fetch_all(params: ScrapeParams, *, now: Callable[[], str],
+               sleep: Callable[[float], None]) -> Iterator[dict]:
     urls = params.http.urls
     with requests.Session() as session:  # one Session: connections to one host are reused
         session.headers["User-Agent"] = params.http.user_agent
         for i, url in enumerate(urls, 1):
-            outcome, attempts = fetch_url(session, url, http=params.http, max_doc_bytes=params.max_doc_bytes, sleep=sleep)
+            outcome, attempts = fetch_url(session, url, http=params.http, max_doc_bytes=params.max_doc_bytes,
+                                          sleep=sleep)
             print(f"[{i}/{len(urls)}] {url} -> {progress(outcome, attempts)}", file=sys.stderr, flush=True)
             yield to_row(url, outcome, fetched_at=now(), attempts=attempts)
 
@@ -141,7 +143,8 @@ def fetch_url(
 
 
 def retry_delay(k: int, *, backoff_s: float, retry_after_s: float | None) -> float:
-    """Seconds to wait before retry k (0-based): backoff_s * 2**k, or the server's capped Retry-After if longer."""
+    """Seconds to wait before retry k (0-based): backoff_s * 2**k, or the server's capped Retry-After if
+    longer."""
     delay = backoff_s * 2**k  # 1 s, 2 s, 4 s with the default backoff_s
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
@@ -186,11 +189,13 @@ def _read(response: requests.Response, *, max_doc_bytes: int) -> Outcome:
     content_type = MEDIA_TYPES.get(media_type(header))
     declared = content_length(response.headers.get("Content-Length"))
     if content_type is None:
-        return Outcome(reason="non_text_content_type", n_bytes=declared or 0, detail=header or "no Content-Type")
+        return Outcome(reason="non_text_content_type", n_bytes=declared or 0,
+                       detail=header or "no Content-Type")
     # Content-Length counts encoded bytes; a compressed body is smaller than its decoded text, so a
     # declared length over the cap means the decoded body is over it too.
     if declared is not None and declared > max_doc_bytes:
-        return Outcome(reason="too_large", content_type=content_type, n_bytes=declared, detail="Content-Length")
+        return Outcome(reason="too_large", content_type=content_type, n_bytes=declared,
+                       detail="Content-Length")
     chunks: list[bytes] = []
     n_bytes = 0
     for chunk in response.iter_content(CHUNK_BYTES):  # decoded (gunzipped) bytes

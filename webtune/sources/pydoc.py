@@ -114,6 +114,7 @@ def _public_members(module) -> Iterator[tuple[str, object]]:
         yield name, obj
         if inspect.isclass(obj):
             for attr, member in sorted(vars(obj).items()):
-                if attr.startswith("_") or not (inspect.isfunction(member) or inspect.ismethoddescriptor(member)):
+                if attr.startswith("_") or not (inspect.isfunction(member)
+                                                or inspect.ismethoddescriptor(member)):
                     continue
                 yield f"{name}.{attr}", member

@@ -15,10 +15,10 @@ swaps only `load`: the loop is the same TRL loop.
 
 import abc
 import importlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from webtune.errors import UserError
 
@@ -56,7 +56,6 @@ class Fitted:
     device: str  # "cuda" | "cpu"
     val_loss: float | None = None
     base_val_loss: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Backend(abc.ABC):

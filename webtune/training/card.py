@@ -32,8 +32,9 @@ def library_versions() -> dict[str, str]:
     import transformers
     import trl
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "trl": trl.__version__, "datasets": datasets.__version__}
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__,
+            "datasets": datasets.__version__}
 
 
 def val_section(metrics: dict) -> str:
@@ -42,15 +43,17 @@ def val_section(metrics: dict) -> str:
     rows = [f"| {name} | {metrics[key]:.4f} | {math.exp(metrics[key]):.2f} |"
             for name, key in (("base", "base_val_loss"), ("adapter", "val_loss"))]
     return "\n".join([
-        "Assistant-token loss as the trainer reports it (a mean over evaluation batches); the evaluate stage's",
+        ("Assistant-token loss as the trainer reports it (a mean over evaluation batches); "
+         "the evaluate stage's"),
         "`metrics/evaluate.json` has token-weighted numbers on the test split.", "",
         "| model | loss | perplexity |", "|---|---|---|", *rows])
 
 
-def model_card(*, params: TrainParams, base_info: dict, chat_format: ChatFormat, data_md5: dict, metrics: dict,
-               device: str) -> str:
+def model_card(*, params: TrainParams, base_info: dict, chat_format: ChatFormat, data_md5: dict,
+               metrics: dict, device: str) -> str:
     if base_info["kind"] == "tiny":
-        base_line = f"`{base_info['model']}` built by the base stage, recipe sha256 `{base_info['recipe_sha256']}`"
+        base_line = (f"`{base_info['model']}` built by the base stage, "
+                     f"recipe sha256 `{base_info['recipe_sha256']}`")
     else:
         base_line = f"`{base_info['model']}` at commit `{base_info['revision']}`"
     front = {"library_name": "peft", "base_model": base_info["model"], "tags": ["webtune", "lora", "sft"]}
@@ -63,7 +66,8 @@ def model_card(*, params: TrainParams, base_info: dict, chat_format: ChatFormat,
 
 # webtune LoRA adapter
 
-A LoRA adapter trained by webtune's `train` stage (backend `{params.backend}`, on {device}) with assistant-only
+A LoRA adapter trained by webtune's `train` stage (backend `{params.backend}`, on {device}) \
+with assistant-only
 loss on {chat_format.name}-formatted chat rows.
 
 {USAGE}
@@ -84,7 +88,8 @@ Data (md5, as `dvc.lock` records it for the format stage's outputs):
 
 {val_section(metrics)}
 
-{metrics['steps']} steps, {metrics['train_rows']} training rows, {metrics['trained_tokens']} supervised tokens per epoch.
+{metrics['steps']} steps, {metrics['train_rows']} training rows, \
+{metrics['trained_tokens']} supervised tokens per epoch.
 
 ## Params (`train` section of params.yaml, less report-only knobs)
 

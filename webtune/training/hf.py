@@ -87,12 +87,13 @@ def make_callback(job: FitJob):
             logs = logs or {}
             for key in ("loss", "eval_loss"):
                 if key in logs and not math.isfinite(logs[key]):
-                    raise TrainError(f"{key} is {logs[key]} at step {state.global_step}: training diverged. Lower "
-                                     "train.learning_rate or check the data; no adapter was written.")
+                    raise TrainError(f"{key} is {logs[key]} at step {state.global_step}: training diverged. "
+                                     "Lower train.learning_rate or check the data; no adapter was written.")
             if not self.recording:
                 return
             self.live.step = state.global_step
-            for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"), ("learning_rate", "train/lr")):
+            for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"),
+                              ("learning_rate", "train/lr")):
                 if key in logs:
                     self.live.log_metric(name, logs[key])
             if "loss" in logs or "eval_loss" in logs:
@@ -122,7 +123,8 @@ class HfBackend(Backend):
         model = base.model
         prepare_for_lora(model)
         if params.packing:
-            job.progress(f"train: packing probe passed (max logit difference {check_packing(model, base.tokenizer):.2e})")
+            job.progress("train: packing probe passed "
+                         f"(max logit difference {check_packing(model, base.tokenizer):.2e})")
         config = SFTConfig(
             output_dir=str(job.checkpoints),
             max_steps=-1,  # the dataset below holds exactly total_steps batches, in the run's order
@@ -148,7 +150,8 @@ class HfBackend(Backend):
             save_steps=params.save_steps,
             save_total_limit=2,  # the newest complete checkpoint survives a kill during the next save
             logging_steps=params.logging_steps,
-            logging_nan_inf_filter=False,  # the default hides NaN losses from the logs: the guard must see them
+            # the default hides NaN losses from the logs: the guard must see them
+            logging_nan_inf_filter=False,
             include_num_input_tokens_seen="non_padding",
             report_to="none",
             disable_tqdm=True,  # progress is one line per log step (readable in dvc's output)
@@ -169,8 +172,8 @@ class HfBackend(Backend):
         )
         callback = make_callback(job)
         trainer = SFTTrainer(model=model, args=config, train_dataset=to_dataset(job.train, job.order),
-                             eval_dataset=to_dataset(job.val) if job.val else None, processing_class=base.tokenizer,
-                             peft_config=lora, callbacks=[callback])
+                             eval_dataset=to_dataset(job.val) if job.val else None,
+                             processing_class=base.tokenizer, peft_config=lora, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; our callback prints one line
         check_prepared(trainer.train_dataset, job.train, params.packing, job.order)
 

@@ -43,7 +43,8 @@ def run_fingerprint(params: TrainParams, base_info: dict, data_md5: dict, max_le
 
     Report-only knobs (train.mask_report_rows) are left out: they change no weight.
     """
-    blob = {"params": without_report_knobs(params), "base": base_info, "data": data_md5, "max_length": max_length}
+    blob = {"params": without_report_knobs(params), "base": base_info, "data": data_md5,
+            "max_length": max_length}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -88,7 +89,8 @@ def prepare_checkpoints(folder: Path, fingerprint: str, progress=stderr) -> Path
     checkpoints = sorted((p for p in folder.glob("checkpoint-*") if p.is_dir()), key=step_of)
     if previous.get("fingerprint") != fingerprint:
         if checkpoints and progress:
-            progress(f"train: {len(checkpoints)} checkpoints in {folder} belong to another run; starting fresh")
+            progress(f"train: {len(checkpoints)} checkpoints in {folder} belong to another run; "
+                     "starting fresh")
         for p in checkpoints:
             shutil.rmtree(p)
         checkpoints = []

@@ -29,8 +29,8 @@ class Encoded:
                 for ids, mask in zip(self.input_ids, self.masks, strict=True)]
 
 
-def encode_rows(fmt, tokenizer, pair_ids: Sequence[str], rows: Sequence[list[dict]], *, channels: Sequence[str],
-                turns: str, max_length: int) -> Encoded:
+def encode_rows(fmt, tokenizer, pair_ids: Sequence[str], rows: Sequence[list[dict]], *,
+                channels: Sequence[str], turns: str, max_length: int) -> Encoded:
     """Tokenize each row through the chat format; its mask says which tokens are trained.
 
     A row longer than max_length (format.max_length) is an error naming it: truncating would cut answers

@@ -171,6 +171,14 @@ def test_mostly_control_bytes_is_garbage_with_the_share_named(params):
     assert T.score_doc(row, params)["drop"] == ("mostly_garbage", "30% of chars undecodable or control bytes")
 
 
+def test_undecodable_bytes_count_once_in_the_share(params):
+    # 25 invalid bytes become 25 U+FFFD that stay in the body: 25 of 100 chars, over the 0.2 default.
+    row = raw_row(source="test", url="r", raw=b"\xff" * 25 + b"a" * 75, content_type=TEXT, title="",
+                  fetched_at=TIME)
+    assert (len(row["body"]), row["n_bad_chars"]) == (100, 25)
+    assert T.score_doc(row, params)["drop"] == ("mostly_garbage", "25% of chars undecodable or control bytes")
+
+
 def test_a_few_bad_bytes_are_kept(params):
     row = raw_row(source="test", url="s", raw=prose(3).encode() + b"\xff\x00", content_type=TEXT, title="",
                   fetched_at=TIME)
