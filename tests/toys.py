@@ -22,3 +22,17 @@ SMALL = dict(
     seed=3407,
     threads=1,  # toy tensors gain nothing from a second thread, and a busy machine makes 2 threads crawl
 )
+
+
+def plain_tokenizer():
+    """A byte-level BPE trained in-process with no special token at all: it fits no chat format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(TEXTS[:5], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe)

@@ -8,10 +8,8 @@ CPython's bundled docs).
 import re
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
-from tests.toys import TEXTS
+from tests.toys import plain_tokenizer
 from webtune import formats
 from webtune.formats import harmony
 
@@ -216,17 +214,6 @@ def test_row_regex_rejects_a_prompt_awaiting_its_answer():
 
 
 # --- the format registry -----------------------------------------------------------------------------------
-
-
-def plain_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in-process with no special tokens at all."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    bpe.train_from_iterator(TEXTS[:5], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe)
 
 
 def test_detect_finds_harmony_in_the_toy_tokenizer(tok):

@@ -8,10 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 from huggingface_hub.errors import OfflineModeIsEnabled
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
-from tests.toys import TEXTS
+from tests.toys import plain_tokenizer
 from webtune.formats import harmony
 from webtune.models import ModelError, load_base
 from webtune.models.hub import BaseResolveError, resolve_revision, save_hub_base
@@ -68,17 +66,6 @@ def test_a_resolve_error_is_a_model_error_so_the_stage_reports_it_in_one_line():
 
 
 # --- save_hub_base -----------------------------------------------------------------------------
-
-
-def plain_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in-process without any special token: it fits no chat format."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    bpe.train_from_iterator(TEXTS[:5], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe)
 
 
 def test_save_hub_base_pins_the_commit_and_saves_the_tokenizer_with_its_format(tmp_path, tok):
