@@ -54,24 +54,13 @@ def to_messages(pair: dict) -> list[dict]:
     return messages
 
 
-def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text. A fast tokenizer's Rust backend is called directly (no offsets):
-    ~25% faster than tokenizer(texts), the same ids."""
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-
-
 def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat,
                  params: FormatParams) -> tuple[list[dict], list[dict]]:
     """Pairs -> (chat rows, dropped rows). Pure apart from the tokenizer call."""
     messages = [to_messages(p) for p in pairs]
     texts = [fmt.render(m) for m in messages]
-    rows, dropped = [], []
-    for pair, msgs, text, ids in zip(pairs, messages, texts, encode_batch(tokenizer, texts), strict=True):
+    rows, dropped, token_ids = [], [], formats.token_ids(tokenizer, texts)
+    for pair, msgs, text, ids in zip(pairs, messages, texts, token_ids, strict=True):
         if len(ids) > params.max_length:
             dropped.append(schema.dropped_row(pair, stage=STAGE, reason="too_many_tokens",
                                               row_id=pair["pair_id"],

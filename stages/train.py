@@ -35,7 +35,7 @@ STAGE = "train"
 def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: Path, val_path: Path,
           checkpoints: Path, out: Path, mask_report_path: Path, live_dir: Path, progress=io.stderr) -> dict:
     """Train, check, save; return metrics. Raises TrainError (a UserError) for anything the user must fix."""
-    t0 = time.perf_counter()
+    t0, progress = time.perf_counter(), progress or (lambda _line: None)
     backend = get_backend(params.backend)
     # The splits first: a bad file fails in a second, not after loading the base (minutes for a big one).
     train_ids, train_rows = io.read_chat_rows(train_path)

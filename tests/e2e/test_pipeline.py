@@ -39,10 +39,13 @@ def test_the_first_repro_wrote_every_data_output(built):
 
 
 def test_the_adapter_is_a_dvc_model_artifact(built):
-    """DVC's own model registry API finds the adapter by its artifact name."""
-    code = "import dvc.api, json; print(json.dumps(dvc.api.artifacts_show('webtune-adapter', repo='.')))"
+    """DVC's own parser of dvc.yaml reads the adapter as a model artifact (what `dvc artifacts get` and
+    a GTO-tagged model registry resolve)."""
+    code = ("import json; from dvc.repo import Repo; "
+            "a = Repo('.').artifacts.read()['dvc.yaml']['webtune-adapter']; "
+            "print(json.dumps({'path': a.path, 'type': a.type}))")
     shown = json.loads(sh(built, sys.executable, "-c", code).stdout)
-    assert shown["path"] == "models/adapter"
+    assert shown == {"path": "models/adapter", "type": "model"}
 
 
 def test_a_failing_gate_stops_the_dag_naming_expectations(built, tmp_path):

@@ -1,7 +1,7 @@
 """S3 remote storage: `webtune.cli.remote` unit tests, then real `dvc` against a real S3 endpoint over HTTP.
 
-The endpoint is moto's server (tests/e2e/s3_endpoint.py) behind a plug the tests can pull. One small project
-(two stdlib modules, a 6-step LoRA) carries state from test to test, in file order: commit A is pushed
+The endpoint is moto's server (tests/e2e/s3_endpoint.py) behind a plug the tests can pull. A copy of the
+built project (tests/e2e/conftest.py) carries state from test to test, in file order: commit A is pushed
 and pulled back, commit B is added, a fresh clone brings A back, an object is corrupted, the endpoint
 goes down mid-push, and at the end nothing the tests ran may have shown a credential.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.dvcproject import commit, new_project, set_params, sh, sha256
+from tests.e2e.dvcproject import commit, copy_project, set_params, sh, sha256
 from tests.e2e.s3_endpoint import S3Endpoint
 from webtune.cli import remote
 
@@ -75,14 +75,6 @@ BUCKET, PREFIX = "webtune-test", "runs"
 # Credentials made up for this run: the leak check below searches for these exact strings.
 KEY_ID = "AKIA" + secrets.token_hex(8).upper()
 SECRET = secrets.token_urlsafe(30)
-KNOBS = {
-    "scrape.pydoc.modules": ["json", "csv"],
-    "base.warmup_steps": 4, "base.vocab_size": 1024, "base.warmup_seq_len": 64,
-    "validate.min_rows": 20,
-    # Six LoRA steps: these tests are about storage, the adapter only has to be a real one.
-    "train.max_steps": 6, "train.save_steps": 3, "train.eval_steps": 3, "train.logging_steps": 3,
-    "evaluate.samples": 2, "evaluate.max_new_tokens": 8,
-}
 ADAPTER = "models/adapter/adapter_model.safetensors"
 
 outputs: list[str] = []  # stdout + stderr of every command below, for the leak check
@@ -137,8 +129,9 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, s3) -> Path:
-    project = new_project(tmp_path_factory.mktemp("s3-project") / "project", KNOBS)
+def project(built, tmp_path_factory, s3) -> Path:
+    """A copy of the built project (tests/e2e/conftest.py), its remote switched to S3."""
+    project = copy_project(built, tmp_path_factory.mktemp("s3-project") / "project")
     state["use_s3"] = run(project, sys.executable, "-m", "webtune.cli.remote", "use-s3", f"s3://{BUCKET}/{PREFIX}",
                           "--endpoint", s3.url, "--region", "us-east-1")
     dvc(project, "repro")
@@ -160,7 +153,7 @@ def test_use_s3_writes_plain_dvc_config(project, s3):
 @pytest.mark.slow
 def test_push_then_pull_into_an_empty_cache_is_byte_identical(project, s3):
     before = dvc_files(project)
-    assert (ADAPTER in before and "models/base/model.safetensors" in before
+    assert (ADAPTER in before and "models/base/model/model.safetensors" in before
             and "data/format/train.parquet" in before)
     pushed = dvc(project, "push")
     state["a_objects"] = int(re.search(r"(\d+) files? pushed", pushed.stdout).group(1))
@@ -179,7 +172,7 @@ def test_push_then_pull_into_an_empty_cache_is_byte_identical(project, s3):
 
 @pytest.mark.slow
 def test_a_past_model_comes_back_from_s3_in_a_fresh_clone(project, s3, tmp_path_factory):
-    set_params(project, **{"train.learning_rate": 0.001})
+    set_params(project, **{"train.max_steps": 6})  # B: another adapter, quickly
     dvc(project, "repro")
     state["B"] = commit(project, "B")
     state["b_files"] = dvc_files(project)

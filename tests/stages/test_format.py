@@ -110,11 +110,6 @@ def test_openai_jsonl_is_one_messages_object_per_line(tok, params):
     assert json.loads(line) == {"messages": F.to_messages(pair(1, system="Sys."))}
 
 
-def test_the_fast_batch_encoder_gives_the_tokenizers_own_ids(tok):
-    texts = [FMT.render(F.to_messages(pair(i, system="Sys." if i % 2 else ""))) for i in range(20)]
-    assert F.encode_batch(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
-
-
 def test_tally_adds_up_batches_and_buckets_rows_by_tokens():
     tally = F.Tally()
     tally.add([{"split": "train", "n_tokens": n} for n in (0, 31, 32)], [{"reason": "too_many_tokens"}])

@@ -324,3 +324,10 @@ def test_validate_messages_errors_name_the_index(messages, error):
 def test_validate_messages_accepts_every_rendered_shape():
     for messages in SHAPES.values():
         formats.validate_messages(messages)
+
+
+def test_the_fast_batch_encoder_gives_the_tokenizers_own_ids(tok):
+    texts = [FMT.render([{"role": "user", "content": f"q{i} <|end|>"},
+                         {"role": "assistant", "content": f"a{i}"}]) for i in range(20)]
+    assert formats.token_ids(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert formats.token_ids(tok, []) == []
