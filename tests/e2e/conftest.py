@@ -18,8 +18,8 @@ KNOBS = {
     "base.warmup_steps": 30, "base.vocab_size": 1024, "base.warmup_seq_len": 64,
     "validate.min_rows": 20,
     # 80 steps at a higher rate than the default's 400: the five-module corpus has ~200 training rows.
-    "train.max_steps": 80, "train.batch_size": 4, "train.learning_rate": 0.006, "train.save_steps": 20, "train.eval_steps": 40,
-    "train.logging_steps": 10,
+    "train.max_steps": 80, "train.batch_size": 4, "train.learning_rate": 0.006, "train.save_steps": 20,
+    "train.eval_steps": 40, "train.logging_steps": 10,
     "evaluate.samples": 4, "evaluate.max_new_tokens": 24,
 }
 

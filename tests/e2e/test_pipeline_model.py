@@ -163,11 +163,3 @@ def test_a_degenerate_mask_is_refused_naming_rows(project):
     assert "refusing to train" in err and "have no trained token" in err
     assert not (project / "models/adapter").exists()
     sh(project, "git", "checkout", "--", "params.yaml")
-
-
-def test_packing_is_refused_for_gpt_oss(project):
-    set_params(project, **{"train.packing": True})
-    out = dvc(project, "repro", check=False)
-    assert out.returncode != 0
-    assert "packed rows leak attention" in out.stderr + out.stdout
-    sh(project, "git", "checkout", "--", "params.yaml")

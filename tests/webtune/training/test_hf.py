@@ -96,3 +96,10 @@ def test_a_nan_loss_stops_training_and_writes_no_adapter(tmp_path, tiny_base):
     with pytest.raises(TrainError, match=r"loss is nan at step 0: training diverged"):
         run_train(tmp_path, broken, small_params(), n_train=8, n_val=4)
     assert not (tmp_path / "adapter").exists()
+
+
+def test_packing_on_gpt_oss_stops_the_run_before_any_step(tiny_base, tmp_path):
+    with pytest.raises(UserError, match="packed rows leak attention"):
+        run_train(tmp_path, tiny_base, small_params(packing=True), n_train=8, n_val=4)
+    assert not (tmp_path / "adapter").exists()
+    assert not list((tmp_path / "checkpoints").glob("checkpoint-*"))
