@@ -16,7 +16,7 @@ set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false
 pip install -q --no-deps --target /tmp/site .gpu_wheels/*.whl 2>&1 | grep -v -i warn | tail -3 || true
 python -c "import torch, transformers, trl, peft; print(torch.__version__, transformers.__version__, trl.__version__, peft.__version__, torch.cuda.get_device_name(0))"
-python -m pytest tests/test_train.py tests/test_evaluate.py -q -p no:cacheprovider | tail -3
+python -m pytest tests/stages/test_train.py tests/stages/test_evaluate.py tests/webtune/training tests/webtune/models -q -p no:cacheprovider | tail -3
 run=$(mktemp -d)
 python -m stages.train --base models/base --train data/format/train.parquet --val data/format/val.parquet \
   --checkpoints "$run/checkpoints" --out "$run/adapter" --mask-report "$run/mask.md" --live-dir "$run/live" \
