@@ -34,6 +34,11 @@ class GateFailed(UserError):
     """A Great Expectations gate failed (the message names each expectation and sample row ids)."""
 
 
+def one_line(e: BaseException) -> str:
+    """A library's error text on one line (hub and transformers errors span several)."""
+    return " ".join(str(e).split())
+
+
 @contextlib.contextmanager
 def reported(stage: str) -> Iterator[None]:
     """Run a stage's body; a UserError (or a missing or unreadable input file) exits 1 with one line."""

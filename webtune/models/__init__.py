@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from webtune import formats
-from webtune.errors import UserError
+from webtune.errors import UserError, one_line
 from webtune.formats import ChatFormat
 
 MODEL_DIR, TOKENIZER_DIR = "model", "tokenizer"
@@ -136,7 +136,7 @@ def load_adapter(base: Base, adapter_dir: str | Path):
         try:
             adapter_tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load the tokenizer saved in {adapter_dir}: {e}") from None
+            raise ModelError(f"cannot load the tokenizer saved in {adapter_dir}: {one_line(e)}") from None
         if adapter_tokenizer.get_vocab() != base.tokenizer.get_vocab():
             raise ModelError(f"the tokenizer saved in {adapter_dir} differs from the base's: the adapter was "
                              "trained on another base (re-run train on this base)")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from webtune import formats, io
+from webtune.errors import one_line
 from webtune.models import INFO_FILE, MODEL_DIR, TINY, TOKENIZER_DIR, ModelError, save_tokenizer
 
 _SHA = re.compile(r"[0-9a-f]{40}")
@@ -19,11 +20,6 @@ _SHA = re.compile(r"[0-9a-f]{40}")
 
 class BaseResolveError(ModelError):
     """A hub base could not be resolved to a commit sha (offline, gated, missing, bad revision)."""
-
-
-def _one_line(e: Exception) -> str:
-    """A hub/transformers error's message on one line (theirs span several: a user error is one line)."""
-    return " ".join(str(e).split())
 
 
 def resolve_revision(model_id: str, revision: str, model_info: Callable | None = None) -> str:
@@ -43,7 +39,7 @@ def resolve_revision(model_id: str, revision: str, model_info: Callable | None =
     except (OSError, HTTPError) as e:  # offline, DNS, 401/403 gated, 404 repo or revision
         raise BaseResolveError(
             f"cannot resolve base model {model_id!r} at revision {revision!r} on the Hugging Face Hub "
-            f"({type(e).__name__}: {_one_line(e)}). To fix: run with network access (unset HF_HUB_OFFLINE); "
+            f"({type(e).__name__}: {one_line(e)}). To fix: run with network access (unset HF_HUB_OFFLINE); "
             f"set HF_TOKEN if the repo is gated or private; check the model id; pin base.revision in "
             f"params.yaml to a 40-hex commit sha. "
             + ("base.revision is already a sha, but it is still verified against the hub. " if pinned else "")
@@ -66,7 +62,7 @@ def hub_tokenizer(model_id: str, sha: str):
         return AutoTokenizer.from_pretrained(model_id, revision=sha)
     except OSError as e:
         raise BaseResolveError(f"cannot load the tokenizer of {model_id!r} at {sha}: "
-                               f"{_one_line(e)}") from None
+                               f"{one_line(e)}") from None
 
 
 def save_hub_base(model_id: str, revision: str, out: str | Path, *, model_info: Callable | None = None,
