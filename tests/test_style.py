@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+
 def test_ruff_finds_nothing(repo):
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "stages", "webtune", "tests", "bench"],
                           cwd=repo, capture_output=True, text=True)
