@@ -104,9 +104,16 @@ def prepare_checkpoints(folder: Path, fingerprint: str, progress=stderr) -> Path
 
 
 def finish_checkpoints(folder: Path, fingerprint: str, steps: int) -> None:
-    """Training is done and the adapter saved: the checkpoints have served their purpose."""
-    for p in folder.glob("checkpoint-*"):
-        shutil.rmtree(p)
+    """Training is done and the adapter saved: only run.json stays, which is what DVC versions.
+
+    Everything else goes, checkpoints and what a trainer writes beside them: TRL's README.md there lists
+    its tags from a set, in an order that changes with the hash seed, and would change the folder's hash.
+    """
+    for p in folder.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.name != RUN_FILE:
+            p.unlink()
     write_json({"fingerprint": fingerprint, "status": "done", "steps": steps}, folder / RUN_FILE)
 
 
