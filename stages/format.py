@@ -5,7 +5,8 @@
         --dropped data/format/dropped.parquet --report reports/format.md --metrics metrics/format.json \
         --lengths-plot reports/format_lengths.csv
 
-- messages: [system?] user assistant, rendered by the base's chat format (webtune.formats; the only renderer).
+- messages: [system?] user assistant (the pair's system prompt, else format.system_prompt), rendered by
+  the base's chat format (webtune.formats; the only renderer).
 - split: by a salted hash of pair_id, so a pair keeps its split when other pairs are added or removed.
 - tokens: counted with the base tokenizer; a row over format.max_length is dropped with reason
   too_many_tokens (never truncated: a cut answer would teach the model to stop mid-sentence).
@@ -46,8 +47,10 @@ def split_of(pair_id: str, *, seed: str, train_ratio: float, val_ratio: float) -
     return "val" if u < train_ratio + val_ratio else "test"
 
 
-def to_messages(pair: dict) -> list[dict]:
-    messages = [{"role": "system", "content": pair["system"]}] if pair["system"] else []
+def to_messages(pair: dict, system_prompt: str = "") -> list[dict]:
+    """[system] user assistant: the pair's own system prompt, else format.system_prompt, else none."""
+    system = pair["system"] or system_prompt
+    messages = [{"role": "system", "content": system}] if system else []
     messages += [{"role": "user", "content": pair["instruction"]},
                  {"role": "assistant", "content": pair["response"]}]
     formats.validate_messages(messages)
@@ -57,7 +60,7 @@ def to_messages(pair: dict) -> list[dict]:
 def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat,
                  params: FormatParams) -> tuple[list[dict], list[dict]]:
     """Pairs -> (chat rows, dropped rows). Pure apart from the tokenizer call."""
-    messages = [to_messages(p) for p in pairs]
+    messages = [to_messages(p, params.system_prompt) for p in pairs]
     texts = [fmt.render(m) for m in messages]
     rows, dropped, token_ids = [], [], formats.token_ids(tokenizer, texts)
     for pair, msgs, text, ids in zip(pairs, messages, texts, token_ids, strict=True):

@@ -40,6 +40,8 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
     # The splits first: a bad file fails in a second, not after loading the base (minutes for a big one).
     train_ids, train_rows = io.read_chat_rows(train_path)
     val_ids, val_rows = io.read_chat_rows(val_path)
+    if params.eval_rows:  # the first N: the same rows at every eval step and in every run
+        val_ids, val_rows = val_ids[: params.eval_rows], val_rows[: params.eval_rows]
     if not train_rows:
         raise TrainError(f"{train_path} has no rows to train on")
     base = backend.load(base_dir, params)
@@ -78,6 +80,7 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         "trained_share": round(report.trained_share, 6),
         "train_loss": round(fitted.train_loss, 6),
         "device": fitted.device,
+        "precision": fitted.precision,
     }
     for key in ("val_loss", "base_val_loss"):
         value = getattr(fitted, key)

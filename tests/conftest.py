@@ -31,10 +31,10 @@ def load():
 def tiny_base(tmp_path_factory) -> Path:
     """A base folder (tokenizer/ and model/) of a toy tiny gpt-oss, built once. Treat it as read-only."""
     from webtune.models.tiny import build_tiny_base
-    from webtune.params import BaseParams
+    from webtune.params import TinyParams
 
     out = tmp_path_factory.mktemp("tiny-base") / "base"
-    build_tiny_base(BaseParams(**SMALL), TEXTS, out, progress=None)
+    build_tiny_base(TinyParams(**SMALL), TEXTS, out, progress=None)
     return out
 
 

@@ -7,10 +7,11 @@ or a user command uses lives here, each variant one module behind one small seam
     io.py            atomic files and folders, Parquet inputs, the byte-decoding policy
     parallel.py      order-preserving worker-process map
     expectations.py  the Great Expectations gate (validate, format)
+    evaluation.py    evaluate's scores (chrF, stops, loops, lengths) and its side-by-side report
     sources/         where raw documents come from: pydoc (embedded default), files, http
     cleaning/        per-document cleaning steps, dedup, pairs
-    formats/         chat formats: harmony (gpt-oss)
-    models/          base loading (tiny built from a config, hub pinned to a commit), the chat model, probes
+    formats/         chat formats: harmony (gpt-oss), chatml (SmolLM2, Qwen), llama3
+    models/          bases (packaged SmolLM2, tiny built from a config, hub pinned to a commit), the chat model
     training/        supervision gate, run bookkeeping, model card, backends: hf (TRL)
     cli/             user commands: remote (S3 remote, all-or-nothing pull)
 """

@@ -133,9 +133,9 @@ class ValidateParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class BaseParams:
-    model: str = knob()
-    revision: str = knob()
+class TinyParams:
+    """base.tiny: the recipe of the tiny gpt-oss (webtune.models.tiny); read only when base.model is it."""
+
     vocab_size: int = knob(at_least(64))
     hidden_size: int = knob(at_least(1))
     num_layers: int = knob(at_least(1))
@@ -153,12 +153,21 @@ class BaseParams:
 
     def problems(self):
         if self.hidden_size % self.num_heads:
-            yield "hidden_size", f"{self.hidden_size} is not divisible by base.num_heads ({self.num_heads})"
+            yield "hidden_size", (f"{self.hidden_size} is not divisible by base.tiny.num_heads "
+                                  f"({self.num_heads})")
         if self.num_heads % self.num_kv_heads:
-            yield "num_kv_heads", f"{self.num_kv_heads} does not divide base.num_heads ({self.num_heads})"
+            yield "num_kv_heads", (f"{self.num_kv_heads} does not divide base.tiny.num_heads "
+                                   f"({self.num_heads})")
         if self.experts_per_token > self.num_experts:
-            yield "experts_per_token", (f"{self.experts_per_token} is above base.num_experts "
+            yield "experts_per_token", (f"{self.experts_per_token} is above base.tiny.num_experts "
                                         f"({self.num_experts})")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseParams:
+    model: str = knob()
+    revision: str = knob()
+    tiny: TinyParams = knob()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +179,7 @@ class FormatParams:
     batch_rows: int = knob(at_least(1))
     workers: int = knob(at_least(1))
     report_samples: int = knob(at_least(0), report=True)
+    system_prompt: str = knob()
 
     def problems(self):
         if self.train_ratio + self.val_ratio > 1:
@@ -195,6 +205,7 @@ class LoraParams:
 @dataclasses.dataclass(frozen=True)
 class HfParams:
     threads: int = knob(at_least(1))
+    precision: str = knob(one_of("auto", "bf16", "fp32"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +225,7 @@ class TrainParams:
     channels: tuple[str, ...] = knob()
     assistant_turns: str = knob(one_of("all", "last"))
     eval_steps: int = knob(at_least(1))
+    eval_rows: int = knob(at_least(0))
     save_steps: int = knob(at_least(1))
     logging_steps: int = knob(at_least(1))
     mask_report_rows: int = knob(at_least(0), report=True)
@@ -231,6 +243,8 @@ class TrainParams:
 class EvaluateParams:
     samples: int = knob(at_least(0))
     max_new_tokens: int = knob(at_least(1))
+    repetition_penalty: float = knob(at_least(1.0))  # below 1 would reward repeats
+    no_repeat_ngram_size: int = knob(at_least(0))
     batch_size: int = knob(at_least(1))
     threads: int = knob(at_least(1))
 

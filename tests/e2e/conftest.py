@@ -15,7 +15,13 @@ from tests.e2e.dvcproject import ALL_STAGES, commit, dvc, new_project, ran_stage
 # (test loss 0.89x the base's; 8 rows a step reach 0.86x but cost a third more).
 KNOBS = {
     "scrape.pydoc.modules": ["json", "csv", "pathlib", "textwrap", "heapq"],
-    "base.warmup_steps": 30, "base.vocab_size": 1024, "base.warmup_seq_len": 64,
+    # the tiny gpt-oss (the default SmolLM2 takes minutes), and LoRA where its capacity is (the default's
+    # targets are a dense model's)
+    "base.model": "tiny-gpt-oss", "base.tiny.warmup_steps": 30, "base.tiny.vocab_size": 1024,
+    "base.tiny.warmup_seq_len": 64, "train.hf.threads": 1, "evaluate.threads": 1,
+    "train.lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "train.lora.target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+    "train.lora.modules_to_save": ["lm_head"],
     "validate.min_rows": 20,
     # 80 steps at a higher rate than the default's 400: the five-module corpus has ~200 training rows.
     "train.max_steps": 80, "train.batch_size": 4, "train.learning_rate": 0.006, "train.save_steps": 20,

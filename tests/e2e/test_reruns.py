@@ -1,7 +1,8 @@
 """Exact re-runs: DVC re-runs a stage only when something it uses changed, proven with `dvc status`.
 
 On a copy of the built project: a knob of a source that is not selected, a report-only knob, re-scraping
-identical content and a change to the base's weights only each leave the stages after them up to date.
+identical content and a change to the base's weights only each leave the stages after them up to date,
+and the base depends on nothing scraped.
 """
 
 import pytest
@@ -55,8 +56,14 @@ def test_a_format_knob_reruns_format_but_not_the_base(project):
     restore(project)
 
 
+def test_a_clean_knob_reruns_the_data_stages_but_never_the_base(project):
+    set_params(project, **{"clean.min_chars": 201})
+    assert changed_stages(project) == ["clean", "validate", "format", "train", "evaluate"]
+    restore(project)
+
+
 def test_a_longer_warm_up_reruns_train_and_evaluate_but_not_format(project):
-    set_params(project, **{"base.warmup_steps": 31})
+    set_params(project, **{"base.tiny.warmup_steps": 31})
     assert changed_stages(project) == ["base"]
     dvc(project, "repro", "--single-item", "base")
     # The tokenizer is its own output and did not change: format stays up to date; the weights did.

@@ -1,58 +1,35 @@
-"""base, the stage: a tiny base built from a clean corpus, a hub base pinned without downloading weights,
-and an unreachable hub. The tokenizer, model, warm-up and revision units are in tests/webtune/models/."""
+"""base, the stage: a tiny base built from its packaged corpus, a hub base pinned without downloading
+weights, and an unreachable hub. The packaged default, the tokenizer, model, warm-up and revision units
+are in tests/webtune/models/."""
 
 import json
 from types import SimpleNamespace
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from huggingface_hub.errors import OfflineModeIsEnabled
 
 from stages import base
-from tests.toys import SMALL, TEXTS
+from tests.toys import SMALL
 from webtune.formats import harmony
 from webtune.models import load_base
-from webtune.models.tiny import recipe_sha256, texts_sha256
-from webtune.params import BaseParams
-from webtune.schema import CLEAN_DOCS, doc_id
+from webtune.models.tiny import recipe_sha256, texts_sha256, warmup_corpus
+from webtune.params import TinyParams
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 WALL_CLOCK_KEYS = ("seconds", "tokens_per_s", "tokenizer_seconds")
 
 
-def write_corpus(path, texts):
-    rows = [
-        {
-            "doc_id": doc_id("pydoc", f"pydoc://topics/{i}"),
-            "source": "pydoc",
-            "url": f"pydoc://topics/{i}",
-            "fetched_at": "2026-01-01T00:00:00Z",
-            "content_sha256": "0" * 64,
-            "content_type": "text/plain",
-            "title": f"topic {i}",
-            "text": t,
-            "record": None,
-            "n_chars": len(t),
-        }
-        for i, t in enumerate(texts)
-    ]
-    pq.write_table(pa.Table.from_pylist(rows, schema=CLEAN_DOCS), path)
-
-
-def write_params(path, **base_params):
-    path.write_text(yaml.safe_dump({"base": base_params}))
+def write_params(path, model="tiny-gpt-oss", **tiny):
+    path.write_text(yaml.safe_dump({"base": {"model": model, "revision": "main", "tiny": {**SMALL, **tiny}}}))
 
 
 def test_main_builds_a_tiny_base_that_load_base_reloads_and_generates(tmp_path):
-    corpus, params_file = tmp_path / "docs.parquet", tmp_path / "params.yaml"
-    write_corpus(corpus, TEXTS[:10])
-    write_params(params_file, **{**SMALL, "warmup_steps": 5})
+    params_file = tmp_path / "params.yaml"
+    write_params(params_file, warmup_steps=5)
     out, metrics_file = tmp_path / "models" / "base", tmp_path / "metrics" / "base.json"
 
-    base.main(["--corpus", str(corpus), "--out", str(out), "--metrics", str(metrics_file),
-               "--params", str(params_file)])
+    base.main(["--out", str(out), "--metrics", str(metrics_file), "--params", str(params_file)])
 
     assert sorted(p.name for p in out.iterdir()) == ["model", "tokenizer"]
     tokenizer_files = {p.name for p in (out / "tokenizer").iterdir()}
@@ -70,10 +47,12 @@ def test_main_builds_a_tiny_base_that_load_base_reloads_and_generates(tmp_path):
     assert not [k for k in metrics if "second" in k or "per_s" in k]
 
     loaded = load_base(out)
-    params = BaseParams(**{**SMALL, "warmup_steps": 5})
+    params = TinyParams(**{**SMALL, "warmup_steps": 5})
     info = loaded.info
     assert info["kind"] == "tiny" and info["model"] == "tiny-gpt-oss" and info["revision"] is None
-    assert info["recipe_sha256"] == recipe_sha256(params, texts_sha256(TEXTS[:10]))
+    # the packaged corpus, whatever was scraped: CPython's bundled language reference
+    assert metrics["corpus_docs"] == len(warmup_corpus()) > 50
+    assert info["recipe_sha256"] == recipe_sha256(params, texts_sha256(warmup_corpus()))
     assert info["recipe_sha256"] == metrics["recipe_sha256"]
     assert loaded.chat_format is harmony.FORMAT
     tok = loaded.tokenizer
@@ -89,9 +68,8 @@ def test_main_builds_a_tiny_base_that_load_base_reloads_and_generates(tmp_path):
 def hub_main_args(tmp_path):
     """(out folder, argv) for base.main with a hub model id in params."""
     params_file, out = tmp_path / "params.yaml", tmp_path / "base"
-    write_params(params_file, **{**SMALL, "model": "org/model"})
-    argv = ["--corpus", str(tmp_path / "unused.parquet"), "--out", str(out),
-            "--metrics", str(tmp_path / "m.json"), "--params", str(params_file)]
+    write_params(params_file, model="org/model")
+    argv = ["--out", str(out), "--metrics", str(tmp_path / "m.json"), "--params", str(params_file)]
     return out, argv
 
 

@@ -16,7 +16,7 @@ from stages.format import format_pairs
 from tests.stages.test_format import pair
 from webtune.formats import harmony
 from webtune.params import load_section
-from webtune.schema import CHAT_ROWS, CLEAN_DOCS, PAIRS
+from webtune.schema import CHAT_ROWS, PAIRS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,11 +110,11 @@ def test_validate_names_the_columns_a_pairs_file_lacks(tmp_path, capsys):
 
 
 def test_base_names_heads_that_do_not_divide_the_width(tmp_path, capsys):
-    corpus = tmp_path / "docs.parquet"
-    pq.write_table(CLEAN_DOCS.empty_table(), corpus)
-    argv = ["--corpus", str(corpus), "--out", str(tmp_path / "base"), "--metrics", str(tmp_path / "m.json"),
-            "--params", str(write_params(tmp_path, "base", num_heads=3))]
-    fails_with(capsys, base.main, argv, "base: base.hidden_size: 64 is not divisible by base.num_heads (3)")
+    tiny = yaml.safe_load((REPO / "params.yaml").read_text())["base"]["tiny"] | {"num_heads": 3}
+    argv = ["--out", str(tmp_path / "base"), "--metrics", str(tmp_path / "m.json"),
+            "--params", str(write_params(tmp_path, "base", model="tiny-gpt-oss", tiny=tiny))]
+    fails_with(capsys, base.main, argv,
+               "base: base.tiny.hidden_size: 64 is not divisible by base.tiny.num_heads (3)")
     assert not (tmp_path / "base").exists()
 
 
@@ -174,8 +174,9 @@ def test_evaluate_refuses_an_adapter_folder_without_an_adapter(tiny_base, tok, t
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     argv = ["--base", str(tiny_base), "--adapter", str(adapter), "--test", str(test),
-            "--samples", str(tmp_path / "samples.jsonl"), "--compare-plot", str(tmp_path / "compare.csv"),
-            "--metrics", str(tmp_path / "m.json"), "--params", str(REPO / "params.yaml")]
+            "--samples", str(tmp_path / "samples.jsonl"), "--samples-report", str(tmp_path / "samples.md"),
+            "--compare-plot", str(tmp_path / "compare.csv"), "--metrics", str(tmp_path / "m.json"),
+            "--params", str(REPO / "params.yaml")]
     fails_with(capsys, evaluate.main, argv,
                f"evaluate: {adapter} has no adapter_config.json: not a PEFT adapter folder (run train)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "test.parquet"]

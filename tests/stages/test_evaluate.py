@@ -1,5 +1,6 @@
-"""Stage evaluate: base and adapter on the test split (loss on train's supervised tokens, greedy answers,
-chrF), its outputs, and its refusals.
+"""Stage evaluate: base and adapter on the test split (loss on train's supervised tokens, greedy answers
+decoded with the params' knobs, their scores), its outputs, and its refusals. The scoring and the reports
+themselves are webtune.evaluation's (tests/webtune/test_evaluation.py).
 
 The session's toy base and LoRA adapters made with peft (tests/webtune/models/test_inference.py: a fresh
 one, B = 0, and a perturbed one): seconds, not minutes.
@@ -8,6 +9,7 @@ one, B = 0, and a perturbed one): seconds, not minutes.
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -19,11 +21,13 @@ import yaml
 from stages import evaluate as E
 from tests.toys import SMALL, TEXTS
 from tests.webtune.models.test_inference import QA, ROWS, lora_config, make_adapter
+from webtune.errors import ParamsError
+from webtune.evaluation import loops
 from webtune.formats.harmony import FORMAT
 from webtune.models import load_base
-from webtune.models.inference import Answer, ChatModel
+from webtune.models.inference import ChatModel
 from webtune.models.tiny import build_tiny_model, train_tokenizer
-from webtune.params import BaseParams
+from webtune.params import TinyParams, load_section
 from webtune.schema import CHAT_ROWS
 
 
@@ -32,38 +36,6 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
     return {"fresh": make_adapter(tiny_base, root / "fresh", perturb=False),
             "perturbed": make_adapter(tiny_base, root / "perturbed", perturb=True)}
-
-
-# --- generation metrics --------------------------------------------------------------------------
-
-
-def test_chrf_and_stop_rate():
-    refs = ["The pass statement does nothing.", "A lambda is an anonymous function.",
-            "break leaves the loop."]
-    same = E.generation_metrics([Answer(r, True) for r in refs], refs)
-    assert same["chrf"] == pytest.approx(100.0) and same["chrf_per_sample"] == pytest.approx([100.0] * 3)
-    assert same["stop_rate"] == 1.0
-
-    answers = [Answer(refs[0], True), Answer("", False), Answer("break leaves", True)]
-    mixed = E.generation_metrics(answers, refs)
-    assert mixed["stop_rate"] == pytest.approx(2 / 3)
-    first, empty, partial = mixed["chrf_per_sample"]
-    assert first == pytest.approx(100.0) and empty == 0.0 and 0 < partial < 100
-    assert 0 < mixed["chrf"] < 100
-
-    assert E.generation_metrics([], []) == {"chrf": None, "stop_rate": None, "chrf_per_sample": []}
-    with pytest.raises(ValueError, match="2 answers for 3 references"):
-        E.generation_metrics(answers[:2], refs)
-
-
-def test_compare_csv_has_one_row_per_model_and_a_column_per_metric():
-    metrics = {"base": {"loss": 2.0, "perplexity": 7.389056, "chrf": 12.5, "stop_rate": None},
-               "adapter": {"loss": 1.5, "perplexity": 4.481689, "chrf": 20.0, "stop_rate": 0.25}}
-    assert E.compare_csv(metrics).splitlines() == [
-        "model,loss,perplexity,chrf,stop_rate",
-        "base,2.0,7.389056,12.5,",
-        "adapter,1.5,4.481689,20.0,0.25",
-    ]
 
 
 # --- evaluate() scores the tokens train trains ---------------------------------------------------
@@ -98,6 +70,46 @@ def test_evaluate_scores_the_channels_and_turns_train_supervises(tiny_base, adap
     assert last != every
 
 
+# --- the decoding knobs --------------------------------------------------------------------------
+
+
+def test_evaluate_decodes_both_models_with_the_params_knobs(tiny_base, adapters, load):
+    chat = ChatModel.load(tiny_base, adapters["perturbed"])
+    kw = dict(pair_ids=["p0", "p1"], rows=ROWS[:2], supervised=load("train"), progress=lambda line: None)
+    params = dataclasses.replace(load("evaluate"), samples=2, max_new_tokens=8, batch_size=2,
+                                 repetition_penalty=1.0, no_repeat_ngram_size=0)
+    knobs = dict(repetition_penalty=1.3, no_repeat_ngram_size=1)
+    _, plain = E.evaluate(chat, params=params, **kw)
+    _, decoded = E.evaluate(chat, params=dataclasses.replace(params, **knobs), **kw)
+    with chat.base_only():
+        base = chat.generate(ROWS[:2], 8, 2, **knobs)
+    adapter = chat.generate(ROWS[:2], 8, 2, **knobs)
+    assert [s["base_output"] for s in decoded] == [a.text for a in base]
+    assert [s["adapter_output"] for s in decoded] == [a.text for a in adapter]
+    assert [s["base_output"] for s in plain] != [s["base_output"] for s in decoded]  # the knobs did something
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("repetition_penalty", 0.5, "must be at least 1.0, got 0.5"),
+    ("no_repeat_ngram_size", -1, "must be at least 0, got -1"),
+])
+def test_a_decoding_knob_out_of_range_is_refused_naming_its_dotted_key(tmp_path, repo, key, value, message):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["evaluate"][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=rf"^evaluate\.{key}: {re.escape(message)}$"):
+        load_section("evaluate", tmp_path / "params.yaml")
+
+
+def test_the_decoding_knobs_at_their_off_values_load(tmp_path, repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["evaluate"] |= {"repetition_penalty": 1, "no_repeat_ngram_size": 0, "threads": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_section("evaluate", tmp_path / "params.yaml")
+    assert (params.repetition_penalty, params.no_repeat_ngram_size, params.threads) == (1.0, 0, 2)
+    assert isinstance(params.repetition_penalty, float)
+
+
 # --- the stage -----------------------------------------------------------------------------------
 
 
@@ -118,29 +130,38 @@ def stage_args(tmp_path, repo, tiny_base, adapter_dir, rows=ROWS, samples=3):
     test, params = tmp_path / "test.parquet", tmp_path / "params.yaml"
     write_test_split(test, rows)
     all_params = yaml.safe_load((repo / "params.yaml").read_text())  # evaluate reads train's supervision too
-    all_params["evaluate"] = {"samples": samples, "max_new_tokens": 8, "batch_size": 2, "threads": 1}
+    all_params["evaluate"] = {"samples": samples, "max_new_tokens": 8, "repetition_penalty": 1.1,
+                              "no_repeat_ngram_size": 0, "batch_size": 2, "threads": 1}
     params.write_text(yaml.safe_dump(all_params))
     out = {"samples": tmp_path / "reports" / "eval_samples.jsonl",
+           "report": tmp_path / "reports" / "eval_samples.md",
            "plot": tmp_path / "reports" / "eval_compare.csv",
            "metrics": tmp_path / "metrics" / "evaluate.json"}
     argv = ["--base", str(tiny_base), "--adapter", str(adapter_dir), "--test", str(test),
-            "--samples", str(out["samples"]), "--compare-plot", str(out["plot"]),
-            "--metrics", str(out["metrics"]), "--params", str(params)]
+            "--samples", str(out["samples"]), "--samples-report", str(out["report"]),
+            "--compare-plot", str(out["plot"]), "--metrics", str(out["metrics"]), "--params", str(params)]
     return argv, out
 
 
-def test_main_writes_samples_plot_and_metrics(tmp_path, repo, tiny_base, adapters, load, capsys):
+def test_main_writes_samples_report_plot_and_metrics(tmp_path, repo, tiny_base, adapters, load, capsys):
     argv, out = stage_args(tmp_path, repo, tiny_base, adapters["perturbed"])
     E.main(argv)
 
     metrics = json.loads(out["metrics"].read_text())
-    assert set(metrics) == {"base", "adapter", "loss_ratio", "test_rows", "supervised_tokens", "samples"}
+    assert set(metrics) == {"base", "adapter", "loss_ratio", "chrf_ratio", "test_rows", "supervised_tokens",
+                            "samples"}
     for name in E.MODELS:
-        assert set(metrics[name]) == {"loss", "perplexity", "chrf", "stop_rate"}
+        assert set(metrics[name]) == {"loss", "perplexity", "chrf", "stop_rate", "answer_tokens", "loop_rate"}
         assert metrics[name]["perplexity"] == pytest.approx(math.exp(metrics[name]["loss"]), rel=1e-5)
         assert 0 <= metrics[name]["chrf"] <= 100 and 0 <= metrics[name]["stop_rate"] <= 1
+        assert 0 < metrics[name]["answer_tokens"] <= 8 and 0 <= metrics[name]["loop_rate"] <= 1
     ratio = metrics["adapter"]["loss"] / metrics["base"]["loss"]
     assert metrics["loss_ratio"] == pytest.approx(ratio, rel=1e-5)
+    if metrics["base"]["chrf"]:
+        assert metrics["chrf_ratio"] == pytest.approx(metrics["adapter"]["chrf"] / metrics["base"]["chrf"],
+                                                      rel=1e-4)
+    else:
+        assert metrics["chrf_ratio"] is None
     assert metrics["test_rows"] == 4 and metrics["samples"] == 3
 
     train_params = load("train")
@@ -153,18 +174,29 @@ def test_main_writes_samples_plot_and_metrics(tmp_path, repo, tiny_base, adapter
     assert [s["pair_id"] for s in samples] == ["p0", "p1", "p2"]  # the first rows, in file order
     assert samples[0]["prompt"] == QA[0][0] and samples[0]["reference"] == QA[0][1]
     assert set(samples[0]) == {"pair_id", "prompt", "reference", "base_output", "adapter_output",
-                               "base_stopped", "adapter_stopped", "base_chrf", "adapter_chrf"}
-    base_answers = base.generate(ROWS[:3], max_new_tokens=8, batch_size=2)
-    assert [(s["base_output"], s["base_stopped"]) for s in samples] == [tuple(a) for a in base_answers]
+                               "base_stopped", "adapter_stopped", "base_chrf", "adapter_chrf",
+                               "base_tokens", "adapter_tokens", "base_loop", "adapter_loop"}
+    decoding = dict(max_new_tokens=8, batch_size=2, repetition_penalty=1.1)  # stage_args' knobs
+    base_answers = base.generate(ROWS[:3], **decoding)
+    assert [(s["base_output"], s["base_stopped"], s["base_tokens"]) for s in samples] == [
+        tuple(a) for a in base_answers]
     # The toy base answers every prompt alike; the perturbed adapter's answers tell the prompts apart.
-    adapter_answers = ChatModel.load(tiny_base, adapters["perturbed"]).generate(ROWS[:3], 8, batch_size=2)
+    adapter_answers = ChatModel.load(tiny_base, adapters["perturbed"]).generate(ROWS[:3], **decoding)
     assert len({a.text for a in adapter_answers}) == 3
-    assert [(s["adapter_output"], s["adapter_stopped"]) for s in samples] == [tuple(a)
-                                                                              for a in adapter_answers]
+    assert [(s["adapter_output"], s["adapter_stopped"], s["adapter_tokens"]) for s in samples] == [
+        tuple(a) for a in adapter_answers]
+    assert metrics["adapter"]["answer_tokens"] == round(sum(a.tokens for a in adapter_answers) / 3, 6)
+    assert [s["adapter_loop"] for s in samples] == [loops(a.text) for a in adapter_answers]
+
+    report = out["report"].read_text()
+    table = report[report.index("| question |"):].splitlines()[2:]
+    assert len(table) == 3 and all(QA[i][0] in row for i, row in enumerate(table))
+    assert "| loss (assistant tokens) | " in report and "repetition_penalty 1.1" in report
 
     plot = out["plot"].read_text().splitlines()
-    assert plot[0] == "model,loss,perplexity,chrf,stop_rate" and len(plot) == 1 + 2
+    assert plot[0] == "model,loss,perplexity,chrf,stop_rate,answer_tokens,loop_rate" and len(plot) == 1 + 2
     assert plot[2].startswith(f"adapter,{metrics['adapter']['loss']},{metrics['adapter']['perplexity']},")
+    assert plot[2].endswith(f",{metrics['adapter']['answer_tokens']},{metrics['adapter']['loop_rate']}")
 
     assert "evaluate: loss base" in capsys.readouterr().err
 
@@ -176,8 +208,9 @@ def test_main_with_no_samples_scores_the_loss_only(tmp_path, repo, tiny_base, ad
     assert metrics["samples"] == 0
     assert metrics["base"]["chrf"] is None and metrics["adapter"]["stop_rate"] is None
     assert out["samples"].read_text() == ""
+    assert "No samples (evaluate.samples is 0)." in out["report"].read_text()
     plot_rows = out["plot"].read_text().splitlines()[1:]
-    assert [line.split(",")[3:] for line in plot_rows] == [["", ""]] * 2  # no chrF, no stop rate
+    assert [line.split(",")[3:] for line in plot_rows] == [[""] * 4] * 2  # only loss and perplexity
 
 
 def test_main_is_repeatable_to_the_bit(tmp_path, repo, tiny_base, adapters):
@@ -186,7 +219,7 @@ def test_main_is_repeatable_to_the_bit(tmp_path, repo, tiny_base, adapters):
         (tmp_path / run).mkdir()
         argv, out = stage_args(tmp_path / run, repo, tiny_base, adapters["perturbed"])
         E.main(argv)
-        outputs.append(tuple(out[k].read_bytes() for k in ("metrics", "samples", "plot")))
+        outputs.append(tuple(out[k].read_bytes() for k in ("metrics", "samples", "report", "plot")))
     assert outputs[0] == outputs[1]
 
 
@@ -225,7 +258,7 @@ def test_main_refuses_an_adapter_saved_with_another_tokenizer(tmp_path, repo, ti
 def test_main_refuses_an_adapter_made_for_a_base_of_another_width(tmp_path, repo, tiny_base, tok, capsys):
     from peft import get_peft_model
 
-    narrow = build_tiny_model(BaseParams(**{**SMALL, "hidden_size": 16}), vocab_size=len(tok))
+    narrow = build_tiny_model(TinyParams(**{**SMALL, "hidden_size": 16}), vocab_size=len(tok))
     get_peft_model(narrow, lora_config()).save_pretrained(tmp_path / "narrow")
     argv, out = stage_args(tmp_path, repo, tiny_base, tmp_path / "narrow")
     assert_refused(tmp_path, argv, out, capsys, str(tmp_path / "narrow"), "cannot load the adapter")

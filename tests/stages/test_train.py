@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import train
-from tests.toys import TEXTS
+from tests.toys import TEXTS, TINY_LORA
 from webtune.errors import InputError
 from webtune.formats.harmony import FORMAT
 from webtune.io import read_chat_rows
@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 def small_params(**overrides) -> TrainParams:
     params = load_section("train", REPO / "params.yaml")
     knobs = dict(max_steps=30, batch_size=4, eval_steps=10, save_steps=10, logging_steps=5,
-                 learning_rate=0.005)
+                 learning_rate=0.005, eval_rows=0, lora=dataclasses.replace(params.lora, **TINY_LORA),
+                 hf=dataclasses.replace(params.hf, threads=1))
     return dataclasses.replace(params, **{**knobs, **overrides})
 
 

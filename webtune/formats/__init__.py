@@ -3,9 +3,11 @@
 Each format is one module holding one `ChatFormat`: how messages render (in Python for the data stages,
 and as the Jinja template tokenizers carry), its control tokens, where its supervised spans are, its
 stop tokens, and the row pattern its Great Expectations suite checks. format, train, evaluate and the
-chat commands go through a format object and never spell a control token themselves.
+chat commands go through a format object and never spell a control token themselves. The formats:
+harmony (gpt-oss, with assistant channels), chatml (SmolLM2, Qwen) and llama3 (Llama 3.x); the last two
+have no channels, and every assistant turn of theirs is `final`, so `train.channels: [final]` fits all.
 
-    fmt = formats.get("harmony")            # by the name the base stage recorded
+    fmt = formats.get("harmony")            # by the name the base stage recorded (FORMATS lists them)
     fmt = formats.detect(tokenizer)         # or: the format a hub tokenizer fits (None if none)
     ids, mask = formats.encode(fmt, tokenizer, messages, channels=("final",), turns="all")
 
@@ -18,7 +20,11 @@ import importlib
 from collections.abc import Sequence
 
 # Format name -> module (imported on first use). Adding a format is adding one module and one line here.
-FORMATS = {"harmony": "webtune.formats.harmony"}
+FORMATS = {
+    "harmony": "webtune.formats.harmony",  # gpt-oss
+    "chatml": "webtune.formats.chatml",  # SmolLM2, Qwen
+    "llama3": "webtune.formats.llama3",  # Llama 3.x
+}
 ROLES = ("system", "developer", "user", "assistant")
 TURNS = ("all", "last")  # which assistant turns are supervised
 
@@ -72,7 +78,9 @@ def get(name: str) -> ChatFormat:
 
 
 def detect(tokenizer) -> ChatFormat | None:
-    """The first known format whose control tokens `tokenizer` has as special ids, or None."""
+    """The first known format (in FORMATS order) whose control tokens `tokenizer` has as special ids, or
+    None. Each format opens a turn with a token the others lack (`<|start|>`, `<|im_start|>`,
+    `<|start_header_id|>`), so a tokenizer fits one unless it carries several formats' specials."""
     for name in FORMATS:
         fmt = get(name)
         if fmt.fits(tokenizer) is None:

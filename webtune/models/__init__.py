@@ -4,8 +4,9 @@ A base folder (the base stage's output) holds two DVC outputs, so that what need
 (format) does not re-run when only the weights change (a longer warm-up, say):
 
     models/base/tokenizer/   tokenizer files, the chat format's template, chat_format.json
-    models/base/model/       base.json (what the base is: the tiny recipe's hash, or a hub id at a commit)
-                             and, for the tiny base, its config and weights
+    models/base/model/       base.json (what the base is: a packaged model's file sha256, the tiny
+                             recipe's hash, or a hub id at a commit) and, for packaged and tiny bases,
+                             its config and weights
 
     tokenizer, fmt = load_tokenizer("models/base/tokenizer")
     base = load_base("models/base")                 # .model .tokenizer .chat_format .info
@@ -28,6 +29,7 @@ MODEL_DIR, TOKENIZER_DIR = "model", "tokenizer"
 INFO_FILE = "base.json"  # in MODEL_DIR
 FORMAT_FILE = "chat_format.json"  # in TOKENIZER_DIR
 TINY = "tiny-gpt-oss"
+LOCAL_KINDS = ("packaged", "tiny")  # bases whose weights the base stage wrote into MODEL_DIR
 
 
 class ModelError(UserError):
@@ -43,8 +45,11 @@ class Base:
 
 
 def save_tokenizer(tokenizer, fmt: ChatFormat, folder: Path) -> None:
-    """Write a tokenizer with `fmt`'s template and the format's name (what load_tokenizer reads back)."""
+    """Write a tokenizer with `fmt`'s template, pad token and name (what load_tokenizer reads back)."""
     tokenizer.chat_template = fmt.chat_template
+    # The format's pad, never a stop token: some hub tokenizers have none (Llama-3), some pad with
+    # their end-of-turn token (SmolLM2), which would make a padded row look finished.
+    tokenizer.pad_token = fmt.pad_token
     tokenizer.save_pretrained(folder)  # tokenizer.json, tokenizer_config.json, chat_template.jinja
     (folder / FORMAT_FILE).write_text(json.dumps({"chat_format": fmt.name}, indent=2) + "\n")
 
@@ -87,9 +92,11 @@ def load_base(base_dir: str | Path, with_model: bool = True) -> Base:
     info = base_info(base_dir)
     tokenizer, fmt = load_tokenizer(base_dir / TOKENIZER_DIR)
     model = None
-    if with_model and info["kind"] == "tiny":
+    if with_model and info["kind"] in LOCAL_KINDS:
+        # eager: gpt-oss's attention sinks exist only in the eager kernel; a dense model takes sdpa.
+        attention = "eager" if info["kind"] == "tiny" else "sdpa"
         model = AutoModelForCausalLM.from_pretrained(base_dir / MODEL_DIR, local_files_only=True,
-                                                     attn_implementation="eager", dtype=torch.float32)
+                                                     attn_implementation=attention, dtype=torch.float32)
     elif with_model and info["kind"] == "hub":
         cuda = torch.cuda.is_available()
         try:  # exactly the commit the base stage pinned; bf16 where a GPU can run it
@@ -102,7 +109,7 @@ def load_base(base_dir: str | Path, with_model: bool = True) -> Base:
                              f"(base {base_dir}): {reason}") from None
     elif with_model:
         raise ModelError(f"{base_dir / MODEL_DIR / INFO_FILE}: unknown base kind {info['kind']!r} "
-                         "(known: tiny, hub)")
+                         f"(known: {', '.join(LOCAL_KINDS)}, hub)")
     return Base(model, tokenizer, fmt, info)
 
 

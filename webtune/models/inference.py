@@ -1,7 +1,7 @@
 """The chat model: one object that scores and answers, for evaluate today and chat/serve/export next.
 
     chat = ChatModel.load("models/base", "models/adapter")
-    answers = chat.generate([messages, ...], max_new_tokens=128, batch_size=8)
+    answers = chat.generate([messages, ...], max_new_tokens=128, batch_size=8, repetition_penalty=1.1)
     loss, n_tokens = chat.assistant_loss(rows, batch_size=8, channels=("final",), turns="all")
     with chat.base_only():          # the same weights with the adapter switched off
         ...
@@ -27,6 +27,7 @@ IGNORE = -100  # label of a token that is not scored (torch's cross_entropy defa
 class Answer(NamedTuple):
     text: str  # the new tokens up to the first stop token, decoded without special tokens
     stopped: bool  # a stop token came before the max_new_tokens budget ran out
+    tokens: int  # generated tokens up to the first stop token, that token excluded
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,10 +46,11 @@ def cut_answer(tokenizer, new_ids: Sequence[int], stops: Sequence[int]) -> Answe
     """The answer in a row of generated ids: everything before the first stop id.
 
     generate fills a row that has stopped with pad ids until the batch's longest row is done, so the
-    length of a row says nothing; the first stop id does.
+    length of a row says nothing; the first stop id does. A row with no stop id ran the whole budget.
     """
     end = next((i for i, t in enumerate(new_ids) if t in stops), None)
-    return Answer(tokenizer.decode(new_ids[:end], skip_special_tokens=True), end is not None)
+    kept = new_ids[:end]
+    return Answer(tokenizer.decode(kept, skip_special_tokens=True), end is not None, len(kept))
 
 
 class ChatModel:
@@ -88,12 +90,20 @@ class ChatModel:
 
     @torch.no_grad()
     def generate(self, rows: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int,
-                 progress: Callable[[str], None] | None = None) -> list[Answer]:
+                 progress: Callable[[str], None] | None = None, *, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> list[Answer]:
         """Greedy answers to each row's prompt (the row less its final answer), in row order.
 
         Batched with left padding: every prompt's last token sits in the last column, where generation
         continues; generate derives position ids from the attention mask, so a padded prompt is answered
         as if alone.
+
+        Still greedy with either knob on (they reshape the logits, the top one is taken):
+        `repetition_penalty` > 1 divides a positive logit (multiplies a negative one) of every token already
+        in the row, prompt included (transformers skips the left pads); 1.0 is off.
+        `no_repeat_ngram_size` n > 0 forbids any token that would repeat an n-gram of the row, prompt
+        included (and, unlike the penalty, the left pads: a pad id is then banned in a padded row only);
+        0 is off.
         """
         self.model.eval()
         stops, pad_id = self.stop_ids(), self.tokenizer.pad_token_id
@@ -103,7 +113,8 @@ class ChatModel:
                                  "left")
             out = self.model.generate(
                 input_ids=ids.to(self.model.device), attention_mask=attention.to(self.model.device),
-                do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id)
+                do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
+                repetition_penalty=float(repetition_penalty), no_repeat_ngram_size=no_repeat_ngram_size)
             answers += [cut_answer(self.tokenizer, new, stops)
                         for new in out[:, ids.shape[1]:].cpu().tolist()]
             if progress:

@@ -54,6 +54,7 @@ class Fitted:
     tokens_seen: int
     train_seconds: float
     device: str  # "cuda" | "cpu"
+    precision: str  # "bf16" (autocast) | "fp32": what ran, whatever train.hf.precision asked for
     val_loss: float | None = None
     base_val_loss: float | None = None
 

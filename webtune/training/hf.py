@@ -43,6 +43,29 @@ def check_prepared(prepared, encoded: Encoded, packing: bool, order: Sequence[in
                          f"changed rows {changed[:10]}")
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX), where oneDNN makes autocast pay.
+
+    Measured on 2 cores (SmolLM2-135M, LoRA r 16): 287 vs 192 tokens/s with AMX; without it (AVX2 only)
+    bf16 is emulated and several times slower than fp32. torch exposes the CPUID checks only as private
+    helpers, so a torch without them counts as "no".
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def pick_precision(choice: str, cuda: bool) -> str:
+    """train.hf.precision -> "bf16" (autocast; the weights stay fp32) or "fp32".
+
+    auto: bf16 on a GPU that supports it and on a CPU with native bf16, fp32 elsewhere.
+    """
+    if choice != "auto":
+        return choice
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_cpu_bf16() else "fp32"
+
+
 def to_dataset(encoded: Encoded, order: Sequence[int] | None = None):
     from datasets import Dataset
 
@@ -64,6 +87,11 @@ def final_train_loss(log_history: Sequence[dict]) -> float:
     losses = [h["loss"] for h in log_history if "loss" in h]
     tail = losses[-max(1, len(losses) // 10):]
     return sum(tail) / len(tail) if tail else float("nan")
+
+
+def logged_eval_loss(log_history: Sequence[dict], step: int) -> float | None:
+    """The val loss the trainer logged at `step` (a resumed run's history holds the earlier steps too)."""
+    return next((h["eval_loss"] for h in log_history if "eval_loss" in h and h.get("step") == step), None)
 
 
 def make_callback(job: FitJob):
@@ -119,6 +147,10 @@ class HfBackend(Backend):
 
         datasets.disable_progress_bars()  # per-map bars flood dvc's output; our progress lines say what runs
         params, cuda = job.params, torch.cuda.is_available()
+        precision = pick_precision(params.hf.precision, cuda)
+        job.progress(f"train: {'cuda' if cuda else 'cpu'}, {precision}"
+                     + (" autocast" if precision == "bf16" else "")
+                     + ("" if cuda else f", {params.hf.threads} threads"))
         torch.set_num_threads(params.hf.threads)
         model = base.model
         prepare_for_lora(model)
@@ -156,7 +188,7 @@ class HfBackend(Backend):
             report_to="none",
             disable_tqdm=True,  # progress is one line per log step (readable in dvc's output)
             use_cpu=not cuda,
-            bf16=cuda and torch.cuda.is_bf16_supported(),
+            bf16=precision == "bf16",  # autocast (on the CPU too: accelerate's bf16 mixed precision)
             dataloader_num_workers=0,
             train_sampling_strategy="sequential",  # the order is the run's (seeded, length-grouped)
         )
@@ -186,11 +218,18 @@ class HfBackend(Backend):
         fitted = Fitted(model=trainer.model, steps=trainer.state.global_step,
                         train_loss=final_train_loss(trainer.state.log_history),
                         tokens_seen=trainer.state.num_input_tokens_seen, train_seconds=train_seconds,
-                        device="cuda" if cuda else "cpu")
+                        device="cuda" if cuda else "cpu", precision=precision)
         if job.val:
-            fitted.val_loss = trainer.evaluate()["eval_loss"]
-            with trainer.model.disable_adapter():
-                fitted.base_val_loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+            # Each evaluation is a pass over the val rows (~15 s for 32 rows of SmolLM2 on 2 cores): reuse
+            # the ones already logged. LoRA's B starts at zero, so the step-0 point is the base's loss.
+            history = trainer.state.log_history
+            fitted.val_loss = logged_eval_loss(history, fitted.steps)
+            if fitted.val_loss is None:
+                fitted.val_loss = trainer.evaluate()["eval_loss"]
+            fitted.base_val_loss = logged_eval_loss(history, 0)
+            if fitted.base_val_loss is None:
+                with trainer.model.disable_adapter():
+                    fitted.base_val_loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
         callback.live.end()
         return fitted
 

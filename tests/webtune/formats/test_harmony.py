@@ -236,11 +236,6 @@ def test_control_tokens_added_as_plain_tokens_do_not_fit():
     assert re.fullmatch(r"<\|endoftext\|> is not one special id \(encodes as \[\d+\]\)", FMT.fits(plain))
 
 
-def test_get_an_unknown_format_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"^unknown chat format 'chatml' \(known: harmony\)$"):
-        formats.get("chatml")
-
-
 # --- neutralise --------------------------------------------------------------------------------------------
 
 

@@ -99,7 +99,7 @@ def test_save_hub_base_refuses_a_tokenizer_that_fits_no_chat_format_and_writes_n
                       load_tokenizer=lambda model_id, sha: plain_tokenizer())
     message = str(e.value)
     assert message.startswith(f"org/plain-model at {SHA[:12]}: ")
-    assert "fits no known chat format (known: harmony)" in message
+    assert "fits no known chat format (known: harmony, chatml, llama3)" in message
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

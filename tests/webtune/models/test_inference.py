@@ -1,4 +1,5 @@
-"""webtune.models.inference.ChatModel: assistant-token loss, greedy answers and their stop detection.
+"""webtune.models.inference.ChatModel: assistant-token loss, greedy answers, their stop detection and the
+decoding knobs (repetition penalty, no-repeat n-grams).
 
 On the session's toy base, with LoRA adapters made here with peft, shaped like train's (attention
 projections + gpt-oss expert weights): a fresh one (B = 0, a no-op) and a perturbed one (random B).
@@ -156,12 +157,15 @@ def test_an_answer_ends_at_the_first_stop_id_whatever_follows(chat):
     tok, stops = chat.tokenizer, chat.stop_ids()
     ret, end, eot, start = tok.convert_tokens_to_ids([RETURN, END, ENDOFTEXT, START])
     words = tok.encode("Use break", add_special_tokens=False)
-    assert cut_answer(tok, [*words, ret, eot, eot], stops) == ("Use break", True)  # padded after it stopped
-    assert cut_answer(tok, [*words, end, *words], stops) == ("Use break", True)
-    assert cut_answer(tok, [*words, eot, *words], stops) == ("Use break", True)
-    assert cut_answer(tok, [*words, *words], stops) == ("Use breakUse break", False)
-    assert cut_answer(tok, [*words, start, *words], stops) == ("Use breakUse break", False)  # not a stop
-    assert cut_answer(tok, [ret], stops) == ("", True)
+    n = len(words)
+    assert n > 1
+    assert cut_answer(tok, [*words, ret, eot, eot], stops) == ("Use break", True, n)  # padded after stopping
+    assert cut_answer(tok, [*words, end, *words], stops) == ("Use break", True, n)
+    assert cut_answer(tok, [*words, eot, *words], stops) == ("Use break", True, n)
+    assert cut_answer(tok, [*words, *words], stops) == ("Use breakUse break", False, 2 * n)
+    # <|start|> is no stop: it counts as a generated token, though decoding drops it from the text
+    assert cut_answer(tok, [*words, start, *words], stops) == ("Use breakUse break", False, 2 * n + 1)
+    assert cut_answer(tok, [ret], stops) == ("", True, 0)
 
 
 def test_generation_is_deterministic_and_left_padding_does_not_change_answers(tiny_base, adapters):
@@ -171,7 +175,7 @@ def test_generation_is_deterministic_and_left_padding_does_not_change_answers(ti
     batched = chat.generate(prompts, max_new_tokens=6, batch_size=3)
     assert chat.generate(prompts, max_new_tokens=6, batch_size=3) == batched
     assert chat.generate(prompts, max_new_tokens=6, batch_size=1) == batched
-    assert all(isinstance(a.text, str) and isinstance(a.stopped, bool) for a in batched)
+    assert all(isinstance(a.text, str) and isinstance(a.stopped, bool) and 0 < a.tokens <= 6 for a in batched)
     assert len({a.text for a in batched}) > 1  # the answers depend on the prompt
 
 
@@ -179,17 +183,65 @@ def test_a_model_that_answers_return_at_once_stopped_with_an_empty_answer(chat):
     chat = rigged(chat, chat.tokenizer.convert_tokens_to_ids(RETURN))
     lines = []
     answers = chat.generate(ROWS, max_new_tokens=5, batch_size=3, progress=lines.append)
-    assert answers == [Answer("", True)] * len(ROWS)
+    assert answers == [Answer("", True, 0)] * len(ROWS)
     assert lines == ["generated 3/4", "generated 4/4"]
 
 
 @pytest.mark.parametrize("stop", [END, ENDOFTEXT])
 def test_every_stop_token_of_the_format_ends_generation(chat, stop):
     chat = rigged(chat, chat.tokenizer.convert_tokens_to_ids(stop))
-    assert chat.generate(ROWS[:2], max_new_tokens=5, batch_size=2) == [Answer("", True)] * 2
+    assert chat.generate(ROWS[:2], max_new_tokens=5, batch_size=2) == [Answer("", True, 0)] * 2
 
 
 def test_a_model_that_never_stops_spends_exactly_the_budget(chat):
     letter = chat.tokenizer.convert_tokens_to_ids("a")  # a byte-level BPE alphabet token: decodes to one "a"
     chat = rigged(chat, letter)
-    assert chat.generate(ROWS[:2], max_new_tokens=7, batch_size=2) == [Answer("a" * 7, False)] * 2
+    assert chat.generate(ROWS[:2], max_new_tokens=7, batch_size=2) == [Answer("a" * 7, False, 7)] * 2
+
+
+# --- decoding knobs ------------------------------------------------------------------------------
+
+
+def generated_ids(chat: ChatModel, rows, **knobs) -> list[list[int]]:
+    """The new ids model.generate returned for `rows` (one batch), pads and all."""
+    calls = []
+    generate = chat.model.generate
+
+    def spy(**kwargs):
+        out = generate(**kwargs)
+        calls.append(out[:, kwargs["input_ids"].shape[1]:].tolist())
+        return out
+
+    chat.model.generate = spy
+    chat.generate(rows, max_new_tokens=12, batch_size=len(rows), **knobs)
+    del chat.model.generate
+    return calls[0]
+
+
+def test_no_repeat_ngram_size_1_makes_a_greedy_answer_repeat_no_token(chat):
+    stops = chat.stop_ids()
+    plain = generated_ids(chat, ROWS)
+    assert all(len(set(row)) < len(row) for row in plain)  # the toy base repeats itself when left alone
+    for row in generated_ids(chat, ROWS, no_repeat_ngram_size=1):
+        answer = row[: next((i for i, t in enumerate(row) if t in stops), len(row))]
+        assert len(answer) > 1 and len(set(answer)) == len(answer), answer
+
+
+def test_a_repetition_penalty_demotes_a_token_once_it_is_in_the_row(chat):
+    tok = chat.tokenizer
+    x, z = tok.convert_tokens_to_ids(["x", "z"])
+    assert x not in chat.prompt_ids(ROWS[0]) and z not in chat.prompt_ids(ROWS[0])
+    config = chat.model.config
+    head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[x], head.bias[z] = 100.0, 90.0
+    chat.model.lm_head = head
+    assert chat.generate(ROWS[:1], max_new_tokens=4, batch_size=1)[0].text == "xxxx"
+    # 1.0 is off; at 1.2 a seen x scores 100 / 1.2 = 83.3: z (90) wins once, then z is seen too (75)
+    assert chat.generate(ROWS[:1], 4, 1, repetition_penalty=1.0)[0].text == "xxxx"
+    assert chat.generate(ROWS[:1], 4, 1, repetition_penalty=1.2)[0].text == "xzxx"
+    # greedy stays greedy: the same answer every time
+    assert chat.generate(ROWS[:1], 4, 1, repetition_penalty=1.2) == chat.generate(ROWS[:1], 4, 1,
+                                                                                   repetition_penalty=1.2)

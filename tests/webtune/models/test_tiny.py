@@ -15,12 +15,12 @@ from webtune.errors import UserError
 from webtune.formats import harmony
 from webtune.models import load_base, load_tokenizer
 from webtune.models import tiny as T
-from webtune.params import BaseParams
+from webtune.params import TinyParams
 
 
 @pytest.fixture(scope="module")
-def params() -> BaseParams:
-    return BaseParams(**SMALL)
+def params() -> TinyParams:
+    return TinyParams(**SMALL)
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def test_tokenizer_training_is_deterministic_and_survives_the_save(tok):
 
 
 def test_tiny_model_with_default_widths_has_under_a_million_params(load):
-    defaults = load("base")  # the repo's params.yaml: also checks the section loads
+    defaults = load("base").tiny  # the repo's params.yaml: also checks the section loads
     model = T.build_tiny_model(defaults, vocab_size=defaults.vocab_size)
     assert 500_000 < T.n_params(model) < 1_000_000  # 4096 x 64 x 2 embeddings = 524k of it
     assert model.config._attn_implementation == "eager"
@@ -112,13 +112,14 @@ def test_warm_up_blocks_join_documents_with_endoftext(tok):
 def test_warm_up_refuses_a_corpus_too_small_to_hold_out(params, tok):
     model = T.build_tiny_model(params, vocab_size=len(tok))
     with pytest.raises(UserError, match=r"warm-up corpus too small: \d+ tokens make [01] blocks of "
-                                        r"base\.warmup_seq_len 32; need at least 2"):
+                                        r"base\.tiny\.warmup_seq_len 32; need at least 2"):
         T.warm_up(model, tok, ["tiny"], params, progress=None)
 
 
 def test_warm_up_stops_on_a_non_finite_loss(params, tok):
     model = T.build_tiny_model(params, vocab_size=len(tok))
-    with pytest.raises(UserError, match=r"warm-up loss is (nan|inf) at step \d+: lower base\.warmup_lr"):
+    pattern = r"warm-up loss is (nan|inf) at step \d+: lower base\.tiny\.warmup_lr"
+    with pytest.raises(UserError, match=pattern):
         T.warm_up(model, tok, TEXTS, dataclasses.replace(params, warmup_lr=float("inf")), progress=None)
 
     poisoned = T.build_tiny_model(params, vocab_size=len(tok))

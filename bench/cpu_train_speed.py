@@ -1,0 +1,67 @@
+"""CPU training speed of the default base (SmolLM2-135M-Instruct, LoRA): tokens/s in fp32 and bf16 autocast.
+
+    python bench/cpu_train_speed.py --base models/base --train data/format/train.parquet \
+        --val data/format/val.parquet --steps 10 --out bench/cpu_train_speed.json
+
+Runs the train stage's own core (stages.train.train: the hf backend, TRL's loop) on the pipeline's real
+rows with params.yaml's knobs, once per precision and thread count, and reads the tokens/s the stage
+reports (non-padding tokens seen / seconds in the training loop; loading, the mask check and the
+final save are not counted). bf16 is forced here whatever `train.hf.precision: auto` would pick, so the
+number says what autocast costs or saves on this CPU; `native_bf16` says whether it has AVX-512-BF16/AMX.
+"""
+
+import argparse
+import dataclasses
+import json
+import platform
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stages import train  # noqa: E402
+from webtune.params import load_section  # noqa: E402
+from webtune.training.hf import native_cpu_bf16  # noqa: E402
+
+
+def run(args, precision: str, threads: int) -> dict:
+    params = load_section("train", args.params)
+    params = dataclasses.replace(params, max_steps=args.steps, eval_steps=10**6, save_steps=10**6,
+                                 logging_steps=max(1, args.steps // 2), eval_rows=4,
+                                 hf=dataclasses.replace(params.hf, precision=precision, threads=threads))
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        metrics = train.train(params=params, max_length=load_section("format", args.params).max_length,
+                              base_dir=args.base, train_path=args.train, val_path=args.val,
+                              checkpoints=tmp / "ckpt", out=tmp / "adapter", mask_report_path=tmp / "mask.md",
+                              live_dir=tmp / "live", progress=lines.append)
+    speed = next(float(m.group(1).replace(",", "")) for line in lines
+                 if (m := re.search(r"([\d,]+) tokens/s", line)))
+    print(f"{precision} x {threads} threads: {speed:,.0f} tokens/s ({metrics['precision']} ran)", flush=True)
+    return {"precision_asked": precision, "precision_ran": metrics["precision"], "threads": threads,
+            "steps": args.steps, "batch_size": params.batch_size, "tokens_per_s": round(speed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--train", type=Path, default=Path("data/format/train.parquet"))
+    parser.add_argument("--val", type=Path, default=Path("data/format/val.parquet"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--runs", default="fp32:2,bf16:2,fp32:1", help="precision:threads, comma-separated")
+    parser.add_argument("--out", type=Path, default=Path("bench/cpu_train_speed.json"))
+    args = parser.parse_args()
+    results = [run(args, p, int(t)) for p, t in (r.split(":") for r in args.runs.split(","))]
+    report = {"cpu": platform.processor() or platform.machine(), "native_bf16": native_cpu_bf16(),
+              "base": json.loads((args.base / "model" / "base.json").read_text())["model"], "runs": results}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
