@@ -54,6 +54,10 @@ def model_card(*, params: TrainParams, base_info: dict, chat_format: ChatFormat,
     if base_info["kind"] == "tiny":
         base_line = (f"`{base_info['model']}` built by the base stage, "
                      f"recipe sha256 `{base_info['recipe_sha256']}`")
+    elif base_info["kind"] == "packaged":
+        base_line = (f"`{base_info['model']}` ({base_info['license']}) from the `{base_info['package']}` "
+                     f"{base_info['package_version']} wheel, `{base_info['file']}` sha256 "
+                     f"`{base_info['file_sha256']}`")
     else:
         base_line = f"`{base_info['model']}` at commit `{base_info['revision']}`"
     front = {"library_name": "peft", "base_model": base_info["model"], "tags": ["webtune", "lora", "sft"]}
@@ -66,8 +70,8 @@ def model_card(*, params: TrainParams, base_info: dict, chat_format: ChatFormat,
 
 # webtune LoRA adapter
 
-A LoRA adapter trained by webtune's `train` stage (backend `{params.backend}`, on {device}) \
-with assistant-only
+A LoRA adapter trained by webtune's `train` stage (backend `{params.backend}`, on {device}, \
+{metrics.get('precision', 'fp32')}) with assistant-only
 loss on {chat_format.name}-formatted chat rows.
 
 {USAGE}

