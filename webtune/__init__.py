@@ -11,7 +11,7 @@ or a user command uses lives here, each variant one module behind one small seam
     sources/         where raw documents come from: pydoc (embedded default), files, http
     cleaning/        per-document cleaning steps, dedup, pairs
     formats/         chat formats: harmony (gpt-oss), chatml (SmolLM2, Qwen), llama3
-    models/          bases (packaged SmolLM2, tiny built from a config, hub pinned to a commit), the chat model
+    models/          bases (packaged SmolLM2, tiny from a config, hub at a commit), the chat model
     training/        supervision gate, run bookkeeping, model card, backends: hf (TRL)
     cli/             user commands: remote (S3 remote, all-or-nothing pull)
 """
