@@ -47,8 +47,8 @@ def native_cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX), where oneDNN makes autocast pay.
 
     Measured on 2 cores (SmolLM2-135M, LoRA r 16): 287 vs 192 tokens/s with AMX; without it (AVX2 only)
-    bf16 is emulated: 5 vs 60 tokens/s (bench/cpu_train_speed.json). torch exposes the CPUID checks only as private
-    helpers, so a torch without them counts as "no".
+    bf16 is emulated: 5 vs 60 tokens/s (bench/cpu_train_speed.json). torch exposes the CPUID checks only
+    as private helpers, so a torch without them counts as "no".
     """
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
