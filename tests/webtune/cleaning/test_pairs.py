@@ -15,7 +15,8 @@ LONG = "This section explains the behaviour in enough words to be a useful answe
 
 @pytest.fixture
 def params(load):
-    return load("clean").pairs
+    # LONG (178 chars) is a full answer at these tests' floor; the default's 200 is a corpus choice
+    return dataclasses.replace(load("clean").pairs, min_answer_chars=80)
 
 
 def test_markdown_and_underlined_headings_split_sections():
