@@ -47,8 +47,8 @@ class Base:
 def save_tokenizer(tokenizer, fmt: ChatFormat, folder: Path) -> None:
     """Write a tokenizer with `fmt`'s template, pad token and name (what load_tokenizer reads back)."""
     tokenizer.chat_template = fmt.chat_template
-    # The format's pad, never a stop token: some hub tokenizers have none (Llama-3), some pad with
-    # their end-of-turn token (SmolLM2), which would make a padded row look finished.
+    # One pad per format, set explicitly: some hub tokenizers have none (Llama-3), and SmolLM2's is
+    # `<|im_end|>`, the end-of-turn token its answers are trained to end with.
     tokenizer.pad_token = fmt.pad_token
     tokenizer.save_pretrained(folder)  # tokenizer.json, tokenizer_config.json, chat_template.jinja
     (folder / FORMAT_FILE).write_text(json.dumps({"chat_format": fmt.name}, indent=2) + "\n")

@@ -118,8 +118,7 @@ def save_packaged_base(name: str, out: str | Path, progress=io.stderr) -> dict:
     if problem:
         raise ModelError(f"base.model {name}: the tokenizer in {path.name} does not fit {fmt.name}: "
                          f"{problem}")
-    # Every stop the format knows ends generation; the pad is the format's (never a stop token, so a
-    # padded batch never looks finished).
+    # Every stop the format knows ends generation; the pad is the format's (save_tokenizer sets it too).
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(list(fmt.stop_tokens))
     model.generation_config.pad_token_id = model.config.pad_token_id = tokenizer.convert_tokens_to_ids(
         fmt.pad_token)
