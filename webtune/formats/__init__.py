@@ -88,6 +88,11 @@ def detect(tokenizer) -> ChatFormat | None:
     return None
 
 
+def system_or_role(message: dict) -> str:
+    """The role to render for formats that have no developer role (ChatML, Llama-3): it is the system's."""
+    return "system" if message["role"] == "developer" else message["role"]
+
+
 def neutralise(text: str) -> str:
     """Make chat control sequences inert: `<|start|>` -> `<¦start¦>`."""
     return text.replace("<|", NEUTRAL_OPEN).replace("|>", NEUTRAL_CLOSE)

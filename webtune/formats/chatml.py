@@ -18,7 +18,7 @@ in the data.
 import re
 from collections.abc import Sequence
 
-from webtune.formats import NEUTRAL_CLOSE, NEUTRAL_OPEN, ChatFormat, neutralise
+from webtune.formats import NEUTRAL_CLOSE, NEUTRAL_OPEN, ChatFormat, neutralise, system_or_role
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # SmolLM2's ids 0..2
@@ -42,10 +42,6 @@ CHAT_TEMPLATE = (
 SPECIALS_PER_TURN = 2  # <|im_start|> and <|im_end|>, whatever the role
 
 
-def role_of(message: dict) -> str:
-    return "system" if message["role"] == "developer" else message["role"]
-
-
 class ChatML(ChatFormat):
     name = "chatml"
     control_tokens = SPECIAL_TOKENS
@@ -56,7 +52,7 @@ class ChatML(ChatFormat):
     chat_template = CHAT_TEMPLATE
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        parts = [f"{IM_START}{role_of(m)}\n{neutralise(m['content']).strip()}{IM_END}\n" for m in messages]
+        parts = [f"{IM_START}{system_or_role(m)}\n{neutralise(m['content']).strip()}{IM_END}\n" for m in messages]
         if add_generation_prompt:
             parts.append(f"{IM_START}assistant\n")
         return "".join(parts)

@@ -19,7 +19,7 @@ row holds the text it was trained on and nothing hidden; a system prompt, if any
 import re
 from collections.abc import Sequence
 
-from webtune.formats import NEUTRAL_CLOSE, NEUTRAL_OPEN, ChatFormat, neutralise
+from webtune.formats import NEUTRAL_CLOSE, NEUTRAL_OPEN, ChatFormat, neutralise, system_or_role
 
 BEGIN, END_OF_TEXT, HEADER, END_HEADER, EOT = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -47,10 +47,6 @@ CHAT_TEMPLATE = (
 SPECIALS_PER_TURN = 3
 
 
-def role_of(message: dict) -> str:
-    return "system" if message["role"] == "developer" else message["role"]
-
-
 class Llama3(ChatFormat):
     name = "llama3"
     control_tokens = SPECIAL_TOKENS
@@ -63,7 +59,7 @@ class Llama3(ChatFormat):
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
         parts = [BEGIN]
         for m in messages:
-            parts.append(f"{HEADER}{role_of(m)}{END_HEADER}\n\n{neutralise(m['content']).strip()}{EOT}")
+            parts.append(f"{HEADER}{system_or_role(m)}{END_HEADER}\n\n{neutralise(m['content']).strip()}{EOT}")
         if add_generation_prompt:
             parts.append(f"{HEADER}assistant{END_HEADER}\n\n")
         return "".join(parts)
