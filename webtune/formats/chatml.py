@@ -52,7 +52,8 @@ class ChatML(ChatFormat):
     chat_template = CHAT_TEMPLATE
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        parts = [f"{IM_START}{system_or_role(m)}\n{neutralise(m['content']).strip()}{IM_END}\n" for m in messages]
+        parts = [f"{IM_START}{system_or_role(m)}\n{neutralise(m['content']).strip()}{IM_END}\n"
+                 for m in messages]
         if add_generation_prompt:
             parts.append(f"{IM_START}assistant\n")
         return "".join(parts)
