@@ -1,7 +1,7 @@
 """scrape: fetch raw documents from the configured source into one Parquet table.
 
     python -m stages.scrape --sources-dir data/sources --out data/raw/docs.parquet \
-        --metrics metrics/scrape.json
+        --ledger .webtune/scrape-ledger.sqlite --metrics metrics/scrape.json
 
 The raw table is written once and is all later stages read: re-running clean or anything after it
 never re-scrapes. Documents that could not be fetched are rows with `fetch_error` set, so clean
@@ -10,10 +10,16 @@ drops them with a reason and the metrics count them; a source that yields nothin
 The output is a DVC `persist` output: the previous table is still there when the stage runs, and a
 document whose bytes are unchanged keeps its previous `fetched_at` (when that content was first seen).
 So re-scraping identical content writes an identical table and re-runs nothing downstream.
+
+A paid source (Bright Data) needs its token (environment or `.env`: checked before any work) and keeps
+what it fetched or triggered in the ledger (`--ledger`, webtune.sources.ledger) as it goes, so a killed
+or failed scrape re-run requests only what is missing and never pays twice. The metrics say how many
+documents came from the provider this run and how many from the ledger.
 """
 
 import argparse
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,24 +27,30 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from webtune import errors, io, schema
+from webtune import errors, io, schema, secrets
 from webtune.params import ScrapeParams, load_section
-from webtune.sources import EmptySourceError, SourceError, get_fetch, utc_now
+from webtune.sources import EmptySourceError, SourceError, get_fetch, token_env, utc_now
+from webtune.sources.ledger import Ledger
 
 STAGE = "scrape"
 
 
 def scrape(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str] = utc_now,
-           first_seen: dict[tuple[str, str], str] | None = None, progress=io.stderr) -> pa.Table:
+           first_seen: dict[tuple[str, str], str] | None = None, ledger: Ledger | None = None,
+           token: str | None = None, progress=io.stderr) -> pa.Table:
     """Run the configured source; return the RAW_DOCS table (failures included as rows).
 
     `first_seen` maps (doc_id, content_sha256) of an earlier scrape to its fetched_at, which a document
-    with the same bytes keeps.
+    with the same bytes keeps. `ledger` and `token` go to a paid source (one that declares TOKEN_ENV).
     """
     fetch = get_fetch(params.source)
+    paid = {}
+    if token_env(params.source):
+        assert ledger is not None and token, f"source {params.source} needs a ledger and a token"
+        paid = {"ledger": ledger, "token": token}
     first_seen = first_seen or {}
     rows, seen = [], {}
-    for row in fetch(params, sources_dir=sources_dir, now=now):
+    for row in fetch(params, sources_dir=sources_dir, now=now, **paid):
         if row["doc_id"] in seen:
             raise SourceError(f"source {params.source!r} returned {row['url']} twice: "
                               "list each document once")
@@ -64,15 +76,21 @@ def previous_fetch_times(path: Path) -> dict[tuple[str, str], str]:
                                             strict=True) if e is None}
 
 
-def summarize(table: pa.Table) -> dict:
+def summarize(table: pa.Table, ledger_counts: dict[str, int] | None = None) -> dict:
+    """Documents, failures by reason, bytes; for a paid source also what this run did (`this_run`):
+    requested = pages asked of the provider, fetched = those that came back, cached = taken from the
+    ledger; triggered / resumed snapshots."""
     errors_ = collections.Counter(e for e in table.column("fetch_error").to_pylist() if e is not None)
-    return {
+    summary = {
         "docs": table.num_rows,
         "docs_ok": table.num_rows - sum(errors_.values()),
         "failed": dict(sorted(errors_.items())),
         "bytes": sum(table.column("n_bytes").to_pylist()),
         "bad_chars": sum(table.column("n_bad_chars").to_pylist()),
     }
+    if ledger_counts:
+        summary["this_run"] = dict(sorted(ledger_counts.items()))
+    return summary
 
 
 def main(argv=None) -> None:
@@ -80,14 +98,20 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ledger", type=Path, required=True,
+                        help="what paid sources fetched or triggered (kept across runs, git-ignored)")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     with errors.reported(STAGE):
         params = load_section(STAGE, args.params)
         start = time.perf_counter()
-        table = scrape(params, sources_dir=args.sources_dir, first_seen=previous_fetch_times(args.out))
-        metrics = summarize(table)
+        env = token_env(params.source)
+        token = secrets.require(env, needed_by=f"scrape.source {params.source}") if env else None
+        with Ledger.open(args.ledger) if env else contextlib.nullcontext() as ledger:
+            table = scrape(params, sources_dir=args.sources_dir, first_seen=previous_fetch_times(args.out),
+                           ledger=ledger, token=token)
+            metrics = summarize(table, dict(ledger.counts) if ledger else None)
         io.write_parquet(table, args.out, schema.RAW_DOCS)
         io.write_json(metrics, args.metrics)
     io.stderr(f"scrape: {metrics['docs']} documents ({metrics['bytes'] / 1e6:.1f} MB), "

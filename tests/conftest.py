@@ -44,3 +44,15 @@ def tok(tiny_base):
     from webtune.models import load_tokenizer
 
     return load_tokenizer(tiny_base / "tokenizer")[0]
+
+
+FAKE_BRIGHTDATA_TOKEN = "bd-fake-token-7c1e9a42d0"  # what the tests' emulator accepts; greps look for it
+
+
+@pytest.fixture
+def brightdata():
+    """A Bright Data emulator over real HTTP on 127.0.0.1 (tests/emulators/brightdata.py), per test."""
+    from tests.emulators.brightdata import BrightDataEmulator
+
+    with BrightDataEmulator(token=FAKE_BRIGHTDATA_TOKEN) as emulator:
+        yield emulator

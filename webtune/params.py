@@ -77,6 +77,58 @@ class HttpParams:
     user_agent: str = knob()
 
 
+def zone_name(v) -> str | None:
+    """Bright Data zone names are ASCII letters, digits, '_' and '-'."""
+    ok = bool(v) and v.isascii() and all(c.isalnum() or c in "_-" for c in v)
+    return None if ok else f"{v!r} is not a zone name (letters, digits, _ and - only)"
+
+
+def api_url(v) -> str | None:
+    """An http(s) base URL without credentials in it (tokens come from the environment)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{v!r} is not an http(s) URL"
+    if parts.username or parts.password:
+        return "must not carry credentials: the token comes from the environment or .env"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlockerParams:
+    urls: tuple[str, ...] = knob()
+    zone: str = knob(zone_name)
+    country: str = knob()
+    api_url: str = knob(api_url)
+    requests_per_period: int = knob(at_least(1))
+    period_s: float = knob(positive)
+    concurrency: int = knob(between(1, 30))
+    timeout_s: float = knob(positive)
+    retries: int = knob(at_least(0))
+    backoff_s: float = knob(at_least(0))
+    stop_at_429s: int = knob(between(1, 24))
+    retry_failed: bool = knob()
+    refresh: int = knob(at_least(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetParams:
+    dataset_id: str = knob(lambda v: None if v.startswith("gd_") else f"{v!r} is not a dataset id (gd_...)")
+    discover_by: str = knob(one_of("", "keyword", "category_url", "best_sellers_url"))
+    inputs: tuple[str, ...] = knob()
+    limit_per_input: int = knob(at_least(0))
+    api_url: str = knob(api_url)
+    poll_interval_s: float = knob(positive)
+    poll_timeout_s: float = knob(positive)
+    timeout_s: float = knob(positive)
+    retries: int = knob(at_least(0))
+    backoff_s: float = knob(at_least(0))
+    stop_at_429s: int = knob(between(1, 24))
+    part_records: int = knob(lambda v: None if v == 0 or v >= 1000 else f"must be 0 or >= 1000, got {v!r}")
+    refresh: int = knob(at_least(0))
+
+
 @dataclasses.dataclass(frozen=True)
 class ScrapeParams:
     source: str = knob(lambda v: one_of(*_source_names())(v))
@@ -84,6 +136,8 @@ class ScrapeParams:
     pydoc: PydocParams = knob()
     files: FilesParams = knob()
     http: HttpParams = knob()
+    brightdata_unlocker: UnlockerParams = knob()
+    brightdata_dataset: DatasetParams = knob()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,14 @@
-"""scrape: the pydoc default, local files, bad input, and a re-scrape that keeps unchanged docs' times."""
+"""scrape: the pydoc default, local files, bad input, a re-scrape that keeps unchanged docs' times, and
+the paid Bright Data sources through main: the token check, a killed scrape resumed, no token anywhere."""
 
 import dataclasses
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -10,6 +16,8 @@ import pytest
 import yaml
 
 from stages import scrape as S
+from tests.conftest import FAKE_BRIGHTDATA_TOKEN
+from tests.emulators.brightdata import Fault, Page
 from webtune.schema import RAW_DOCS
 from webtune.sources import EmptySourceError, SourceError
 from webtune.sources.pydoc import build_time
@@ -132,7 +140,7 @@ def test_a_huge_file_is_recorded_as_too_large_without_reading_it(load, tmp_path,
 
 
 def test_unknown_source_is_named(load, tmp_path):
-    known = r"\(known: pydoc, files, http\)"
+    known = r"\(known: pydoc, files, http, brightdata_unlocker, brightdata_dataset\)"
     with pytest.raises(SourceError, match=rf"scrape\.source: unknown source 'ftp' {known}"):
         run(dataclasses.replace(load("scrape"), source="ftp"), tmp_path)
 
@@ -170,8 +178,9 @@ def write_params(repo, tmp_path, **scrape) -> Path:
 
 
 def main_args(tmp_path, params_file, src) -> list[str]:
-    return ["--sources-dir", str(src), "--out", str(tmp_path / "raw.parquet"),
-            "--metrics", str(tmp_path / "m.json"), "--params", str(params_file)]
+    return ["--sources-dir", str(src), "--out", str(tmp_path / "raw.parquet"), "--ledger",
+            str(tmp_path / "ledger.sqlite"), "--metrics", str(tmp_path / "m.json"),
+            "--params", str(params_file)]
 
 
 def with_clock(monkeypatch, now: str) -> None:
@@ -224,3 +233,87 @@ def test_main_twice_on_unchanged_files_writes_a_byte_identical_table(repo, tmp_p
     S.main(args)
     assert (tmp_path / "raw.parquet").read_bytes() == first
     assert set(pq.read_table(tmp_path / "raw.parquet").column("fetched_at").to_pylist()) == {OLD_TIME}
+
+
+def unlocker_params(repo, tmp_path, brightdata, urls, **knobs) -> Path:
+    section = yaml.safe_load((repo / "params.yaml").read_text())["scrape"]["brightdata_unlocker"]
+    section |= {"urls": urls, "api_url": brightdata.url, "backoff_s": 0.01, "period_s": 0.5} | knobs  # 200/s
+    return write_params(repo, tmp_path, source="brightdata_unlocker", brightdata_unlocker=section)
+
+
+def test_a_paid_source_without_a_token_fails_in_one_line_before_any_request(repo, tmp_path, brightdata,
+                                                                             capsys, monkeypatch):
+    monkeypatch.delenv("BRIGHTDATA_API_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    args = main_args(tmp_path, unlocker_params(repo, tmp_path, brightdata, ["https://t.test/a"]), tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        S.main(args)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (
+        "scrape: scrape.source brightdata_unlocker needs BRIGHTDATA_API_TOKEN: export it, or put "
+        "BRIGHTDATA_API_TOKEN=... in .env (git-ignored); it is never read from params.yaml\n")
+    assert brightdata.seen == [] and not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_the_token_is_read_from_dot_env_and_appears_in_no_output(repo, tmp_path, brightdata, capsys,
+                                                                  monkeypatch):
+    monkeypatch.delenv("BRIGHTDATA_API_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"BRIGHTDATA_API_TOKEN={FAKE_BRIGHTDATA_TOKEN}\n")
+    brightdata.pages["https://t.test/a"] = Page("# A page\n\nWith text.")
+    echo = Fault(500, body=f"token {FAKE_BRIGHTDATA_TOKEN}")  # a server error that echoes the token
+    brightdata.pages["https://t.test/b"] = Page("", faults=[echo] * 9)
+    params = unlocker_params(repo, tmp_path, brightdata, ["https://t.test/a", "https://t.test/b"])
+    S.main(main_args(tmp_path, params, tmp_path))
+    rows = pq.read_table(tmp_path / "raw.parquet").to_pylist()
+    assert [r["fetch_error"] for r in rows] == [None, "unlocker_error"]
+    this_run = json.loads((tmp_path / "m.json").read_text())["this_run"]
+    assert this_run == {"cached": 0, "fetched": 1, "requested": 2}
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env"]
+    assert {p.name for p in written} >= {"raw.parquet", "m.json", "ledger.sqlite", "params.yaml"}
+    for path in written:
+        assert FAKE_BRIGHTDATA_TOKEN.encode() not in path.read_bytes(), path
+    assert FAKE_BRIGHTDATA_TOKEN not in capsys.readouterr().err
+
+
+def run_scrape(tmp_path, args) -> subprocess.Popen:
+    env = os.environ | {"BRIGHTDATA_API_TOKEN": FAKE_BRIGHTDATA_TOKEN, "NO_PROXY": "127.0.0.1"}
+    return subprocess.Popen([sys.executable, "-m", "stages.scrape", *args], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_scrape_resumes_and_ends_with_the_table_of_an_uninterrupted_run(repo, tmp_path, brightdata):
+    from webtune.sources.ledger import Ledger, normalise_url
+
+    urls = [f"https://t.test/page-{i:02d}" for i in range(40)]
+    brightdata.pages |= {u: Page(f"# Page {u[-2:]}\n\nBody.") for u in urls}
+    brightdata.pages[urls[7]].faults = [Fault(200, {"x-brd-error": "blocked"})] * 9  # stays a failure
+    brightdata.latency_s = 0.05
+    params = unlocker_params(repo, tmp_path, brightdata, urls, concurrency=2, retry_failed=False)
+    (tmp_path / "whole").mkdir()
+    whole = run_scrape(tmp_path / "whole", main_args(tmp_path / "whole", params, tmp_path))
+    assert whole.wait(60) == 0, whole.stderr.read()
+    before = len(brightdata.seen)
+
+    (tmp_path / "killed").mkdir()
+    args = main_args(tmp_path / "killed", params, tmp_path)
+    killed = run_scrape(tmp_path / "killed", args)
+    while len(brightdata.seen) < before + 15:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(10)
+    with Ledger.open(tmp_path / "killed" / "ledger.sqlite") as ledger:
+        done = {u for u in urls if ledger.fetched("brightdata_unlocker", normalise_url(u), generation=0)}
+    assert 10 <= len(done) < 40 and not (tmp_path / "killed" / "raw.parquet").exists()
+    at_kill = len(brightdata.seen)
+    resumed = run_scrape(tmp_path / "killed", args)
+    assert resumed.wait(60) == 0, resumed.stderr.read()
+
+    again = [s.body["url"] for s in brightdata.seen[at_kill:]]
+    assert not done & set(again), "a page the ledger held was requested again"
+    assert sorted(set(again) | done) == sorted(urls)
+    table, reference = (pq.read_table(tmp_path / d / "raw.parquet").drop(["fetched_at"])
+                        for d in ("killed", "whole"))
+    assert table.equals(reference)
+    metrics = json.loads((tmp_path / "killed" / "m.json").read_text())
+    assert metrics["this_run"]["cached"] == len(done) and metrics["failed"] == {"blocked": 1}

@@ -10,6 +10,8 @@ fetched is yielded as a failed row with a stable reason (`too_large`, `http_erro
 with that reason, so no failure disappears silently. A source that yields nothing is an error
 (`EmptySourceError`), not an empty dataset.
 
+A paid source also takes `ledger=` and `token=` (see `token_env`).
+
 `fetched_at` is when a document's content was first fetched: the scrape stage keeps the previous
 run's time for a document whose bytes did not change, so re-scraping identical content changes no
 output and re-runs nothing downstream.
@@ -18,7 +20,10 @@ output and re-runs nothing downstream.
 import datetime as dt
 import hashlib
 import importlib
+import json
+import re
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 from webtune.errors import UserError
 from webtune.io import decode_bytes
@@ -27,7 +32,13 @@ from webtune.schema import doc_id
 Fetch = Callable[..., Iterator[dict]]
 
 # Source name (scrape.source) -> module.
-SOURCES = {"pydoc": "webtune.sources.pydoc", "files": "webtune.sources.files", "http": "webtune.sources.http"}
+SOURCES = {
+    "pydoc": "webtune.sources.pydoc",
+    "files": "webtune.sources.files",
+    "http": "webtune.sources.http",
+    "brightdata_unlocker": "webtune.sources.brightdata_unlocker",
+    "brightdata_dataset": "webtune.sources.brightdata_dataset",
+}
 
 # content_type values the pipeline understands.
 HTML, MARKDOWN, TEXT, RECORD = "text/html", "text/markdown", "text/plain", "application/x-record+json"
@@ -46,11 +57,25 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def get_fetch(name: str) -> Fetch:
-    """The `fetch` function of source `name` (one of SOURCES)."""
+def get_source(name: str) -> ModuleType:
+    """The module of source `name` (one of SOURCES)."""
     if name not in SOURCES:
         raise SourceError(f"scrape.source: unknown source {name!r} (known: {', '.join(SOURCES)})")
-    return importlib.import_module(SOURCES[name]).fetch
+    return importlib.import_module(SOURCES[name])
+
+
+def get_fetch(name: str) -> Fetch:
+    """The `fetch` function of source `name` (one of SOURCES)."""
+    return get_source(name).fetch
+
+
+def token_env(name: str) -> str | None:
+    """The environment variable holding source `name`'s API token; None for a source that needs none.
+
+    A source that pays per request declares `TOKEN_ENV`; its `fetch` then also takes `ledger=` (what was
+    already paid for, webtune.sources.ledger) and `token=`.
+    """
+    return getattr(get_source(name), "TOKEN_ENV", None)
 
 
 def raw_row(
@@ -106,3 +131,43 @@ def failed_row(
         "fetch_error": reason,
         "fetch_detail": detail or reason,
     }
+
+
+# Fields that make an object a document rather than a record, and the content type each implies.
+DOCUMENT_FIELDS = {"markdown": MARKDOWN, "html": HTML, "text": TEXT}
+# An error code that can be a drop reason as it is (lowercased): reasons are what metrics count, so free
+# text ("Page does not exist") would make one reason per message.
+ERROR_CODE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+
+
+def record_row(obj: dict, *, source: str, fallback_url: str, fetched_at: str) -> dict:
+    """The RAW_DOCS row of one JSON object: a Bright Data snapshot record, a JSONL line, a CSV row.
+
+    - an object with a non-empty `error` or `error_code` (a Web Scraper API error record, collected with
+      include_errors=true: a dead page, a blocked input) is a failed row: its reason is the error code
+      (`dead_page`), `record_error` when it has no snake_case one; its detail, the error text;
+    - an object with a `markdown`, `html` or `text` string is a document of that type;
+    - anything else is a structured record (content_type application/x-record+json), which task
+      `product_copy` turns into prompts.
+    The URL is the object's `url`, else `fallback_url`; an error object, which keeps only what it was
+    asked for, falls back to its input's URL first (`{"input": {"url": ...}}`; a keyword input has none).
+    """
+    if obj.get("error") or obj.get("error_code"):
+        given = obj.get("input")
+        input_url = given.get("url") if isinstance(given, dict) else None
+        code = str(obj.get("error_code") or "").strip().lower()
+        error = obj.get("error") or obj.get("error_code")  # the code says what happened when there is no text
+        return failed_row(source=source, url=str(obj.get("url") or input_url or fallback_url),
+                          reason=code if ERROR_CODE.fullmatch(code) else "record_error",
+                          fetched_at=fetched_at,
+                          content_type=RECORD, detail=error if isinstance(error, str)
+                          else json.dumps(error, ensure_ascii=False, sort_keys=True))
+    url = str(obj.get("url") or fallback_url)
+    title = str(obj.get("title") or obj.get("name") or "")
+    for field, content_type in DOCUMENT_FIELDS.items():
+        if isinstance(obj.get(field), str):
+            return raw_row(source=source, url=url, raw=obj[field].encode(), content_type=content_type,
+                           title=title, fetched_at=fetched_at)
+    record = json.dumps(obj, ensure_ascii=False, sort_keys=True)
+    return raw_row(source=source, url=url, raw=record.encode(), content_type=RECORD, title=title,
+                   fetched_at=fetched_at, record=record)

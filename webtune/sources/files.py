@@ -4,7 +4,10 @@
 - .json: an array of objects (one record each, e.g. a Bright Data Amazon snapshot), or one object.
 - .jsonl: one object per line. .csv: one record per row (header = field names).
 An object with a `text`, `markdown` or `html` field is a document; any other object is a structured
-record (content_type application/x-record+json) that task `product_copy` turns into prompts.
+record (content_type application/x-record+json) that task `product_copy` turns into prompts. An object
+with a non-empty `error` or `error_code` (a saved Bright Data snapshot collected with include_errors=true:
+`{"error": "Page does not exist", "error_code": "dead_page", "input": {"url": ...}}`) is a failed row
+whose reason is its error code, `record_error` when it has no snake_case one.
 Malformed JSON/CSV raises SourceError naming the file and line. A file over `max_doc_bytes` is
 recorded as too_large from its size alone, never read.
 """
@@ -16,13 +19,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from webtune.params import ScrapeParams
-from webtune.sources import HTML, MARKDOWN, RECORD, TEXT, SourceError, failed_row, raw_row
+from webtune.sources import HTML, MARKDOWN, TEXT, SourceError, failed_row, raw_row, record_row
 
 SOURCE = "files"
 DOCUMENT_SUFFIXES = {".html": HTML, ".htm": HTML, ".md": MARKDOWN, ".markdown": MARKDOWN, ".txt": TEXT}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv"}
-# Fields that make an object a document rather than a record, and the content type each implies.
-DOCUMENT_FIELDS = {"markdown": MARKDOWN, "html": HTML, "text": TEXT}
 
 
 def fetch(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str]) -> Iterator[dict]:
@@ -116,20 +117,5 @@ def read_objects(path: Path, raw: bytes) -> list[dict]:
 
 
 def object_row(obj: dict, *, path: Path, index: int, fetched_at: str) -> dict:
-    url = str(obj.get("url") or f"{path}#{index}")
-    title = str(obj.get("title") or obj.get("name") or "")
-    for field, content_type in DOCUMENT_FIELDS.items():
-        if isinstance(obj.get(field), str):
-            return raw_row(
-                source=SOURCE,
-                url=url,
-                raw=obj[field].encode(),
-                content_type=content_type,
-                title=title,
-                fetched_at=fetched_at,
-            )
-    record = json.dumps(obj, ensure_ascii=False, sort_keys=True)
-    return raw_row(
-        source=SOURCE, url=url, raw=record.encode(), content_type=RECORD, title=title, fetched_at=fetched_at,
-        record=record
-    )
+    """One object of a record file; one rule for every source (webtune.sources.record_row)."""
+    return record_row(obj, source=SOURCE, fallback_url=f"{path}#{index}", fetched_at=fetched_at)

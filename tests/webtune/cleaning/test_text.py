@@ -112,10 +112,54 @@ def test_emails_and_secrets_are_masked_and_counted():
 
 @pytest.mark.parametrize("secret", [
     "ghp_" + "a" * 36, "hf_" + "B" * 34, "xoxb-1234567890-abc", "AIza" + "c" * 35, "Bearer " + "d" * 24,
-    "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG",
+    "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG", "ASIAABCDEFGHIJKLMNOP",
 ])
 def test_every_secret_shape_is_masked(secret):
     assert T.mask(f"x {secret} y", emails=True, secrets=True) == ("x <secret> y", 0, 1)
+
+
+KEY_ID, SECRET_KEY = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    (f"keys {KEY_ID} {SECRET_KEY} here", "keys <secret> <secret> here"),
+    (f"{KEY_ID}\n{SECRET_KEY}\n", "<secret>\n<secret>\n"),
+    (f"User name,Access key ID,Secret access key\nci,{KEY_ID},{SECRET_KEY}\n",
+     "User name,Access key ID,Secret access key\nci,<secret>,<secret>\n"),
+    (f"Access key ID: {KEY_ID}\nSecret access key: {SECRET_KEY}",
+     "Access key ID: <secret>\nSecret access key: <secret>"),
+    (f"id {KEY_ID} secret: {SECRET_KEY}.", "id <secret> secret: <secret>."),
+    (f"temporary ASIAIOSFODNN7EXAMPLE ({SECRET_KEY})", "temporary <secret> (<secret>)"),
+])
+def test_an_aws_secret_key_that_follows_an_access_key_id_is_masked_too(text, masked):
+    assert T.mask(text, emails=True, secrets=True) == (masked, 0, 2)
+
+
+def test_an_aws_secret_key_in_config_syntax_after_its_id_is_masked_and_counted_once():
+    text = f"aws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET_KEY}\n"
+    assert T.mask(text, emails=True, secrets=True) == (
+        "aws_access_key_id = <secret>\naws_secret_access_key = <secret>\n", 0, 2)
+
+
+def test_an_aws_secret_key_is_looked_for_up_to_100_chars_after_the_id():
+    near, far = f"{KEY_ID}{' ' * 100}{SECRET_KEY}", f"{KEY_ID}{' ' * 101}{SECRET_KEY}"
+    assert T.mask(near, emails=True, secrets=True) == (f"<secret>{' ' * 100}<secret>", 0, 2)
+    assert T.mask(far, emails=True, secrets=True) == (f"<secret>{' ' * 101}{SECRET_KEY}", 0, 1)
+
+
+SHA, DIGEST = "3f2a9c1d8e7b6a5f4e3d2c1b0a9f8e7d6c5b4a39", "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2Fy"
+
+
+def test_a_40_char_token_far_from_any_access_key_id_is_kept():
+    assert T.mask(f"id {KEY_ID} {DIGEST}", emails=True, secrets=True)[0] == "id <secret> <secret>"  # near
+    text = f"id {KEY_ID}. {PROSE}Fixed in commit {SHA}; the archive's digest is {DIGEST}."
+    assert T.mask(text, emails=True, secrets=True) == (
+        f"id <secret>. {PROSE}Fixed in commit {SHA}; the archive's digest is {DIGEST}.", 0, 1)
+
+
+@pytest.mark.parametrize("token", [SHA, DIGEST + "Zm9vYmFy", "x_" + DIGEST, DIGEST + "=", "abc/" + DIGEST])
+def test_a_git_sha_or_a_piece_of_a_longer_token_next_to_an_access_key_id_is_kept(token):
+    assert T.mask(f"{KEY_ID} then {token}.", emails=True, secrets=True) == (f"<secret> then {token}.", 0, 1)
 
 
 def test_control_tags_are_neutralised_and_counted(params):

@@ -504,7 +504,8 @@ def test_source_errors_are_user_errors_so_the_stage_reports_them_in_one_line():
 
 
 def test_get_fetch_names_the_known_sources_for_an_unknown_one():
-    known = r"^scrape\.source: unknown source 'ftp' \(known: pydoc, files, http\)$"
+    known = (r"^scrape\.source: unknown source 'ftp' \(known: pydoc, files, http, brightdata_unlocker, "
+             r"brightdata_dataset\)$")
     with pytest.raises(SourceError, match=known):
         get_fetch("ftp")
 

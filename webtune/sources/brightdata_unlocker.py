@@ -1,0 +1,397 @@
+"""Bright Data Web Unlocker source (flow B): a URL list -> one markdown page per URL.
+
+Selected with `scrape.source: brightdata_unlocker`; its knobs are `scrape.brightdata_unlocker`, the
+token is BRIGHTDATA_API_TOKEN (environment or `.env`, webtune.secrets). Each URL is one
+POST {api_url}/request {"zone", "url", "format": "raw", "data_format": "markdown"}.
+
+Why the REST endpoint and not brightdata-sdk 2.5.2's `scrape_url`: the SDK cannot ask for markdown (its
+/request payload has no `data_format`), counts a reply as fetched when the outer status is 200 (a blocked
+page came back as success with an empty body), and has no retries, no 429 handling and a default rate
+(10 requests/s) above a trial account's limit (REFERENCE-APIS section 6). Everything here is what the
+SDK would have to be wrapped in anyway.
+
+A page counts as fetched only if the reply is 200, carries no `x-brd-error*` header, its
+`x-brd-status-code` (the target's status) is absent or 2xx, and the body is not empty. Anything else is
+a failed row with a stable reason, the headers' text in its detail:
+
+    blocked           the unlocker reported an error (x-brd-error / x-brd-error-code) on a 2xx target
+    target_<status>   the target answered non-2xx (target_404, target_500, ...)
+    empty_body        everything said 200 and the body was empty
+    timeout           no complete reply within timeout_s (the per-request deadline), after the retries
+    connection_error  refused, reset or broken connection, after the retries
+    unlocker_error    Bright Data answered 5xx, after the retries
+    request_refused   Bright Data answered 4xx for this URL (e.g. 400 for a URL it will not fetch)
+    rate_limited      still 429 after five backoffs (2/4/8/16/32 s, or the server's Retry-After)
+    too_large         the body passed scrape.max_doc_bytes
+
+One failing URL never stops the run. Two things do, with one line and everything fetched so far kept
+in the ledger: Bright Data refusing the token (401/403: every URL would fail), and the 429 fuse (too
+many 429s within 5 minutes, before Bright Data blocks the IP at 25).
+
+Requests run on `concurrency` threads behind one shared, evenly spaced limit (`requests_per_period`
+per `period_s`). Finished pages go to the ledger as they arrive, so a killed run resumes with only
+the missing URLs; rows are yielded in URL-list order once all are done.
+"""
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import NamedTuple
+
+import requests
+from tqdm import tqdm
+
+from webtune import secrets
+from webtune.errors import UserError
+from webtune.params import ScrapeParams, UnlockerParams
+from webtune.sources import MARKDOWN, EmptySourceError, SourceError, failed_row, raw_row
+from webtune.sources.http import parse_retry_after, title_for, url_problem
+from webtune.sources.ledger import Fetch, Ledger, normalise_url
+from webtune.sources.ratelimit import BACKOFF_429_S, RateLimiter, RateLimitFuse
+
+SOURCE = "brightdata_unlocker"
+TOKEN_ENV = "BRIGHTDATA_API_TOKEN"
+FUSE_WINDOW_S = 300.0  # Bright Data counts 429s per IP over 5 minutes
+CHUNK_BYTES = 64 * 1024
+CONNECT_TIMEOUT_S = 10.0  # reaching api.brightdata.com; the rest of the deadline is the unlock itself
+ERROR_HEADERS = ("x-brd-error", "x-brd-error-code", "x-brd-err-code", "x-brd-err-msg")
+
+
+class AuthRefusedError(UserError):
+    """Bright Data refused the token or the zone for every request: stop instead of failing each URL."""
+
+
+class Verdict(NamedTuple):
+    """What one reply comes to."""
+
+    kind: str  # ok | failed | retry | rate_limited | auth
+    reason: str | None = None
+    detail: str = ""
+    retry_after_s: float | None = None
+
+
+def fetch(
+    params: ScrapeParams,
+    *,
+    sources_dir,
+    now: Callable[[], str],
+    ledger: Ledger,
+    token: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[dict]:
+    """Yield one RAW_DOCS row per URL of `scrape.brightdata_unlocker.urls`, in list order.
+
+    URLs the ledger already holds (at this `refresh` generation) are not requested again; failed ones
+    are retried when `retry_failed` is on. The URL list is checked before any request.
+    """
+    del sources_dir
+    knobs = params.brightdata_unlocker
+    keys = check_urls(knobs.urls)
+    return _fetch_all(
+        knobs,
+        keys,
+        max_doc_bytes=params.max_doc_bytes,
+        now=now,
+        ledger=ledger,
+        token=token,
+        sleep=sleep,
+        clock=clock,
+    )
+
+
+def check_urls(urls: tuple[str, ...]) -> dict[str, str]:
+    """URL -> ledger key; SourceError for a URL that cannot be fetched or repeats another."""
+    if not urls:
+        raise EmptySourceError(f"scrape.{SOURCE}.urls is empty: list the pages to fetch in params.yaml")
+    keys, seen = {}, {}
+    for i, url in enumerate(urls):
+        problem = url_problem(url)
+        if problem:
+            raise SourceError(f"scrape.{SOURCE}.urls[{i}]: {url!r} {problem}")
+        key = normalise_url(url)
+        if key in seen:
+            raise SourceError(
+                f"scrape.{SOURCE}.urls[{i}]: {url!r} is the same page as scrape.{SOURCE}.urls[{seen[key]}]"
+            )
+        seen[key] = i
+        keys[url] = key
+    return keys
+
+
+def _fetch_all(
+    knobs: UnlockerParams,
+    keys: dict[str, str],
+    *,
+    max_doc_bytes: int,
+    now,
+    ledger: Ledger,
+    token: str,
+    sleep,
+    clock,
+) -> Iterator[dict]:
+    def reusable(key: str) -> bool:
+        done = ledger.fetched(SOURCE, key, generation=knobs.refresh)
+        return done is not None and (done.ok or not knobs.retry_failed)
+
+    todo = [url for url, key in keys.items() if not reusable(key)]
+    ledger.counts["cached"] += len(keys) - len(todo)
+    if todo:
+        _run_pool(
+            knobs,
+            todo,
+            keys,
+            max_doc_bytes=max_doc_bytes,
+            now=now,
+            ledger=ledger,
+            token=token,
+            sleep=sleep,
+            clock=clock,
+        )
+    for url, key in keys.items():
+        yield to_row(url, ledger.fetched(SOURCE, key, generation=knobs.refresh))
+
+
+def _run_pool(
+    knobs: UnlockerParams,
+    todo: list[str],
+    keys: dict[str, str],
+    *,
+    max_doc_bytes,
+    now,
+    ledger: Ledger,
+    token: str,
+    sleep,
+    clock,
+) -> None:
+    """Fetch `todo` on `concurrency` threads; each result is committed to the ledger as it arrives (here,
+    on the calling thread: the SQLite connection is not shared)."""
+    limiter = RateLimiter(knobs.requests_per_period, knobs.period_s, clock=clock, sleep=sleep)
+    fuse = RateLimitFuse(knobs.stop_at_429s, FUSE_WINDOW_S, clock=clock)
+    stop = threading.Event()
+    local = threading.local()
+
+    def session() -> requests.Session:
+        if not hasattr(local, "session"):  # requests.Session is not thread-safe: one per worker
+            local.session = requests.Session()
+            local.session.headers["Authorization"] = f"Bearer {token}"
+        return local.session
+
+    def work(url: str) -> tuple[str, Fetch]:
+        try:
+            return url, fetch_page(
+                session(),
+                url,
+                knobs=knobs,
+                max_doc_bytes=max_doc_bytes,
+                token=token,
+                limiter=limiter,
+                fuse=fuse,
+                stop=stop,
+                sleep=sleep,
+                now=now,
+            )
+        except UserError:
+            stop.set()  # at once, on this thread: no other worker starts a request after a run-stopping reply
+            raise
+
+    def record(url: str, result: Fetch) -> bool:
+        ledger.record_fetch(SOURCE, keys[url], generation=knobs.refresh, fetch=result)
+        ledger.counts["requested"] += 1  # pages asked of Bright Data this run, whatever came back
+        ledger.counts["fetched"] += result.ok
+        return result.ok
+
+    bar = tqdm(total=len(todo), desc=f"scrape {SOURCE}", unit="page", disable=None, file=sys.stderr)
+    every = max(1, len(todo) // 10)  # without a terminal (CI, dvc logs): a line per 10%
+    done = failed = 0
+    with ThreadPoolExecutor(max_workers=knobs.concurrency, thread_name_prefix="unlocker") as pool:
+        pending = {pool.submit(work, url) for url in todo}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                # The worker that stopped the run raised the reason; the others, StopRequested.
+                stopping = [
+                    f.exception()
+                    for f in finished
+                    if f.exception() is not None and not isinstance(f.exception(), StopRequested)
+                ]
+                for future in finished:
+                    if future.exception() is None:
+                        failed += not record(*future.result())
+                        done += 1
+                        bar.update()
+                        bar.set_postfix(failed=failed)
+                        if bar.disable and (done % every == 0 or done == len(todo)):
+                            print(
+                                f"scrape: {done}/{len(todo)} pages requested, {failed} failed",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                if stopping:
+                    raise stopping[0]
+        except BaseException:
+            stop.set()  # workers finish their current request and start no other
+            for future in pending:
+                future.cancel()
+            for future in pending:  # what finished before the stop is still paid for: keep it
+                if not future.cancelled() and future.exception() is None:
+                    record(*future.result())
+            raise
+        finally:
+            bar.close()
+
+
+def fetch_page(
+    session: requests.Session,
+    url: str,
+    *,
+    knobs: UnlockerParams,
+    max_doc_bytes: int,
+    token: str,
+    limiter: RateLimiter,
+    fuse: RateLimitFuse,
+    stop: threading.Event,
+    sleep: Callable[[float], None],
+    now: Callable[[], str],
+) -> Fetch:
+    """One URL through the unlocker, with retries; the Fetch the ledger keeps.
+
+    5xx, timeouts and connection errors are retried `retries` times (backoff_s * 2**k); 429s follow the
+    fuse's delays and pause every worker. Raises AuthRefusedError, RateLimitedError, or StopRequested
+    once another worker has stopped the run.
+    """
+    attempts = retries = rate_limits = 0
+    while True:
+        limiter.acquire()
+        if stop.is_set():  # checked after the wait: the run may have stopped while this worker queued
+            raise StopRequested(url)
+        attempts += 1
+        verdict, body = attempt(session, url, knobs=knobs, max_doc_bytes=max_doc_bytes)
+        detail = secrets.redact(verdict.detail, token)
+        if verdict.kind == "auth":
+            raise AuthRefusedError(
+                f"Bright Data refused the request for {url} ({detail}): check "
+                f"{TOKEN_ENV} and that zone {knobs.zone!r} belongs to that account"
+            )
+        if verdict.kind == "rate_limited" and rate_limits < len(BACKOFF_429_S):
+            delay = fuse.record(retry_after_s=verdict.retry_after_s, attempt=rate_limits, what=url)
+            rate_limits += 1
+            limiter.pause(delay)
+            continue
+        if verdict.kind == "retry" and retries < knobs.retries:
+            sleep(knobs.backoff_s * 2**retries)
+            retries += 1
+            continue
+        if verdict.kind == "ok":
+            return Fetch(
+                ok=True,
+                attempts=attempts,
+                reason=None,
+                detail="",
+                content_type=MARKDOWN,
+                body=body,
+                fetched_at=now(),
+            )
+        reason = "rate_limited" if verdict.kind == "rate_limited" else verdict.reason
+        return Fetch(
+            ok=False,
+            attempts=attempts,
+            reason=reason,
+            detail=detail,
+            content_type=MARKDOWN,
+            body=b"",
+            fetched_at=now(),
+        )
+
+
+class StopRequested(Exception):
+    """Another worker stopped the run (auth refused, the 429 fuse): this URL was not requested."""
+
+
+def attempt(
+    session: requests.Session, url: str, *, knobs: UnlockerParams, max_doc_bytes: int
+) -> tuple[Verdict, bytes]:
+    """One POST /request; (verdict, body). The whole reply must arrive within timeout_s."""
+    payload = {"zone": knobs.zone, "url": url, "format": "raw", "data_format": "markdown"}
+    if knobs.country:
+        payload["country"] = knobs.country
+    deadline = time.monotonic() + knobs.timeout_s
+    try:
+        with session.post(
+            f"{knobs.api_url.rstrip('/')}/request",
+            json=payload,
+            stream=True,
+            timeout=(min(CONNECT_TIMEOUT_S, knobs.timeout_s), knobs.timeout_s),
+        ) as response:
+            chunks, n_bytes = [], 0
+            for chunk in response.iter_content(CHUNK_BYTES):
+                n_bytes += len(chunk)
+                if n_bytes > max_doc_bytes:
+                    return Verdict("failed", "too_large", f"more than {max_doc_bytes:,} bytes"), b""
+                if time.monotonic() > deadline:
+                    return Verdict("retry", "timeout", f"no complete reply within {knobs.timeout_s:g} s"), b""
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            return classify(response.status_code, response.headers, body), body
+    except requests.Timeout:
+        return Verdict("retry", "timeout", f"no reply within {knobs.timeout_s:g} s"), b""
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+        return Verdict("retry", "connection_error", type(e).__name__), b""
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
+    """The verdict on one unlocker reply (headers: a case-insensitive mapping, as requests gives).
+
+    How a 429 arrives is not documented (a real 429, or 200 with x-brd-status-code 429): both count.
+    """
+    brd = "; ".join(f"{h}: {headers[h]}" for h in ("x-brd-status-code", *ERROR_HEADERS) if h in headers)
+    if status == 429 or headers.get("x-brd-status-code", "").strip() == "429":
+        return Verdict(
+            "rate_limited",
+            "rate_limited",
+            f"HTTP {status}; {brd}".rstrip("; "),
+            parse_retry_after(headers.get("Retry-After")),
+        )
+    if status in (401, 403):
+        return Verdict("auth", "auth", f"HTTP {status}: {one_line(body)}")
+    if status >= 500:
+        return Verdict("retry", "unlocker_error", f"HTTP {status}: {one_line(body)}")
+    if status != 200:
+        return Verdict("failed", "request_refused", f"HTTP {status}: {one_line(body)}")
+    target = headers.get("x-brd-status-code", "").strip()
+    target_ok = not target or (target.isdigit() and 200 <= int(target) < 300)
+    if not target_ok:
+        return Verdict("failed", f"target_{target}" if target.isdigit() else "blocked", brd)
+    if any(h in headers for h in ERROR_HEADERS):
+        return Verdict("failed", "blocked", brd)
+    if not body.strip():
+        return Verdict("failed", "empty_body", brd or "HTTP 200 with an empty body")
+    return Verdict("ok")
+
+
+def one_line(body: bytes, limit: int = 200) -> str:
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def to_row(url: str, done: Fetch | None) -> dict:
+    assert done is not None, f"{url}: every URL has a ledger entry once the pool is done"
+    if not done.ok:
+        return failed_row(
+            source=SOURCE,
+            url=url,
+            reason=done.reason or "failed",
+            fetched_at=done.fetched_at,
+            content_type=MARKDOWN,
+            detail=f"{done.detail} ({done.attempts} attempt{'s' if done.attempts != 1 else ''})",
+        )
+    return raw_row(
+        source=SOURCE,
+        url=url,
+        raw=done.body,
+        content_type=MARKDOWN,
+        title=title_for(url),
+        fetched_at=done.fetched_at,
+    )
