@@ -317,3 +317,24 @@ def test_a_killed_scrape_resumes_and_ends_with_the_table_of_an_uninterrupted_run
     assert table.equals(reference)
     metrics = json.loads((tmp_path / "killed" / "m.json").read_text())
     assert metrics["this_run"]["cached"] == len(done) and metrics["failed"] == {"blocked": 1}
+
+
+def test_a_scrape_killed_while_polling_resumes_the_stored_snapshot_and_never_triggers_again(repo, tmp_path,
+                                                                                           brightdata):
+    section = yaml.safe_load((repo / "params.yaml").read_text())["scrape"]["brightdata_dataset"]
+    urls = [f"https://www.amazon.com/dp/B0KILL{i:04d}" for i in range(3)]
+    section |= {"inputs": urls, "api_url": brightdata.url, "poll_interval_s": 0.05}
+    params = write_params(repo, tmp_path, source="brightdata_dataset", brightdata_dataset=section)
+    brightdata.products |= {u: {"url": u, "title": f"P {u[-4:]}", "description": "A product."} for u in urls}
+    brightdata.collection_script = {"progress": ["running"] * 40 + ["ready"]}  # about 2 s of polling
+    args = main_args(tmp_path, params, tmp_path)
+    killed = run_scrape(tmp_path, args)
+    while len(brightdata.requests_to("/datasets/v3/progress/")) < 5:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(10)
+    resumed = run_scrape(tmp_path, args)
+    assert resumed.wait(60) == 0, resumed.stderr.read()
+    assert len(brightdata.requests_to("/datasets/v3/trigger")) == 1
+    assert pq.read_table(tmp_path / "raw.parquet").column("url").to_pylist() == urls
+    assert json.loads((tmp_path / "m.json").read_text())["this_run"] == {"records": 3, "resumed": 1}
