@@ -98,8 +98,9 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sources-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--ledger", type=Path, required=True,
-                        help="what paid sources fetched or triggered (kept across runs, git-ignored)")
+    parser.add_argument("--ledger", type=Path,
+                        help="what paid sources fetched or triggered (kept across runs, git-ignored); "
+                             "needed by a paid source only")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
@@ -108,6 +109,8 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         env = token_env(params.source)
         token = secrets.require(env, needed_by=f"scrape.source {params.source}") if env else None
+        if env and args.ledger is None:
+            raise errors.UserError(f"scrape.source {params.source} needs --ledger: it keeps what is paid for")
         with Ledger.open(args.ledger) if env else contextlib.nullcontext() as ledger:
             table = scrape(params, sources_dir=args.sources_dir, first_seen=previous_fetch_times(args.out),
                            ledger=ledger, token=token)

@@ -69,7 +69,8 @@ def test_scrape_run_as_a_module_with_an_unknown_source_prints_one_line(tmp_path)
                           text=True, timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert proc.stderr == "scrape: scrape.source: 'ftp' is not one of pydoc, files, http\n"
+    assert proc.stderr == ("scrape: scrape.source: 'ftp' is not one of pydoc, files, http, "
+                           "brightdata_unlocker, brightdata_dataset\n")
     assert not (tmp_path / "raw.parquet").exists()
 
 
