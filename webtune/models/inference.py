@@ -1,17 +1,21 @@
-"""The chat model: one object that scores and answers, for evaluate today and chat/serve/export next.
+"""The chat model: one object that scores and answers, for evaluate, chat, serve and export alike.
 
     chat = ChatModel.load("models/base", "models/adapter")
     answers = chat.generate([messages, ...], max_new_tokens=128, batch_size=8, repetition_penalty=1.1)
     loss, n_tokens = chat.assistant_loss(rows, batch_size=8, channels=("final",), turns="all")
     with chat.base_only():          # the same weights with the adapter switched off
         ...
+    replies = chat.reply([conversation, ...], Sampling(max_new_tokens=64))   # conversations end with the user
+    for piece in chat.stream(conversation, Sampling()): print(piece, end="")
 
 Prompts, stops and supervised tokens all come from the base's chat format, so every caller agrees on
 where an answer starts, which tokens count and when generation stops.
 """
 
 import contextlib
-from collections.abc import Callable, Sequence
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +26,51 @@ from webtune.formats import ChatFormat
 from webtune.models import check_adapter_dir, load_adapter, load_base
 
 IGNORE = -100  # label of a token that is not scored (torch's cross_entropy default ignore_index)
+
+
+REASONING_EFFORTS = ("low", "medium", "high")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How chat and serve draw an answer (evaluate decodes greedily, its own way).
+
+    The defaults are the seed's test settings (temperature 0.7, top_p 0.9); temperature 0 is greedy.
+    `reasoning` is gpt-oss's reasoning effort (low / medium / high), written into the system turn the way
+    gpt-oss's own template does; formats without reasoning refuse it.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int | None = None  # None: a fresh draw each time; an int: the same answer every time
+    reasoning: str | None = None
+
+    def problems(self) -> str | None:
+        if self.max_new_tokens < 1:
+            return f"max_new_tokens must be at least 1, got {self.max_new_tokens}"
+        if not 0 <= self.temperature <= 2:
+            return f"temperature must be between 0 and 2, got {self.temperature}"
+        if not 0 < self.top_p <= 1:
+            return f"top_p must be in (0, 1], got {self.top_p}"
+        if self.reasoning is not None and self.reasoning not in REASONING_EFFORTS:
+            return f"reasoning must be one of {', '.join(REASONING_EFFORTS)}, got {self.reasoning!r}"
+        return None
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature == 0:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+
+
+def check_conversation(messages: Sequence[dict]) -> None:
+    """ValueError naming the index of the first problem in a conversation to answer (ending with the user)."""
+    if not messages:
+        raise ValueError("messages is empty: send at least one user message")
+    if messages[-1].get("role") != "user":
+        raise ValueError(f"messages[{len(messages) - 1}]: the last message must be the user's, "
+                         f"got {messages[-1].get('role')!r}")
+    formats.validate_messages([*messages, {"role": "assistant", "content": ""}])
 
 
 class Answer(NamedTuple):
@@ -84,9 +133,67 @@ class ChatModel:
 
     def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
         """The row without its answer, ending where the format opens the assistant's turn."""
-        out = self.tokenizer.apply_chat_template(
-            formats.prompt_messages(messages), add_generation_prompt=True, tokenize=True, return_dict=True)
+        return self.conversation_ids(formats.prompt_messages(messages))
+
+    def conversation_ids(self, messages: Sequence[dict], reasoning: str | None = None) -> list[int]:
+        """A conversation ending with the user's turn, opened for the assistant's answer. The template
+        neutralises every message's content, so no message can open or close a turn."""
+        if reasoning is not None:
+            messages = with_reasoning(self.chat_format.name, messages, reasoning)
+        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)
         return list(out["input_ids"])
+
+    @torch.no_grad()
+    def reply(self, conversations: Sequence[Sequence[dict]], sampling: Sampling) -> list[Answer]:
+        """One answer per conversation, generated together in one left-padded batch (one request each
+        when they are served: batching never mixes two requests' tokens, every row is its own)."""
+        self.model.eval()
+        stops, pad_id = self.stop_ids(), self.tokenizer.pad_token_id
+        prompts = [self.conversation_ids(m, sampling.reasoning) for m in conversations]
+        ids, attention = pad(prompts, pad_id, "left")
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        out = self.model.generate(
+            input_ids=ids.to(self.model.device), attention_mask=attention.to(self.model.device),
+            max_new_tokens=sampling.max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
+            **sampling.generate_kwargs())
+        return [cut_answer(self.tokenizer, new, stops) for new in out[:, ids.shape[1]:].cpu().tolist()]
+
+    def stream(self, conversation: Sequence[dict], sampling: Sampling,
+               done: Callable[[Answer], None] | None = None) -> Iterator[str]:
+        """The answer's text as it is generated, piece by piece (transformers' TextIteratorStreamer); `done`
+        gets the whole Answer at the end (tokens, whether it stopped)."""
+        from transformers import TextIteratorStreamer
+
+        self.model.eval()
+        stops, pad_id = self.stop_ids(), self.tokenizer.pad_token_id
+        ids = torch.tensor([self.conversation_ids(conversation, sampling.reasoning)], dtype=torch.long)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run():
+            try:
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                with torch.no_grad():
+                    result["out"] = self.model.generate(
+                        input_ids=ids.to(self.model.device),
+                        attention_mask=torch.ones_like(ids).to(self.model.device),
+                        max_new_tokens=sampling.max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
+                        streamer=streamer, **sampling.generate_kwargs())
+            except BaseException as e:  # re-raised on the caller's thread below
+                result["error"] = e
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        if done is not None:
+            done(cut_answer(self.tokenizer, result["out"][0, ids.shape[1]:].cpu().tolist(), stops))
 
     @torch.no_grad()
     def generate(self, rows: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int,
@@ -154,3 +261,19 @@ class ChatModel:
         if n_tokens == 0:
             raise ValueError("no supervised tokens in the rows: nothing to score")
         return total.item() / n_tokens, n_tokens
+
+
+def with_reasoning(format_name: str, messages: Sequence[dict], effort: str) -> list[dict]:
+    """gpt-oss's reasoning effort as its own template writes it: a "Reasoning: <effort>" line in the system
+    turn (added in front of the conversation's own system text, or as the system turn)."""
+    if format_name != "harmony":
+        raise ValueError(f"reasoning effort is a gpt-oss (harmony) feature; this model's format is "
+                         f"{format_name}")
+    if effort not in REASONING_EFFORTS:
+        raise ValueError(f"reasoning must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
+    messages = list(messages)
+    if messages and messages[0]["role"] in ("system", "developer"):
+        first = messages[0]
+        content = f"Reasoning: {effort}\n\n{first['content']}"
+        return [{"role": first["role"], "content": content}, *messages[1:]]
+    return [{"role": "system", "content": f"Reasoning: {effort}"}, *messages]

@@ -1,0 +1,316 @@
+"""serve: an OpenAI-compatible HTTP API over a base and its adapter (FastAPI on uvicorn), CPU or GPU.
+
+    python -m webtune.cli.serve --base models/base --adapter models/adapter [--port 8000] [--name webtune]
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    client.chat.completions.create(model="webtune", messages=[{"role": "user", "content": "Hi"}])
+
+Endpoints: GET /v1/models, POST /v1/chat/completions (with and without `stream`: server-sent events,
+`data: [DONE]` at the end). Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+with 400 for a bad request (the message names the field), 404 for an unknown model or path, 500 when
+generation fails.
+
+One model, one generation worker: requests wait in a queue and the worker takes them in order. Waiting
+non-streaming requests with the same sampling are answered together in one left-padded batch (each
+request is its own row: left padding gives each the answer it would get alone), which on a CPU costs
+little more than one; a streaming request or one with a seed runs alone. Nothing ever mixes two requests
+in one sequence. Prompts, stops and sampling are the ChatModel's (webtune.models.inference), the same as
+`chat` and evaluate use.
+"""
+
+import argparse
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from webtune.models.inference import Answer, ChatModel, Sampling, check_conversation
+
+MAX_BATCH = 8  # waiting requests answered in one batch at most (8 x 64 tokens on 2 CPU cores: ~2x one)
+MAX_NEW_TOKENS = 2048  # the most a request may ask for (max_tokens)
+DEFAULT_MAX_TOKENS = 256
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclasses.dataclass
+class Request:
+    conversation: list[dict]
+    sampling: Sampling
+    stream: bool
+
+
+@dataclasses.dataclass
+class Job:
+    request: Request
+    result: concurrent.futures.Future  # an Answer (non-streaming)
+    pieces: queue.Queue | None = None  # streaming: text pieces, then the Answer, or an exception
+
+
+class Engine:
+    """The one generation worker and its queue."""
+
+    def __init__(self, chat: ChatModel, *, max_batch: int = MAX_BATCH):
+        self.chat, self.max_batch = chat, max_batch
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.held: deque[Job] = deque()  # taken from the queue but not batchable with the current batch
+        self.worker = threading.Thread(target=self.run, name="serve-generate", daemon=True)
+        self.worker.start()
+
+    def submit(self, request: Request) -> Job:
+        job = Job(request, concurrent.futures.Future(), queue.Queue() if request.stream else None)
+        self.jobs.put(job)
+        return job
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.worker.join(timeout=30)
+
+    def next_job(self, block: bool) -> Job | None:
+        if self.held:
+            return self.held.popleft()
+        return self.jobs.get() if block else self.jobs.get_nowait()
+
+    def run(self) -> None:
+        while True:
+            job = self.next_job(block=True)
+            if job is None:
+                return
+            if job.request.stream or job.request.sampling.seed is not None:
+                self.run_alone(job)
+                continue
+            batch = [job]
+            while len(batch) < self.max_batch:
+                try:
+                    other = self.next_job(block=False)
+                except queue.Empty:
+                    break
+                if other is None:
+                    self.jobs.put(None)  # close after this batch
+                    break
+                if other.request.stream or other.request.sampling != job.request.sampling:
+                    self.held.append(other)
+                    break
+                batch.append(other)
+            try:
+                answers = self.chat.reply([j.request.conversation for j in batch], job.request.sampling)
+            except Exception as e:  # noqa: BLE001 -- every waiting request gets the error, the worker goes on
+                for j in batch:
+                    j.result.set_exception(e)
+                continue
+            for j, answer in zip(batch, answers, strict=True):
+                j.result.set_result(answer)
+
+    def run_alone(self, job: Job) -> None:
+        request = job.request
+        try:
+            if job.pieces is None:
+                job.result.set_result(self.chat.reply([request.conversation], request.sampling)[0])
+                return
+            for piece in self.chat.stream(request.conversation, request.sampling, done=job.result.set_result):
+                job.pieces.put(piece)
+            job.pieces.put(job.result.result())
+        except Exception as e:  # noqa: BLE001 -- reported to the client, the worker goes on
+            if not job.result.done():
+                job.result.set_exception(e)
+            if job.pieces is not None:
+                job.pieces.put(e)
+
+
+def parse_request(body, model_name: str, chat: ChatModel) -> Request:
+    """A /v1/chat/completions body -> Request; ApiError(400/404) naming the field that is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "model is required (GET /v1/models lists it)", "model")
+    if model != model_name:
+        raise ApiError(404, f"the model {model!r} does not exist; this server serves {model_name!r}", "model",
+                       "model_not_found")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise ApiError(400, "messages must be a list of {role, content} objects", "messages")
+    conversation = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with a role", f"messages[{i}]")
+        conversation.append({"role": m["role"], "content": text_content(m.get("content"), i)})
+    try:
+        check_conversation(conversation)
+    except ValueError as e:
+        raise ApiError(400, str(e), "messages") from None
+    for unsupported in ("tools", "functions", "logprobs", "stop"):
+        if body.get(unsupported) not in (None, False, []):
+            raise ApiError(400, f"{unsupported} is not supported by this server", unsupported)
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "n must be 1", "n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", DEFAULT_MAX_TOKENS))
+    is_int = isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+    if not is_int or not 1 <= max_tokens <= MAX_NEW_TOKENS:
+        raise ApiError(400, f"max_tokens must be an integer from 1 to {MAX_NEW_TOKENS}", "max_tokens")
+    sampling = {"max_new_tokens": max_tokens}
+    for key, field in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(key) is not None:
+            if not isinstance(body[key], int | float) or isinstance(body[key], bool):
+                raise ApiError(400, f"{key} must be a number", key)
+            sampling[field] = float(body[key])
+    if body.get("seed") is not None:
+        if not isinstance(body["seed"], int) or isinstance(body["seed"], bool):
+            raise ApiError(400, "seed must be an integer", "seed")
+        sampling["seed"] = body["seed"]
+    if body.get("reasoning_effort") is not None:
+        if chat.chat_format.name != "harmony":
+            raise ApiError(400, f"reasoning_effort is a gpt-oss feature; this model's format is "
+                                f"{chat.chat_format.name}", "reasoning_effort")
+        sampling["reasoning"] = body["reasoning_effort"]
+    parsed = Sampling(**sampling)
+    if problem := parsed.problems():
+        raise ApiError(400, problem, problem.split()[0])
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "stream must be true or false", "stream")
+    return Request(conversation, parsed, stream)
+
+
+def text_content(content, index: int) -> str:
+    """A message's content: a string, or a list of text parts (what newer clients send)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"messages[{index}].content must be a string or a list of text parts",
+                   f"messages[{index}].content")
+
+
+def completion(completion_id: str, model: str, answer: Answer, prompt_tokens: int) -> dict:
+    return {
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                     "finish_reason": "stop" if answer.stopped else "length", "logprobs": None}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": answer.tokens,
+                  "total_tokens": prompt_tokens + answer.tokens},
+    }
+
+
+def chunk(completion_id: str, model: str, delta: dict, finish_reason: str | None = None) -> str:
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def create_app(chat: ChatModel, *, model_name: str = "webtune", max_batch: int = MAX_BATCH):
+    """The ASGI app (a FastAPI app; its engine is app.state.engine, closed on shutdown)."""
+    from fastapi import FastAPI
+    from fastapi import Request as HttpRequest
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    engine = Engine(chat, max_batch=max_batch)
+    app = FastAPI(title="webtune serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.router.add_event_handler("shutdown", engine.close)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, e: HTTPException):
+        error = ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+        return JSONResponse(error.body(), status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request, e: RequestValidationError):
+        return JSONResponse(ApiError(400, str(e)).body(), status_code=400)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                            "owned_by": "webtune"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: HttpRequest):
+        try:
+            body = json.loads(await http.body())
+        except ValueError:
+            raise ApiError(400, "the request body is not valid JSON") from None
+        request = parse_request(body, model_name, chat)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        prompt_tokens = len(chat.conversation_ids(request.conversation, request.sampling.reasoning))
+        job = engine.submit(request)
+        if not request.stream:
+            try:
+                answer = await asyncio.wrap_future(job.result)
+            except Exception as e:  # noqa: BLE001 -- the error object, not a traceback, reaches the client
+                raise ApiError(500, f"generation failed: {type(e).__name__}: {e}",
+                               kind="server_error") from None
+            return completion(completion_id, model_name, answer, prompt_tokens)
+        return StreamingResponse(sse(job, completion_id, model_name), media_type="text/event-stream")
+
+    return app
+
+
+async def sse(job: Job, completion_id: str, model: str) -> AsyncIterator[str]:
+    """The streamed answer as server-sent events: the role, the text pieces, the finish reason, [DONE]."""
+    yield chunk(completion_id, model, {"role": "assistant", "content": ""})
+    while True:
+        item = await asyncio.to_thread(job.pieces.get)
+        if isinstance(item, Exception):
+            error = ApiError(500, f"generation failed: {type(item).__name__}: {item}", kind="server_error")
+            yield f"data: {json.dumps(error.body())}\n\n"
+            return
+        if isinstance(item, Answer):
+            yield chunk(completion_id, model, {}, "stop" if item.stopped else "length")
+            yield "data: [DONE]\n\n"
+            return
+        if item:
+            yield chunk(completion_id, model, {"content": item})
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, default=Path("models/base"))
+    parser.add_argument("--adapter", type=Path, default=Path("models/adapter"),
+                        help="the adapter folder; --no-adapter serves the base alone")
+    parser.add_argument("--no-adapter", action="store_true")
+    parser.add_argument("--name", default="webtune", help="the model id clients ask for")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    import torch
+    import uvicorn
+
+    from webtune import errors
+
+    with errors.reported("serve"):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        chat = ChatModel.load(args.base, None if args.no_adapter else args.adapter)
+        if torch.cuda.is_available():
+            chat.model.to("cuda")
+    uvicorn.run(create_app(chat, model_name=args.name), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()
