@@ -14,7 +14,9 @@ Two measurements, each for the base and for the base + adapter (webtune.models.i
   against the reference answer, the share that stopped on their own, their mean length in tokens and the
   share caught in a loop.
 
-One model is in memory: the base numbers come from the same PeftModel with its adapter disabled.
+One model is in memory: the base numbers come from the same PeftModel with its adapter disabled. For a
+hosted fine-tune (train.backend openai: the adapter folder holds hosted.json) the base model and the
+`ft:` model answer through chat completions instead, scored the same way; loss is local-only.
 Outputs appear only when everything has been computed (each is written atomically).
 """
 
@@ -28,9 +30,11 @@ from pathlib import Path
 
 import torch
 
-from webtune import errors, io
+from webtune import errors, formats, io, secrets
 from webtune.evaluation import MODELS, compare_csv, generation_metrics, round6, sample_records, samples_report
-from webtune.models.inference import ChatModel
+from webtune.models import KEY_ENV, read_hosted
+from webtune.models.hosted import HostedChat
+from webtune.models.inference import ChatModel, Sampling
 from webtune.params import EvaluateParams, TrainParams, load_section
 
 STAGE = "evaluate"
@@ -80,6 +84,33 @@ def evaluate(chat: ChatModel, *, pair_ids: list[str], rows: list[list[dict]], pa
     return metrics, sample_records(pair_ids[:n_samples], rows[:n_samples], answers, scores)
 
 
+LOSS_NOTE = "loss is local-only: a hosted model returns text, not logits over the base's tokens"
+
+
+def evaluate_hosted(base, adapter, *, pair_ids: list[str], rows: list[list[dict]],
+                    params: EvaluateParams, progress=io.stderr) -> tuple[dict, list[dict]]:
+    """evaluate() for a hosted fine-tune: the base model and the `ft:` model answer the same test prompts
+    through chat completions (greedy: temperature 0), scored the same way; no loss (LOSS_NOTE)."""
+    n_samples = min(params.samples, len(rows))
+    prompts = [formats.prompt_messages(m) for m in rows[:n_samples]]
+    greedy = Sampling(max_new_tokens=params.max_new_tokens, temperature=0)
+    answers = {}
+    for name, model in (("base", base), ("adapter", adapter)):
+        progress(f"evaluate: {name} ({model.model}): {n_samples} answers through chat completions")
+        answers[name] = model.reply(prompts, greedy)
+    references = [m[-1]["content"] for m in rows[:n_samples]]
+    scores = {name: generation_metrics(answers[name], references) for name in MODELS}
+    generated = ("chrf", "stop_rate", "answer_tokens", "loop_rate")
+    metrics = {name: {"loss": None, "perplexity": None, **{k: round6(scores[name][k]) for k in generated}}
+               for name in MODELS}
+    chrf = {name: scores[name]["chrf"] for name in MODELS}
+    metrics |= {"loss_ratio": None, "loss_note": LOSS_NOTE,
+                "chrf_ratio": round6(chrf["adapter"] / chrf["base"]) if chrf["base"] else None,
+                "test_rows": len(rows), "supervised_tokens": 0, "samples": n_samples,
+                "hosted": {"base": base.model, "adapter": adapter.model}}
+    return metrics, sample_records(pair_ids[:n_samples], rows[:n_samples], answers, scores)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,8 +132,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         start = time.perf_counter()
         torch.set_num_threads(params.threads)
         torch.manual_seed(0)
-        chat = ChatModel.load(args.base, args.adapter)
-        metrics, samples = evaluate(chat, pair_ids=pair_ids, rows=rows, params=params, supervised=supervised)
+        hosted = read_hosted(args.adapter)
+        if hosted is not None:  # train.backend openai: the adapter folder names a hosted model
+            key = secrets.require(KEY_ENV, needed_by=f"evaluate of hosted {hosted['fine_tuned_model']}")
+            url = None if hosted["base_url"] == "https://api.openai.com/v1" else hosted["base_url"]
+            metrics, samples = evaluate_hosted(
+                HostedChat.connect(hosted["base_model"], api_key=key, base_url=url),
+                HostedChat.connect(hosted["fine_tuned_model"], api_key=key, base_url=url),
+                pair_ids=pair_ids, rows=rows, params=params)
+        else:
+            chat = ChatModel.load(args.base, args.adapter)
+            metrics, samples = evaluate(chat, pair_ids=pair_ids, rows=rows, params=params,
+                                        supervised=supervised)
         report = samples_report(metrics, samples, params)
         with io.text_writer(args.samples) as f:
             for record in samples:

@@ -11,12 +11,14 @@ rows -> supervision gate -> the backend's fit -> adapter + model card:
 2. the run's fingerprint, lock and checkpoints (webtune.training.run) are the same for every backend: a
    killed run resumes from its last complete checkpoint, and the data order is a pure function of
    train.seed, so a resumed adapter is bit-identical to an uninterrupted one;
-3. `train.backend` fits (webtune.training: `hf` is transformers + PEFT + TRL);
+3. `train.backend` fits (webtune.training: `hf` is transformers + PEFT + TRL); a hosted backend (`openai`)
+   instead uploads the format stage's JSONL and fine-tunes on the host (train_hosted: no base is loaded);
 4. the adapter folder (weights, tokenizer, model card with lineage) is renamed into place only when
    everything passed; a NaN/inf loss stops with exit 1 and no adapter.
 """
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -30,6 +32,47 @@ from webtune.training.card import canonical_adapter_config, model_card
 from webtune.training.supervision import encode_rows, mask_report, render_mask_report
 
 STAGE = "train"
+
+
+def train_hosted(backend, *, params: TrainParams, openai_dir: Path, checkpoints: Path, out: Path,
+                 mask_report_path: Path, live_dir: Path, client, progress=io.stderr) -> dict:
+    """A hosted backend's run (train.backend openai): the format stage's JSONL -> a fine-tuned model id.
+
+    The adapter folder names the hosted model (hosted.json) and carries its card; the job's loss curve
+    becomes the dvclive curve the local backends draw; the mask report says what the host trains.
+    """
+    from dvclive import Live
+
+    from webtune.models import HOSTED_FILE
+    from webtune.training.openai import hosted_record
+
+    result = backend.run(params=params, train_jsonl=openai_dir / "train.jsonl",
+                         val_jsonl=openai_dir / "val.jsonl", state_dir=checkpoints, client=client,
+                         progress=progress)
+    live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None)
+    for point in result.curve:
+        live.step = point["step"]
+        for key, name in (("train_loss", "train/loss"), ("valid_loss", "eval/loss")):
+            if key in point:
+                live.log_metric(name, point[key])
+    live.make_summary()
+    io.write_text(f"# train: what is supervised\n\nBackend {backend.name}: the host trains every assistant "
+                  f"message of {openai_dir / 'train.jsonl'} (weight 1; the format stage writes no weight 0). "
+                  "The local mask report applies to the local backends.\n", mask_report_path)
+    record = hosted_record(result, params.openai)
+    last = result.curve[-1] if result.curve else {}
+    metrics = {"backend": backend.name, "fine_tuned_model": result.fine_tuned_model, "job_id": result.job_id,
+               "trained_tokens": result.trained_tokens, "steps": last.get("step", 0),
+               "train_loss": last.get("train_loss"), "val_loss": last.get("valid_loss"), "device": "hosted"}
+    with io.atomic_dir(out) as tmp:
+        (tmp / HOSTED_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        (tmp / "README.md").write_text(
+            f"# {result.fine_tuned_model}\n\nA hosted fine-tune of {params.openai.model} ({backend.name}), "
+            f"job {result.job_id}, {result.trained_tokens or 0:,} trained tokens. Chat with it:\n\n"
+            f"    python -m webtune.cli.chat --hosted {result.fine_tuned_model}\n\n"
+            f"```json\n{json.dumps(metrics, indent=2, sort_keys=True)}\n```\n")
+    progress(f"train: {result.fine_tuned_model} ({result.trained_tokens or 0:,} trained tokens)")
+    return metrics
 
 
 def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: Path, val_path: Path,
@@ -112,12 +155,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="adapter folder to write")
     parser.add_argument("--mask-report", required=True, type=Path, help="Markdown mask report to write")
     parser.add_argument("--live-dir", required=True, type=Path, help="dvclive folder (loss curves)")
+    parser.add_argument("--openai-dir", type=Path, default=None,
+                        help="the format stage's OpenAI JSONL folder (train.backend openai)")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     with errors.reported(STAGE):
         params = load_section(STAGE, args.params)
         max_length = load_section("format", args.params).max_length
+        backend = get_backend(params.backend)
+        if getattr(backend, "hosted", False):
+            from webtune.training.openai import client_for, require_key
+
+            if args.openai_dir is None:
+                raise errors.UserError(f"train.backend {params.backend} needs --openai-dir (format's JSONL)")
+            client = client_for(params.openai, require_key())  # the key is checked before any work
+            with runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock")):
+                metrics = train_hosted(backend, params=params, openai_dir=args.openai_dir,
+                                       checkpoints=args.checkpoints, out=args.out,
+                                       mask_report_path=args.mask_report, live_dir=args.live_dir,
+                                       client=client)
+            io.write_json(metrics, args.metrics)
+            return
         with runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock")):
             metrics = train(params=params, max_length=max_length, base_dir=args.base, train_path=args.train,
                             val_path=args.val, checkpoints=args.checkpoints, out=args.out,

@@ -161,11 +161,18 @@ def samples_report(metrics: dict, records: Sequence[dict], params) -> str:
         lines.append(f"| {label} | {' | '.join(values)} | {_fmt(metrics[ratio], 3) if ratio else ''} |")
     penalty = "off" if params.repetition_penalty == 1.0 else f"{params.repetition_penalty:g}"
     ngram = params.no_repeat_ngram_size or "off"
+    if metrics.get("hosted"):
+        decoding = (f"No loss ({metrics['loss_note']}). Answers from {metrics['hosted']['base']} and "
+                    f"{metrics['hosted']['adapter']} through chat completions, decoded the same way: "
+                    f"temperature 0, max_tokens {params.max_new_tokens}")
+    else:
+        decoding = (f"Loss on all {metrics['test_rows']} test rows ({metrics['supervised_tokens']:,} "
+                    f"supervised tokens). Answers, decoded the same way for both models: greedy, "
+                    f"max_new_tokens {params.max_new_tokens}, repetition_penalty {penalty}, "
+                    f"no_repeat_ngram_size {ngram}")
     lines += [
         "",
-        f"Loss on all {metrics['test_rows']} test rows ({metrics['supervised_tokens']:,} supervised tokens). "
-        f"Answers, decoded the same way for both models: greedy, max_new_tokens {params.max_new_tokens}, "
-        f"repetition_penalty {penalty}, no_repeat_ngram_size {ngram}; {metrics['samples']} samples of "
+        f"{decoding}; {metrics['samples']} samples of "
         f"{metrics['test_rows']} test rows (the first, in file order). A loop: one {LOOP_NGRAM}-word "
         f"sequence {LOOP_REPEATS} or more times in an answer.",
         "",

@@ -263,6 +263,19 @@ class HfParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class OpenAIParams:
+    model: str = knob(lambda v: None if v.strip() else "must name a model")
+    n_epochs: int = knob(between(0, 50))
+    batch_size: int = knob(at_least(0))
+    learning_rate_multiplier: float = knob(at_least(0))
+    suffix: str = knob(lambda v: None if len(v) <= 64 else f"at most 64 characters, got {len(v)}")
+    base_url: str = knob(lambda v: None if v == "" else api_url(v))
+    max_example_tokens: int = knob(at_least(1))
+    poll_interval_s: float = knob(positive)
+    poll_timeout_s: float = knob(positive)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainParams:
     backend: str = knob(lambda v: one_of(*_backend_names())(v))
     seed: int = knob()
@@ -285,6 +298,7 @@ class TrainParams:
     mask_report_rows: int = knob(at_least(0), report=True)
     lora: LoraParams = knob()
     hf: HfParams = knob()
+    openai: OpenAIParams = knob()
 
     def problems(self):
         if self.max_steps == 0 and self.epochs == 0:

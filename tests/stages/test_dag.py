@@ -11,6 +11,7 @@ import yaml
 
 from webtune import params as P
 from webtune.sources import SOURCES
+from webtune.training import BACKENDS
 
 STAGES = ["scrape", "clean", "validate", "base", "format", "train", "evaluate"]
 # Read by every stage but shaping no output: editing them must not re-run the DAG (params are listed by key).
@@ -135,7 +136,7 @@ def test_each_stage_lists_every_knob_it_reads_and_only_the_selected_variant(repo
     section = P.load_section(name, repo / "params.yaml")
     needed = leaves(section, name) | BORROWED.get(name, set())
     # A variant section (scrape.<source>, train.hf) counts only when selected.
-    variants = {"scrape": ("source", tuple(SOURCES)), "train": ("backend", ("hf",))}
+    variants = {"scrape": ("source", tuple(SOURCES)), "train": ("backend", tuple(BACKENDS))}
     if name in variants:
         selector, names = variants[name]
         chosen = getattr(section, selector)

@@ -275,3 +275,31 @@ def test_the_base_only_numbers_are_the_base_alone(tiny_base, adapters, load):
     alone, _ = E.evaluate(ChatModel(base.model, base.tokenizer, base.chat_format), **kw)
     assert with_adapter["base"] == alone["base"] == alone["adapter"]
     assert with_adapter["adapter"] != with_adapter["base"]
+
+
+def test_main_on_a_hosted_adapter_scores_both_models_through_chat_completions(tmp_path, repo, tiny_base,
+                                                                              monkeypatch):
+    """An adapter folder naming a hosted fine-tune (train.backend openai): the base model and the ft: model
+    answer through the OpenAI emulator, scored like a local pair; loss is absent and the metrics say why."""
+    from tests.emulators.openai import OpenAIEmulator
+
+    key = "sk-test-eval-hosted-55e"
+    with OpenAIEmulator(key=key) as api:
+        ft = "ft:gpt-4o-mini-2024-07-18:emulated:webtune:abc123"
+        references = [m[-1]["content"] for m in ROWS[:3]]
+        api.answers |= {"gpt-4o-mini-2024-07-18": "Something else entirely, at length.", ft: references[0]}
+        adapter = tmp_path / "adapter"
+        adapter.mkdir()
+        (adapter / "hosted.json").write_text(json.dumps({
+            "backend": "openai", "fine_tuned_model": ft, "job_id": "ftjob-1",
+            "base_model": "gpt-4o-mini-2024-07-18", "trained_tokens": 1, "base_url": f"{api.url}/v1"}))
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        argv, out = stage_args(tmp_path, repo, tiny_base, adapter)
+        E.main(argv)
+        asked = {c.body["model"] for c in api.calls("POST", "/v1/chat/completions")}
+    metrics = json.loads(out["metrics"].read_text())
+    assert asked == {"gpt-4o-mini-2024-07-18", ft}
+    assert metrics["adapter"]["loss"] is None and "local-only" in metrics["loss_note"]
+    assert metrics["adapter"]["chrf"] > metrics["base"]["chrf"] and metrics["adapter"]["stop_rate"] == 1.0
+    assert "No loss (loss is local-only" in out["report"].read_text()
+    assert key not in "".join(p.read_text() for p in out.values())

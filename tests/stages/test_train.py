@@ -150,3 +150,40 @@ def test_a_split_that_is_not_chat_rows_is_refused_naming_the_file(tmp_path, tiny
     assert str(e.value) == (f"{tmp_path / 'train.parquet'}: missing columns messages "
                             "(was it written by the format stage?)")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_main_with_the_openai_backend_writes_a_hosted_adapter_and_its_curve(tmp_path, monkeypatch):
+    """train.backend openai through the stage's main against the OpenAI emulator: no base is loaded, the
+    adapter folder names the ft: model, the job's loss curve is the dvclive curve, and no key is written."""
+    import yaml
+
+    from tests.emulators.openai import OpenAIEmulator
+    from tests.webtune.training.test_openai import example, write_jsonl
+
+    key = "sk-test-hosted-stage-91d"
+    openai_dir = tmp_path / "openai"
+    openai_dir.mkdir()
+    write_jsonl(openai_dir / "train.jsonl", [example(i) for i in range(12)])
+    write_jsonl(openai_dir / "val.jsonl", [example(i) for i in range(50, 52)])
+    with OpenAIEmulator(key=key) as api:
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["train"]["backend"] = "openai"
+        params["train"]["openai"] |= {"base_url": f"{api.url}/v1", "poll_interval_s": 0.01}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        train.main(["--base", str(tmp_path / "no-base"), "--train", str(tmp_path / "unused.parquet"),
+                    "--val", str(tmp_path / "unused.parquet"), "--checkpoints", str(tmp_path / "checkpoints"),
+                    "--out", str(tmp_path / "adapter"), "--mask-report", str(tmp_path / "mask.md"),
+                    "--live-dir", str(tmp_path / "live"), "--openai-dir", str(openai_dir),
+                    "--metrics", str(tmp_path / "metrics.json"), "--params", str(tmp_path / "params.yaml")])
+    hosted = json.loads((tmp_path / "adapter" / "hosted.json").read_text())
+    assert hosted["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18:emulated:webtune:")
+    assert hosted["base_model"] == "gpt-4o-mini-2024-07-18" and hosted["trained_tokens"] == 12345
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["train_loss"] == pytest.approx(0.6667)
+    assert metrics["device"] == "hosted"
+    curve = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert curve[0].split("\t") == ["step", "loss"]
+    assert [c.split("\t")[0] for c in curve[1:]] == ["1", "2", "3"]
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or key.encode() not in path.read_bytes(), path

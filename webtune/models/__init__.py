@@ -124,6 +124,22 @@ def prepare_for_lora(model) -> None:
         model.config.router_aux_loss_coef = 0.0
 
 
+KEY_ENV = "OPENAI_API_KEY"
+HOSTED_FILE = "hosted.json"  # in the adapter folder of a hosted fine-tune: the model it names
+
+
+def read_hosted(adapter_dir: str | Path) -> dict | None:
+    """The hosted model an adapter folder names (hosted.json, written by train.backend openai), or None
+    for a local adapter."""
+    path = Path(adapter_dir) / HOSTED_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not JSON ({e.msg})") from None
+
+
 def check_adapter_dir(adapter_dir: str | Path) -> Path:
     """`adapter_dir` if it holds a PEFT adapter (checked before any base is loaded), else ModelError."""
     adapter_dir = Path(adapter_dir)

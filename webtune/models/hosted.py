@@ -14,6 +14,7 @@ its default retries, which honour Retry-After on a 429.
 from collections.abc import Callable, Iterator, Sequence
 
 from webtune.errors import UserError
+from webtune.models import HOSTED_FILE, KEY_ENV, read_hosted  # noqa: F401 -- re-exported: hosted things in one place
 from webtune.models.inference import Answer, Sampling
 
 

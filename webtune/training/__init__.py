@@ -23,7 +23,7 @@ from typing import Any
 from webtune.errors import UserError
 
 # Backend name (train.backend) -> module.
-BACKENDS = {"hf": "webtune.training.hf"}
+BACKENDS = {"hf": "webtune.training.hf", "openai": "webtune.training.openai"}
 
 
 class TrainError(UserError):
