@@ -23,8 +23,10 @@ setup: $(VENV)/.installed
 repro: setup
 	dvc repro
 
+# Two worker processes, one test file each at a time (--dist loadfile: a file's module fixtures, such as
+# a built project copy, stay in one process); most end-to-end time is one dvc stage on one core.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check stages webtune tests bench
