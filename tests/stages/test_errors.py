@@ -162,7 +162,7 @@ def test_train_names_an_unknown_backend(tiny_base, tok, tmp_path, capsys):
         pq.write_table(chat_rows(tok, 2), tmp_path / f"{split}.parquet")
     params = write_params(tmp_path, "train", backend="jax")
     fails_with(capsys, train.main, train_argv(tmp_path, tiny_base, params),
-               "train: train.backend: 'jax' is not one of hf")
+               "train: train.backend: 'jax' is not one of hf, openai")
     assert not (tmp_path / "adapter").exists()
 
 

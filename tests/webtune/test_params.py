@@ -74,7 +74,7 @@ def test_a_nested_value_out_of_range_names_its_full_dotted_key(tmp_path, repo):
 
 def test_an_unknown_backend_names_the_known_ones(tmp_path, repo):
     path = write_with(tmp_path, repo, "train", "backend", "jax")
-    with pytest.raises(ParamsError, match=r"^train\.backend: 'jax' is not one of hf$"):
+    with pytest.raises(ParamsError, match=r"^train\.backend: 'jax' is not one of hf, openai$"):
         P.load_section("train", path)
 
 
