@@ -7,8 +7,8 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
 #     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .gpu_wheels \
 #     fastapi starlette uvicorn openai jiter h11 sniffio anyio httpx2 httpcore2 opentelemetry-api \
-#     annotated-doc typing-inspection pydantic pydantic_core typing_extensions click importlib_metadata zipp \
-#     idna certifi          # pinned to the versions in requirements.lock
+#     annotated-doc annotated-types typing-inspection pydantic pydantic_core typing_extensions click importlib_metadata zipp \
+#     idna certifi truststore          # pinned to the versions in requirements.lock
 # Carry: .gpu_wheels models/base/tokenizer models/base/model/config.json models/base/model/base.json
 #        models/adapter data/format/test.parquet
 set -euo pipefail
