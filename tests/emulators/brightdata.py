@@ -17,13 +17,13 @@ It answers what REFERENCE-APIS (section 6 first) says the real API answers:
 """
 
 import dataclasses
-import itertools
 import json
 import math
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.emulators import LocalServer
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ class Seen:
     authorized: bool
 
 
-class BrightDataEmulator:
+class BrightDataEmulator(LocalServer):
     def __init__(self, *, token: str, zones=("web_unlocker1",), latency_s: float = 0.0):
         self.token, self.zones, self.latency_s = token, set(zones), latency_s
         self.pages: dict[str, Page] = {}
@@ -75,21 +75,7 @@ class BrightDataEmulator:
         self.trigger_faults: list[Fault] = []
         self.collections: dict[str, Collection] = {}
         self.seen: list[Seen] = []
-        self.lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(self._handler())
 
     def requests_to(self, path_prefix: str) -> list[Seen]:
         with self.lock:
@@ -128,7 +114,7 @@ class BrightDataEmulator:
             if found is None:
                 found = {"error": "Page does not exist", "error_code": "dead_page", "input": item}
             records += found if isinstance(found, list) else [found]
-        snapshot_id = f"s_emulated{next(self._ids):04d}"
+        snapshot_id = f"s_emulated{self.next_id():04d}"
         with self.lock:
             self.collections[snapshot_id] = Collection(
                 snapshot_id, query.get("dataset_id", ""), records, **self.collection_script

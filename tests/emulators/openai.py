@@ -13,12 +13,12 @@ Errors are `{"error": {"message", "type", "param", "code"}}`; a scripted 429 car
 import dataclasses
 import email.parser
 import email.policy
-import itertools
 import json
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.emulators import LocalServer
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ class Seen:
     body: object
 
 
-class OpenAIEmulator:
+class OpenAIEmulator(LocalServer):
     def __init__(self, *, key: str):
         self.key = key
         self.files: dict[str, dict] = {}  # id -> {"filename", "bytes", "purpose", "content"}
@@ -53,21 +53,7 @@ class OpenAIEmulator:
         self.answers: dict[str, str] = {}  # model -> the answer its chat completions give
         self.faults: dict[str, list[Fault]] = {}  # "METHOD /path" (ids as {id}) -> faults served first
         self.seen: list[Seen] = []
-        self.lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(self._handler())
 
     def calls(self, method: str, prefix: str) -> list[Seen]:
         with self.lock:
@@ -132,7 +118,7 @@ class OpenAIEmulator:
     def event(self, job: dict, kind: str, message: str, data: dict) -> dict:
         return {
             "object": "fine_tuning.job.event",
-            "id": f"ftevent-{next(self._ids)}",
+            "id": f"ftevent-{self.next_id()}",
             "created_at": int(time.time()),
             "level": "info",
             "message": message,
@@ -141,7 +127,7 @@ class OpenAIEmulator:
         }
 
     def add_file(self, filename: str, content: bytes, purpose: str) -> str:
-        file_id = f"file-{next(self._ids):06d}"
+        file_id = f"file-{self.next_id():06d}"
         self.files[file_id] = {
             "filename": filename,
             "bytes": len(content),
@@ -182,7 +168,7 @@ class OpenAIEmulator:
                 **self.models.get(model, {}),
             }
         if path == "/v1/fine_tuning/jobs" and method == "POST":
-            job_id = f"ftjob-emulated{next(self._ids):04d}"
+            job_id = f"ftjob-emulated{self.next_id():04d}"
             with self.lock:
                 self.jobs[job_id] = {
                     **body,
