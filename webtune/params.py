@@ -24,9 +24,11 @@ from webtune.errors import ParamsError
 Check = Callable[[object], str | None]  # a value -> None when fine, else what is wrong with it
 
 
-def knob(check: Check | None = None, *, report: bool = False):
-    """A params field with an optional range check; `report`: the knob only shapes a report."""
-    return dataclasses.field(metadata={"check": check, "report": report})
+def knob(check: Check | None = None, *, report: bool = False, variant_of: str | None = None):
+    """A params field with an optional range check; `report`: the knob only shapes a report;
+    `variant_of`: the field is one variant's section (train.hf), which counts only while the section's
+    selector field (train.backend) names it."""
+    return dataclasses.field(metadata={"check": check, "report": report, "variant_of": variant_of})
 
 
 def at_least(low) -> Check:
@@ -297,8 +299,8 @@ class TrainParams:
     logging_steps: int = knob(at_least(1))
     mask_report_rows: int = knob(at_least(0), report=True)
     lora: LoraParams = knob()
-    hf: HfParams = knob()
-    openai: OpenAIParams = knob()
+    hf: HfParams = knob(variant_of="backend")
+    openai: OpenAIParams = knob(variant_of="backend")
 
     def problems(self):
         if self.max_steps == 0 and self.epochs == 0:
@@ -394,10 +396,14 @@ def as_dict(params) -> dict:
 
 
 def without_report_knobs(params) -> dict:
-    """as_dict without the knobs that only shape reports (what a run's outputs are a function of)."""
+    """as_dict without the knobs that only shape reports, nor the sections of variants not selected
+    (what a run's outputs are a function of: train.openai's knobs change nothing an hf run makes)."""
     out = {}
     for field in dataclasses.fields(params):
         if field.metadata.get("report"):
+            continue
+        selector = field.metadata.get("variant_of")
+        if selector is not None and getattr(params, selector) != field.name:
             continue
         value = getattr(params, field.name)
         out[field.name] = without_report_knobs(value) if dataclasses.is_dataclass(value) else value

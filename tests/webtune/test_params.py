@@ -105,13 +105,16 @@ def test_a_string_for_a_float_knob_is_a_type_error_not_a_crash_in_its_range_chec
 # --- report-only knobs ------------------------------------------------------------------------------
 
 
-def test_without_report_knobs_drops_only_the_report_knobs(load):
+def test_without_report_knobs_drops_the_report_knobs_and_the_backends_not_selected(load):
     train = load("train")
     slim = P.without_report_knobs(train)
     full = P.as_dict(train)
     assert "mask_report_rows" in full and "mask_report_rows" not in slim
-    assert slim == {k: v for k, v in full.items() if k != "mask_report_rows"}  # nested sections kept whole
-    assert slim["lora"] == full["lora"] and slim["hf"] == full["hf"]
+    assert train.backend == "hf" and "openai" in full and "openai" not in slim  # hf ignores train.openai
+    assert slim == {k: v for k, v in full.items() if k not in ("mask_report_rows", "openai")}
+    assert slim["lora"] == full["lora"] and slim["hf"] == full["hf"]  # nested sections kept whole
+    hosted = P.without_report_knobs(dataclasses.replace(train, backend="openai"))
+    assert "openai" in hosted and "hf" not in hosted
 
 
 def test_report_only_comments_in_params_yaml_match_the_report_knobs(repo):
