@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from webtune import formats, io  # noqa: E402
-from webtune.cli.serve import create_app  # noqa: E402
+from webtune.cli.serve import create_app, merged  # noqa: E402
 from webtune.models.inference import ChatModel  # noqa: E402
 
 
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/serve_latency.json"))
+    parser.add_argument("--merge", action="store_true", help="merge the adapter first, as `serve` does")
     parser.add_argument("--random-weights", action="store_true",
                         help="the base's architecture (its config.json) with random weights, for a machine "
                              "its weights cannot reach: the same compute per token; answers rarely stop")
@@ -101,6 +102,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     chat = random_weights(args.base, args.adapter, device) if args.random_weights else ChatModel.load(
         args.base, args.adapter)
+    if args.merge:
+        chat = merged(chat)
     chat.model.to(device)
     _, rows = io.read_chat_rows(args.test)
     questions = [formats.prompt_messages(m) for m in (rows * args.requests)[: args.requests]]
@@ -113,7 +116,7 @@ def main() -> None:
         print(name, json.dumps(runs[name]), flush=True)
     result = {"clients": args.clients, "max_tokens": args.max_tokens, "device": device,
               "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-              "random_weights": args.random_weights,
+              "random_weights": args.random_weights, "merged_adapter": args.merge,
               "torch_threads": args.threads, "base": str(args.base), "adapter": str(args.adapter),
               "cpu": platform.processor() or platform.machine(), **runs,
               "command": " ".join(["python", *sys.argv])}

@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from webtune.models.inference import Sampling
+from webtune.models.inference import ChatModel, Sampling
 
 GREEDY = dict(temperature=0, max_tokens=12)
 
@@ -96,3 +96,15 @@ def test_user_text_spelling_control_tokens_cannot_open_a_turn(chat):
     clean = chat.conversation_ids([{"role": "user", "content": "x"}])
     special = set(chat.tokenizer.all_special_ids)
     assert sum(i in special for i in ids) == sum(i in special for i in clean)
+
+
+
+def test_serve_merges_the_adapter_and_answers_as_base_and_adapter_do(chat, tiny_base, toy_adapter):
+    from webtune.cli.serve import merged
+
+    questions = [[{"role": "user", "content": q}] for q in ("What is csv?", "Explain heapq", "Why json?")]
+    greedy = Sampling(max_new_tokens=12, temperature=0)
+    fused = merged(ChatModel.load(tiny_base, toy_adapter))  # merging changes a model in place: a copy
+    assert not any("lora" in name for name, _ in fused.model.named_parameters())
+    expected = [a.text for a in chat.reply(questions, greedy)]
+    assert [a.text for a in fused.reply(questions, greedy)] == expected
