@@ -15,9 +15,9 @@ The adapter is merged into the base's weights at start (`--no-merge` keeps it se
 projection instead of three. One model, one generation worker: requests wait in a queue and the worker
 takes them in order. Waiting non-streaming requests with the same sampling are answered together in
 one left-padded batch (each request is its own row: left padding gives each the answer it would get
-alone), which on a CPU costs little more than one; a streaming request or one with a seed runs alone. Nothing ever mixes two requests
-in one sequence. Prompts, stops and sampling are the ChatModel's (webtune.models.inference), the same as
-`chat` and evaluate use.
+alone), which on a CPU costs little more than one; a streaming request or one with a seed runs alone.
+Nothing ever mixes two requests in one sequence. Prompts, stops and sampling are the ChatModel's
+(webtune.models.inference), the same as `chat` and evaluate use.
 """
 
 import argparse
