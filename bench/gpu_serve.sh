@@ -16,4 +16,4 @@ export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1
 pip install -q --no-deps --target /tmp/site .gpu_wheels/*.whl 2>&1 | grep -v -i warn | tail -3 || true
 python -c "import torch, transformers, peft, fastapi, openai; print(torch.__version__, transformers.__version__, peft.__version__, fastapi.__version__, openai.__version__, torch.cuda.get_device_name(0))"
 python bench/serve_latency.py --base models/base --adapter models/adapter --test data/format/test.parquet \
-  --random-weights --threads 8 --out "${OUT:-/tmp}/serve_latency_gpu.json" 2>&1 | grep -v -i "warn\|Loading"
+  --random-weights --threads 8 --out "${OUT:-/tmp}/serve_latency_gpu.json" "$@" 2>&1 | grep -v -i "warn\|Loading"
