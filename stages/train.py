@@ -11,13 +11,15 @@ rows -> supervision gate -> the backend's fit -> adapter + model card:
 2. the run's fingerprint, lock and checkpoints (webtune.training.run) are the same for every backend: a
    killed run resumes from its last complete checkpoint, and the data order is a pure function of
    train.seed, so a resumed adapter is bit-identical to an uninterrupted one;
-3. `train.backend` fits (webtune.training: `hf` is transformers + PEFT + TRL); a hosted backend (`openai`)
+3. `train.backend` fits (webtune.training: `hf` is transformers + PEFT + TRL, `unsloth` swaps in Unsloth's
+   loading and LoRA, `auto` picks one of them); a hosted backend (`openai`)
    instead uploads the format stage's JSONL and fine-tunes on the host (train_hosted: no base is loaded);
 4. the adapter folder (weights, tokenizer, model card with lineage) is renamed into place only when
    everything passed; a NaN/inf loss stops with exit 1 and no adapter.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from webtune import errors, io
 from webtune.params import TrainParams, load_section
-from webtune.training import FitJob, TrainError, get_backend
+from webtune.training import AUTO, FitJob, TrainError, get_backend, resolve
 from webtune.training import run as runs
 from webtune.training.card import canonical_adapter_config, model_card
 from webtune.training.supervision import encode_rows, mask_report, render_mask_report
@@ -87,7 +89,7 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         val_ids, val_rows = val_ids[: params.eval_rows], val_rows[: params.eval_rows]
     if not train_rows:
         raise TrainError(f"{train_path} has no rows to train on")
-    base = backend.load(base_dir, params)
+    base = backend.load(base_dir, params, max_length=max_length)
     data_md5 = {str(train_path): runs.file_md5(train_path), str(val_path): runs.file_md5(val_path)}
     fingerprint = runs.run_fingerprint(params, base.info, data_md5, max_length)
     encode = dict(channels=params.channels, turns=params.assistant_turns, max_length=max_length)
@@ -163,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     with errors.reported(STAGE):
         params = load_section(STAGE, args.params)
         max_length = load_section("format", args.params).max_length
+        asked = params.backend
+        # `auto` is settled before anything else: the run (fingerprint, card) is the backend that runs.
+        params = dataclasses.replace(params, backend=resolve(asked, progress=io.stderr))
         backend = get_backend(params.backend)
+        backend.prepare()  # Unsloth must be imported before transformers
         if getattr(backend, "hosted", False):
             from webtune.training.openai import client_for, require_key
 
@@ -181,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             metrics = train(params=params, max_length=max_length, base_dir=args.base, train_path=args.train,
                             val_path=args.val, checkpoints=args.checkpoints, out=args.out,
                             mask_report_path=args.mask_report, live_dir=args.live_dir)
+        if asked == AUTO:
+            metrics = {"backend": params.backend, "backend_asked": AUTO, **metrics}
         io.write_json(metrics, args.metrics)
 
 

@@ -54,9 +54,9 @@ def _source_names() -> tuple[str, ...]:
 
 
 def _backend_names() -> tuple[str, ...]:
-    from webtune.training import BACKENDS
+    from webtune.training import CHOICES
 
-    return tuple(BACKENDS)
+    return CHOICES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +265,12 @@ class HfParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class UnslothParams:
+    load_in_4bit: bool = knob()
+    gradient_checkpointing: str = knob(one_of("unsloth", "transformers", "off"))
+
+
+@dataclasses.dataclass(frozen=True)
 class OpenAIParams:
     model: str = knob(lambda v: None if v.strip() else "must name a model")
     n_epochs: int = knob(between(0, 50))
@@ -300,6 +306,7 @@ class TrainParams:
     mask_report_rows: int = knob(at_least(0), report=True)
     lora: LoraParams = knob()
     hf: HfParams = knob(variant_of="backend")
+    unsloth: UnslothParams = knob(variant_of="backend")
     openai: OpenAIParams = knob(variant_of="backend")
 
     def problems(self):

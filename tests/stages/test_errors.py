@@ -162,8 +162,21 @@ def test_train_names_an_unknown_backend(tiny_base, tok, tmp_path, capsys):
         pq.write_table(chat_rows(tok, 2), tmp_path / f"{split}.parquet")
     params = write_params(tmp_path, "train", backend="jax")
     fails_with(capsys, train.main, train_argv(tmp_path, tiny_base, params),
-               "train: train.backend: 'jax' is not one of hf, openai")
+               "train: train.backend: 'jax' is not one of hf, unsloth, openai, auto")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_train_with_unsloth_where_it_cannot_run_says_why_before_reading_anything(tmp_path, capsys):
+    # No split files at all: the environment is checked first, so a CPU machine fails in a second.
+    params = write_params(tmp_path, "train", backend="unsloth")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(train_argv(tmp_path, tmp_path / "no-base", params))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("train: train.backend unsloth: unsloth is not installed")
+    assert err.endswith("install the GPU environment: pip install -e '.[gpu]' (README: GPU training)\n")
 
 
 # --- evaluate ------------------------------------------------------------------------------------

@@ -187,3 +187,23 @@ def test_main_with_the_openai_backend_writes_a_hosted_adapter_and_its_curve(tmp_
     assert [c.split("\t")[0] for c in curve[1:]] == ["1", "2", "3"]
     for path in tmp_path.rglob("*"):
         assert not path.is_file() or key.encode() not in path.read_bytes(), path
+
+
+def test_main_with_backend_auto_on_a_cpu_runs_hf_and_says_so(tmp_path, tiny_base):
+    import yaml
+
+    write_rows(tmp_path / "train.parquet", 16, seed=1)
+    write_rows(tmp_path / "val.parquet", 4, seed=2)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"] |= {"backend": "auto", "max_steps": 2, "save_steps": 10, "eval_steps": 10, "eval_rows": 0}
+    params["train"]["lora"] |= {k: list(v) for k, v in TINY_LORA.items()}
+    params["train"]["hf"]["threads"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    train.main(["--base", str(tiny_base), "--train", str(tmp_path / "train.parquet"),
+                "--val", str(tmp_path / "val.parquet"), "--checkpoints", str(tmp_path / "checkpoints"),
+                "--out", str(tmp_path / "adapter"), "--mask-report", str(tmp_path / "mask.md"),
+                "--live-dir", str(tmp_path / "live"), "--metrics", str(tmp_path / "metrics.json"),
+                "--params", str(tmp_path / "params.yaml")])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["backend"], metrics["backend_asked"], metrics["steps"]) == ("hf", "auto", 2)
+    assert "(backend `hf`, on CPU" in (tmp_path / "adapter" / "README.md").read_text()

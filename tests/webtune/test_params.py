@@ -74,7 +74,7 @@ def test_a_nested_value_out_of_range_names_its_full_dotted_key(tmp_path, repo):
 
 def test_an_unknown_backend_names_the_known_ones(tmp_path, repo):
     path = write_with(tmp_path, repo, "train", "backend", "jax")
-    with pytest.raises(ParamsError, match=r"^train\.backend: 'jax' is not one of hf, openai$"):
+    with pytest.raises(ParamsError, match=r"^train\.backend: 'jax' is not one of hf, unsloth, openai, auto$"):
         P.load_section("train", path)
 
 
@@ -111,7 +111,7 @@ def test_without_report_knobs_drops_the_report_knobs_and_the_backends_not_select
     full = P.as_dict(train)
     assert "mask_report_rows" in full and "mask_report_rows" not in slim
     assert train.backend == "hf" and "openai" in full and "openai" not in slim  # hf ignores train.openai
-    assert slim == {k: v for k, v in full.items() if k not in ("mask_report_rows", "openai")}
+    assert slim == {k: v for k, v in full.items() if k not in ("mask_report_rows", "openai", "unsloth")}
     assert slim["lora"] == full["lora"] and slim["hf"] == full["hf"]  # nested sections kept whole
     hosted = P.without_report_knobs(dataclasses.replace(train, backend="openai"))
     assert "openai" in hosted and "hf" not in hosted

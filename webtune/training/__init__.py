@@ -9,8 +9,9 @@ adapter's model card) and hands a backend a loaded base and the checked, ordered
     fitted = backend.fit(base, job)                # -> Fitted(model, metrics)
 
 A backend is one module holding `BACKEND`, with its own section under `train:` in params.yaml
-(`train.hf`, ...), which the train stage lists as `train.${train.backend}`. Unsloth (a later backend)
-swaps only `load`: the loop is the same TRL loop.
+(`train.hf`, `train.unsloth`, `train.openai`). `unsloth` swaps only loading and the LoRA attach: the
+loop is hf's TRL loop. `auto` is not a module: `resolve` makes it unsloth where CUDA and a compatible
+Unsloth are present, hf otherwise, before the run's fingerprint is taken.
 """
 
 import abc
@@ -23,7 +24,10 @@ from typing import Any
 from webtune.errors import UserError
 
 # Backend name (train.backend) -> module.
-BACKENDS = {"hf": "webtune.training.hf", "openai": "webtune.training.openai"}
+BACKENDS = {"hf": "webtune.training.hf", "unsloth": "webtune.training.unsloth",
+            "openai": "webtune.training.openai"}
+AUTO = "auto"  # unsloth on a CUDA GPU with Unsloth installed, hf elsewhere
+CHOICES = (*BACKENDS, AUTO)
 
 
 class TrainError(UserError):
@@ -62,8 +66,11 @@ class Fitted:
 class Backend(abc.ABC):
     name: str
 
-    def load(self, base_dir: Path, params):
-        """The base to train on (model, tokenizer, chat format)."""
+    def prepare(self) -> None:  # noqa: B027 (a hook: most backends need nothing here)
+        """Called first, before the data is read: fail fast on a missing environment (default: nothing)."""
+
+    def load(self, base_dir: Path, params, max_length: int | None = None):
+        """The base to train on (model, tokenizer, chat format); max_length: format.max_length."""
         from webtune.models import load_base
 
         return load_base(base_dir)
@@ -73,7 +80,15 @@ class Backend(abc.ABC):
         """Train a LoRA on base.model; checkpoint into job.checkpoints, resuming from job.resume_from."""
 
 
+def resolve(name: str, cuda: bool | None = None, progress=None) -> str:
+    """train.backend as it will run (`auto` -> unsloth or hf)."""
+    from webtune.training.unsloth import resolve_backend
+
+    return resolve_backend(name, cuda, progress)
+
+
 def get_backend(name: str) -> Backend:
+    name = resolve(name) if name == AUTO else name
     if name not in BACKENDS:
-        raise TrainError(f"train.backend: unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+        raise TrainError(f"train.backend: unknown backend {name!r} (known: {', '.join(CHOICES)})")
     return importlib.import_module(BACKENDS[name]).BACKEND

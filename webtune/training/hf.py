@@ -136,18 +136,40 @@ def make_callback(job: FitJob):
     return LiveAndGuard()
 
 
+def lora_config(params):
+    """train.lora -> PEFT's LoraConfig (SFTTrainer wraps the model with it)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=params.lora.r,
+        lora_alpha=params.lora.alpha,
+        lora_dropout=params.lora.dropout,
+        target_modules=list(params.lora.target_modules) or None,
+        target_parameters=list(params.lora.target_parameters) or None,
+        modules_to_save=list(params.lora.modules_to_save) or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
 class HfBackend(Backend):
     name = "hf"
 
+    def attach_lora(self, model, params):
+        """(model, peft_config for SFTTrainer): here the trainer attaches the LoRA itself."""
+        return model, lora_config(params)
+
+    def pick_precision(self, params, cuda: bool) -> str:
+        return pick_precision(params.hf.precision, cuda)
+
     def fit(self, base, job: FitJob) -> Fitted:
         import datasets
-        from peft import LoraConfig
         from transformers.trainer_callback import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
         datasets.disable_progress_bars()  # per-map bars flood dvc's output; our progress lines say what runs
         params, cuda = job.params, torch.cuda.is_available()
-        precision = pick_precision(params.hf.precision, cuda)
+        precision = self.pick_precision(params, cuda)
         job.progress(f"train: {'cuda' if cuda else 'cpu'}, {precision}"
                      + (" autocast" if precision == "bf16" else "")
                      + ("" if cuda else f", {params.hf.threads} threads"))
@@ -192,16 +214,7 @@ class HfBackend(Backend):
             dataloader_num_workers=0,
             train_sampling_strategy="sequential",  # the order is the run's (seeded, length-grouped)
         )
-        lora = LoraConfig(
-            r=params.lora.r,
-            lora_alpha=params.lora.alpha,
-            lora_dropout=params.lora.dropout,
-            target_modules=list(params.lora.target_modules) or None,
-            target_parameters=list(params.lora.target_parameters) or None,
-            modules_to_save=list(params.lora.modules_to_save) or None,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
+        model, lora = self.attach_lora(model, params)
         callback = make_callback(job)
         trainer = SFTTrainer(model=model, args=config, train_dataset=to_dataset(job.train, job.order),
                              eval_dataset=to_dataset(job.val) if job.val else None,

@@ -1,0 +1,90 @@
+"""Backend unsloth and `auto`, on the CPU: which backend runs, the environment check, and how our knobs map
+onto Unsloth's loading and LoRA calls. (Training with Unsloth needs CUDA: bench/train_throughput.py and
+the GPU notes in bench/RESULTS.md cover it.)"""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from webtune.params import ParamsError, load_section
+from webtune.training import TrainError, get_backend, resolve, unsloth
+from webtune.training import run as runs
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_section("train", REPO / "params.yaml")
+
+
+def test_auto_is_hf_without_cuda_and_a_named_backend_is_itself():
+    assert resolve("auto", cuda=False) == "hf"
+    assert resolve("unsloth", cuda=False) == "unsloth"
+    assert resolve("hf", cuda=True) == "hf"
+
+
+def test_auto_with_cuda_but_no_unsloth_says_why_it_fell_back(monkeypatch):
+    monkeypatch.setattr(unsloth.importlib.util, "find_spec", lambda name: None)
+    said = []
+    assert resolve("auto", cuda=True, progress=said.append) == "hf"
+    assert said == ["train: backend auto -> hf (unsloth is not installed)"]
+
+
+def test_auto_with_cuda_and_a_compatible_unsloth_is_unsloth(monkeypatch):
+    monkeypatch.setattr(unsloth.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(unsloth, "version_problems", lambda: [])
+    assert resolve("auto", cuda=True) == "unsloth"
+    assert get_backend("unsloth").name == "unsloth"
+
+
+def test_version_problems_name_each_package_that_unsloth_refuses():
+    fits = {"unsloth": "2026.10.9", "trl": "1.15.0", "datasets": "4.8.5", "transformers": "5.17.0"}
+    assert unsloth.version_problems(fits) == []
+    assert unsloth.version_problems({**fits, "trl": "1.16.0", "datasets": "5.2.0"}) == [
+        "unsloth needs trl<=1.15.0, this environment has trl 1.16.0",
+        "unsloth needs datasets<5, this environment has datasets 5.2.0"]
+    assert unsloth.version_problems({**fits, "unsloth": None}) == ["unsloth is not installed"]
+
+
+def test_prepare_refuses_this_cpu_environment_in_one_line():
+    with pytest.raises(TrainError) as error:
+        unsloth.BACKEND.prepare()
+    assert str(error.value).startswith("train.backend unsloth: unsloth is not installed")
+    assert "\n" not in str(error.value)
+
+
+def test_knobs_map_onto_unsloths_calls(params):
+    import torch
+
+    assert unsloth.load_kwargs(params, 1024) == {
+        "max_seq_length": 1024, "dtype": torch.bfloat16, "load_in_4bit": True,
+        "use_gradient_checkpointing": "unsloth", "random_state": 3407, "fix_tokenizer": False}
+    gpt_oss = dataclasses.replace(params, lora=dataclasses.replace(
+        params.lora, r=8, alpha=16, target_modules=("q_proj", "v_proj"),
+        target_parameters=("mlp.experts.gate_up_proj",)),
+        unsloth=dataclasses.replace(params.unsloth, gradient_checkpointing="off"))
+    assert unsloth.peft_kwargs(gpt_oss) == {
+        "r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "bias": "none", "target_modules": ["q_proj", "v_proj"],
+        "target_parameters": ["mlp.experts.gate_up_proj"], "modules_to_save": None,
+        "use_gradient_checkpointing": False, "random_state": 3407}
+
+
+def test_a_bad_checkpointing_choice_is_refused_naming_the_key(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("gradient_checkpointing: unsloth",
+                                                      "gradient_checkpointing: yes please")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match="train.unsloth.gradient_checkpointing"):
+        load_section("train", tmp_path / "params.yaml")
+
+
+def test_auto_settled_as_hf_is_the_same_run_as_hf(params):
+    """The unsloth section never enters an hf run's fingerprint, so auto on a CPU resumes hf checkpoints."""
+    base, data = {"kind": "tiny"}, {"train.parquet": "0" * 32}
+    as_hf = runs.run_fingerprint(params, base, data, 512)
+    settled = dataclasses.replace(params, backend=resolve("auto", cuda=False),
+                                  unsloth=dataclasses.replace(params.unsloth, load_in_4bit=False))
+    assert runs.run_fingerprint(settled, base, data, 512) == as_hf
+    as_unsloth = dataclasses.replace(params, backend="unsloth")
+    assert runs.run_fingerprint(as_unsloth, base, data, 512) != as_hf
