@@ -169,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # `auto` is settled before anything else: the run (fingerprint, card) is the backend that runs.
         params = dataclasses.replace(params, backend=resolve(asked, progress=io.stderr))
         backend = get_backend(params.backend)
-        backend.prepare()  # Unsloth must be imported before transformers
+        if not getattr(backend, "hosted", False):
+            backend.prepare()  # Unsloth must be imported before transformers
         if getattr(backend, "hosted", False):
             from webtune.training.openai import client_for, require_key
 

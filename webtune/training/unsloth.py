@@ -119,7 +119,10 @@ class UnslothBackend(HfBackend):
         tokenizer, fmt = load_tokenizer(base_dir / TOKENIZER_DIR)
         where = ({"model_name": info["model"], "revision": info.get("revision")} if info.get("kind") == "hub"
                  else {"model_name": str(base_dir / MODEL_DIR), "local_files_only": True})
-        model, _ = FastLanguageModel.from_pretrained(**where, **load_kwargs(params, max_length or 2048))
+        # Unsloth loads a tokenizer too, from the weights' folder unless told otherwise: ours is beside it
+        # (and the run uses load_tokenizer's, with the chat format checked).
+        model, _ = FastLanguageModel.from_pretrained(**where, tokenizer_name=str(base_dir / TOKENIZER_DIR),
+                                                     **load_kwargs(params, max_length or 2048))
         return Base(model=model, tokenizer=tokenizer, chat_format=fmt, info=info)
 
     def attach_lora(self, model, params):
