@@ -28,7 +28,7 @@ from pathlib import Path
 
 from webtune import errors, io
 from webtune.params import TrainParams, load_section
-from webtune.training import AUTO, FitJob, TrainError, get_backend, resolve
+from webtune.training import AUTO, FitJob, TrainError, batching, get_backend, resolve
 from webtune.training import run as runs
 from webtune.training.card import canonical_adapter_config, model_card
 from webtune.training.supervision import encode_rows, mask_report, render_mask_report
@@ -106,15 +106,32 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
     if resume_from is not None:
         progress(f"train: resuming from {resume_from.name}")
     runs.restore_live(resume_from, live_dir)
-    rows_per_step = params.batch_size * params.grad_accum
-    total_steps = params.max_steps or math.ceil(params.epochs * len(train_rows) / rows_per_step)
-    order = runs.row_order([len(ids) for ids in train_enc.input_ids], total_steps * rows_per_step,
-                           rows_per_step, params.seed)
+    lengths = [len(ids) for ids in train_enc.input_ids]
+    budget, layout = backend.batching(params)
+    padding_free = batching.choose_padding_free(
+        layout, lambda: backend.packing_leak(base), f"train.{backend.name}.batch_layout",
+        base.model.config.model_type, progress) if budget else False
+    if budget:  # token-budget micro-batches: the plan fixes the rows of every step
+        per_epoch = batching.per_epoch(lengths, budget, padding_free)
+        total_steps = params.max_steps or math.ceil(params.epochs * per_epoch / params.grad_accum)
+        micro_batches = batching.plan(lengths, budget, padding_free, params.seed,
+                                      total_steps * params.grad_accum)
+        order = [row for batch in micro_batches for row in batch]
+        layout_name = "padding-free" if padding_free else "padded"
+        progress(f"train: micro-batches of <= {budget:,} tokens ({layout_name}): "
+                 f"{len(order) / len(micro_batches):.1f} rows each on average, "
+                 f"{batching.padding_share(micro_batches, lengths, padding_free):.1%} padding")
+    else:
+        rows_per_step = params.batch_size * params.grad_accum
+        total_steps = params.max_steps or math.ceil(params.epochs * len(train_rows) / rows_per_step)
+        order = runs.row_order(lengths, total_steps * rows_per_step, rows_per_step, params.seed)
+        micro_batches = None
     progress(f"train: {report.rows} rows, {report.trained_tokens:,} of {report.tokens:,} tokens trained "
              f"({report.trained_share:.1%}); {total_steps} steps, backend {backend.name}")
     fitted = backend.fit(base, FitJob(train=train_enc, val=val_enc, order=order, total_steps=total_steps,
                                       max_length=max_length, params=params, checkpoints=checkpoints,
-                                      resume_from=resume_from, live_dir=live_dir, progress=progress))
+                                      resume_from=resume_from, live_dir=live_dir, progress=progress,
+                                      micro_batches=micro_batches, padding_free=padding_free))
 
     metrics = {
         "steps": fitted.steps,
@@ -127,6 +144,9 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         "device": fitted.device,
         "precision": fitted.precision,
     }
+    if micro_batches is not None:
+        metrics["batch_layout"] = "padding_free" if padding_free else "padded"
+        metrics["rows_per_micro_batch"] = round(len(order) / len(micro_batches), 3)
     for key in ("val_loss", "base_val_loss"):
         value = getattr(fitted, key)
         if value is not None and not math.isfinite(value):
@@ -169,8 +189,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         # `auto` is settled before anything else: the run (fingerprint, card) is the backend that runs.
         params = dataclasses.replace(params, backend=resolve(asked, progress=io.stderr))
         backend = get_backend(params.backend)
-        if not getattr(backend, "hosted", False):
-            backend.prepare()  # Unsloth must be imported before transformers
         if getattr(backend, "hosted", False):
             from webtune.training.openai import client_for, require_key
 
@@ -184,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        client=client)
             io.write_json(metrics, args.metrics)
             return
+        backend.prepare()  # first: Unsloth must be imported before transformers
         with runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock")):
             metrics = train(params=params, max_length=max_length, base_dir=args.base, train_path=args.train,
                             val_path=args.val, checkpoints=args.checkpoints, out=args.out,

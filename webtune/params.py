@@ -258,16 +258,24 @@ class LoraParams:
                                      "LoRA would train nothing")
 
 
+# train.<backend>.batch_layout: padded rows, rows end to end (where the packing probe passes), or either
+BATCH_LAYOUTS = ("auto", "padded", "padding_free")
+
+
 @dataclasses.dataclass(frozen=True)
 class HfParams:
     threads: int = knob(at_least(1))
     precision: str = knob(one_of("auto", "bf16", "fp32"))
+    batch_tokens: int = knob(at_least(0))
+    batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
 
 
 @dataclasses.dataclass(frozen=True)
 class UnslothParams:
     load_in_4bit: bool = knob()
     gradient_checkpointing: str = knob(one_of("unsloth", "transformers", "off"))
+    batch_tokens: int = knob(at_least(0))
+    batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from webtune.models import base_info, load_adapter, load_base
 from webtune.models.inference import ChatModel
 from webtune.params import TrainParams, load_section
 from webtune.schema import CHAT_ROWS
+from webtune.training import TrainError
 from webtune.training import run as runs
 
 MAX_LENGTH = 512  # format.max_length (train.max_length is gone)
@@ -207,3 +208,81 @@ def test_main_with_backend_auto_on_a_cpu_runs_hf_and_says_so(tmp_path, tiny_base
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["backend"], metrics["backend_asked"], metrics["steps"]) == ("hf", "auto", 2)
     assert "(backend `hf`, on CPU" in (tmp_path / "adapter" / "README.md").read_text()
+
+
+# --- token-budget micro-batches --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_base(tiny_base, tmp_path_factory) -> Path:
+    """The toy tokenizer on a tiny Llama, whose packed rows stay apart (the packing probe passes)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from webtune.models import INFO_FILE, MODEL_DIR, TOKENIZER_DIR, load_tokenizer
+
+    out = tmp_path_factory.mktemp("llama-base") / "base"
+    shutil.copytree(tiny_base / TOKENIZER_DIR, out / TOKENIZER_DIR)
+    tok, _ = load_tokenizer(out / TOKENIZER_DIR)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    LlamaForCausalLM(config).save_pretrained(out / MODEL_DIR)
+    shutil.copy(tiny_base / MODEL_DIR / INFO_FILE, out / MODEL_DIR / INFO_FILE)
+    return out
+
+
+def token_budget_params(layout: str) -> TrainParams:
+    params = small_params(max_steps=6, save_steps=3, logging_steps=1, eval_steps=100, learning_rate=0.01)
+    budget = dataclasses.replace(params.hf, batch_tokens=256, batch_layout=layout)
+    return dataclasses.replace(params, hf=budget)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_token_budget_run_goes_padding_free_on_llama_and_resumes_to_the_same_adapter(tmp_path, llama_base):
+    from safetensors.torch import load_file
+
+    params = token_budget_params("auto")
+    said = []
+    (tmp_path / "whole").mkdir()
+    whole = run_train(tmp_path / "whole", llama_base, params, progress=said.append)
+    assert any(line.startswith("train: padding-free micro-batches (packing probe") for line in said), said
+    assert (whole["steps"], whole["batch_layout"]) == (6, "padding_free")
+    assert whole["rows_per_micro_batch"] > params.batch_size  # the budget takes more rows than 4 at a time
+    assert whole["val_loss"] < whole["base_val_loss"]
+
+    def killed_at_step_5(line):
+        if line.startswith("train: step 5/"):
+            raise Killed(line)
+
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(Killed):
+        run_train(tmp_path / "cut", llama_base, params, progress=killed_at_step_5)
+    resumed = run_train(tmp_path / "cut", llama_base, params)
+    assert resumed["resumed_from_step"] == 3
+    adapters = [load_file(tmp_path / run / "adapter" / "adapter_model.safetensors")
+                for run in ("whole", "cut")]
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(adapters[0][k].equal(adapters[1][k]) for k in adapters[0])
+    assert resumed["train_loss"] == whole["train_loss"]
+
+
+def test_token_budget_batches_are_padded_on_gpt_oss_and_padding_free_is_refused(tmp_path, tiny_base):
+    said = []
+    (tmp_path / "auto").mkdir()
+    metrics = run_train(tmp_path / "auto", tiny_base, token_budget_params("auto"), n_train=16, n_val=4,
+                        progress=said.append)
+    assert metrics["batch_layout"] == "padded"
+    assert any(line.startswith("train: padded micro-batches: rows laid end to end leak attention in this "
+                               "gpt_oss model") for line in said), said
+    (tmp_path / "forced").mkdir()
+    with pytest.raises(TrainError, match=r"^train.hf.batch_layout is padding_free, but rows laid end to end "
+                                         r"attend to each other in this gpt_oss model"):
+        run_train(tmp_path / "forced", tiny_base, token_budget_params("padding_free"), n_train=16, n_val=4)
+    assert not (tmp_path / "forced" / "adapter").exists()
+    assert not list((tmp_path / "forced" / "checkpoints").glob("checkpoint-*"))

@@ -14,8 +14,13 @@ PROBE_TOLERANCE = 1e-4  # max |logit difference| between packed and separate row
 
 
 @torch.no_grad()
-def packing_leak(model, tokenizer, lengths: tuple[int, int] = (24, 17), seed: int = 0) -> float:
-    """Max |logit difference| between two rows of ordinary tokens run separately and packed into one."""
+def packing_leak(model, tokenizer, lengths: tuple[int, int] = (24, 17), seed: int = 0,
+                 packed_inputs: dict | None = None) -> float:
+    """Max |logit difference| between two rows of ordinary tokens run separately and packed into one.
+
+    packed_inputs: what else a trainer hands the model with packed rows (Unsloth's padding-free
+    collator adds `packed_seq_lengths`), so the probe runs the same path as training.
+    """
     special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
     gen = torch.Generator().manual_seed(seed)
@@ -29,8 +34,9 @@ def packing_leak(model, tokenizer, lengths: tuple[int, int] = (24, 17), seed: in
                     for r in rows]
         packed_ids = torch.cat(rows)[None].to(device)
         position_ids = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
-        packed = model(input_ids=packed_ids, position_ids=position_ids,
-                       use_cache=False).logits[0].float().cpu()
+        extra = {k: v.to(device) if torch.is_tensor(v) else v for k, v in (packed_inputs or {}).items()}
+        packed = model(input_ids=packed_ids, position_ids=position_ids, use_cache=False,
+                       **extra).logits[0].float().cpu()
     finally:
         model.train(was_training)
     return (packed - torch.cat(separate)).abs().max().item()

@@ -48,6 +48,9 @@ class FitJob:
     resume_from: Path | None  # the last complete checkpoint of this run, or None
     live_dir: Path  # dvclive folder: per-step curves
     progress: Callable[[str], None]
+    # token-budget micro-batches (webtune.training.batching), row indices each, in order; None: fixed rows
+    micro_batches: list[list[int]] | None = None
+    padding_free: bool = False  # rows laid end to end in each micro-batch (the packing probe passed)
 
 
 @dataclass
@@ -75,6 +78,16 @@ class Backend(abc.ABC):
 
         return load_base(base_dir)
 
+    def batching(self, params) -> tuple[int, str]:
+        """(tokens per micro-batch, 0 = train.batch_size rows; layout: auto | padded | padding_free)."""
+        return 0, "padded"
+
+    def packing_leak(self, base) -> float:
+        """Max logit difference between rows run apart and laid end to end (webtune.models.packing)."""
+        from webtune.models.packing import packing_leak
+
+        return packing_leak(base.model, base.tokenizer)
+
     @abc.abstractmethod
     def fit(self, base, job: FitJob) -> Fitted:
         """Train a LoRA on base.model; checkpoint into job.checkpoints, resuming from job.resume_from."""
@@ -88,7 +101,7 @@ def resolve(name: str, cuda: bool | None = None, progress=None) -> str:
 
 
 def get_backend(name: str) -> Backend:
-    name = resolve(name) if name == AUTO else name
+    """The backend module's BACKEND; `auto` must be resolved first (the run's fingerprint names it)."""
     if name not in BACKENDS:
         raise TrainError(f"train.backend: unknown backend {name!r} (known: {', '.join(CHOICES)})")
     return importlib.import_module(BACKENDS[name]).BACKEND

@@ -136,6 +136,29 @@ def make_callback(job: FitJob):
     return LiveAndGuard()
 
 
+def planned_trainer(trainer_class, sizes):
+    """`trainer_class` reading the training rows in the run's planned micro-batches (batching.plan).
+
+    The dataset is laid out in plan order, so micro-batch k is the next sizes[k] rows. transformers'
+    Trainer draws fixed-size batches and has no public hook for a batch sampler (5.23's
+    BatchRebalanceSampler is not in the 5.17 Unsloth needs), so the training dataloader is built here,
+    as the Trainer builds it: the unused columns dropped, the trainer's collator, accelerate's wrapping
+    (which also skips the micro-batches already trained on when a run resumes).
+    """
+    from torch.utils.data import DataLoader
+
+    from webtune.training.batching import PlannedBatches
+
+    class PlannedTrainer(trainer_class):
+        def get_train_dataloader(self):
+            dataset = self._remove_unused_columns(self.train_dataset, description="training")
+            return self.accelerator.prepare(DataLoader(
+                dataset, batch_sampler=PlannedBatches(sizes), collate_fn=self.data_collator, num_workers=0,
+                pin_memory=self.args.dataloader_pin_memory))
+
+    return PlannedTrainer
+
+
 def lora_config(params):
     """train.lora -> PEFT's LoraConfig (SFTTrainer wraps the model with it)."""
     from peft import LoraConfig
@@ -161,6 +184,9 @@ class HfBackend(Backend):
 
     def pick_precision(self, params, cuda: bool) -> str:
         return pick_precision(params.hf.precision, cuda)
+
+    def batching(self, params) -> tuple[int, str]:
+        return params.hf.batch_tokens, params.hf.batch_layout
 
     def fit(self, base, job: FitJob) -> Fitted:
         import datasets
@@ -191,8 +217,13 @@ class HfBackend(Backend):
             warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a share of the steps in transformers 5
             weight_decay=params.weight_decay,
             max_grad_norm=params.max_grad_norm,
-            max_length=job.max_length,  # every row was checked to fit: nothing is cut (and a packing block)
+            # every row was checked to fit: nothing is cut (and a packing block). Padding-free without
+            # packing must pass None (TRL refuses a limit it would not enforce).
+            max_length=None if job.padding_free and not params.packing else job.max_length,
             packing=params.packing,
+            # Set either way: Unsloth turns an unset padding_free on by itself. TRL warns that padding-free
+            # is proven only for flash attention; the packing probe checked this model (batching.py).
+            padding_free=job.padding_free,
             # Labels come from our assistant_masks column (TRL applies it whatever this flag says); True would
             # make TRL re-tokenize through the template, and the rows are already tokenized and checked.
             assistant_only_loss=False,
@@ -216,7 +247,9 @@ class HfBackend(Backend):
         )
         model, lora = self.attach_lora(model, params)
         callback = make_callback(job)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=to_dataset(job.train, job.order),
+        trainer_class = SFTTrainer if job.micro_batches is None else planned_trainer(
+            SFTTrainer, [len(batch) for batch in job.micro_batches])
+        trainer = trainer_class(model=model, args=config, train_dataset=to_dataset(job.train, job.order),
                              eval_dataset=to_dataset(job.val) if job.val else None,
                              processing_class=base.tokenizer, peft_config=lora, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; our callback prints one line

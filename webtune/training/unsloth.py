@@ -11,7 +11,6 @@ The adapter is a plain PEFT adapter: `PeftModel.from_pretrained` loads it on a t
 """
 
 import importlib.metadata
-import importlib.util
 from pathlib import Path
 
 from webtune.training import TrainError
@@ -52,15 +51,15 @@ def unsloth_usable(cuda: bool | None = None) -> tuple[bool, str]:
         cuda = torch.cuda.is_available()
     if not cuda:
         return False, "no CUDA GPU"
-    if importlib.util.find_spec("unsloth") is None:
-        return False, "unsloth is not installed"
     problems = version_problems()
     return (not problems), "; ".join(problems)
 
 
 def resolve_backend(name: str, cuda: bool | None = None, progress=None) -> str:
     """train.backend as it will run: `auto` becomes unsloth or hf; anything else is itself."""
-    if name != "auto":
+    from webtune.training import AUTO
+
+    if name != AUTO:
         return name
     usable, why = unsloth_usable(cuda)
     if progress and not usable:
@@ -132,6 +131,19 @@ class UnslothBackend(HfBackend):
 
     def pick_precision(self, params, cuda: bool) -> str:
         return "bf16"  # the base loads in bf16 (or 4-bit with bf16 compute): no fp32 path
+
+    def batching(self, params) -> tuple[int, str]:
+        return params.unsloth.batch_tokens, params.unsloth.batch_layout
+
+    def packing_leak(self, base) -> float:
+        """The probe on Unsloth's own padding-free path: its collator hands the model the rows' lengths."""
+        import torch
+
+        from webtune.models.packing import packing_leak
+
+        lengths = (24, 17)
+        return packing_leak(base.model, base.tokenizer, lengths, packed_inputs={
+            "packed_seq_lengths": torch.tensor(lengths, dtype=torch.int32)})
 
 
 BACKEND = UnslothBackend()

@@ -26,15 +26,15 @@ def test_auto_is_hf_without_cuda_and_a_named_backend_is_itself():
 
 
 def test_auto_with_cuda_but_no_unsloth_says_why_it_fell_back(monkeypatch):
-    monkeypatch.setattr(unsloth.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(unsloth, "installed_version", lambda name: None)
     said = []
     assert resolve("auto", cuda=True, progress=said.append) == "hf"
     assert said == ["train: backend auto -> hf (unsloth is not installed)"]
 
 
 def test_auto_with_cuda_and_a_compatible_unsloth_is_unsloth(monkeypatch):
-    monkeypatch.setattr(unsloth.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(unsloth, "version_problems", lambda: [])
+    fits = {"unsloth": "2026.10.9", "trl": "1.15.0", "datasets": "4.8.5", "transformers": "5.17.0"}
+    monkeypatch.setattr(unsloth, "installed_version", fits.get)
     assert resolve("auto", cuda=True) == "unsloth"
     assert get_backend("unsloth").name == "unsloth"
 
