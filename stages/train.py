@@ -9,8 +9,9 @@ rows -> supervision gate -> the backend's fit -> adapter + model card:
    (webtune.training.supervision); the mask report is written, and a row that trains nothing or trains a
    token outside an assistant turn stops the stage naming the rows;
 2. the run's fingerprint, lock and checkpoints (webtune.training.run) are the same for every backend: a
-   killed run resumes from its last complete checkpoint, and the data order is a pure function of
-   train.seed, so a resumed adapter is bit-identical to an uninterrupted one;
+   killed run resumes from its last complete checkpoint, and the data order (batch_size rows a step, or
+   a backend's token-budget micro-batches: webtune.training.batching) is a pure function of train.seed,
+   so a resumed adapter is bit-identical to an uninterrupted one;
 3. `train.backend` fits (webtune.training: `hf` is transformers + PEFT + TRL, `unsloth` swaps in Unsloth's
    loading and LoRA, `auto` picks one of them); a hosted backend (`openai`)
    instead uploads the format stage's JSONL and fine-tunes on the host (train_hosted: no base is loaded);
@@ -106,32 +107,14 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
     if resume_from is not None:
         progress(f"train: resuming from {resume_from.name}")
     runs.restore_live(resume_from, live_dir)
-    lengths = [len(ids) for ids in train_enc.input_ids]
-    budget, layout = backend.batching(params)
-    padding_free = batching.choose_padding_free(
-        layout, lambda: backend.packing_leak(base), f"train.{backend.name}.batch_layout",
-        base.model.config.model_type, progress) if budget else False
-    if budget:  # token-budget micro-batches: the plan fixes the rows of every step
-        per_epoch = batching.per_epoch(lengths, budget, padding_free)
-        total_steps = params.max_steps or math.ceil(params.epochs * per_epoch / params.grad_accum)
-        micro_batches = batching.plan(lengths, budget, padding_free, params.seed,
-                                      total_steps * params.grad_accum)
-        order = [row for batch in micro_batches for row in batch]
-        layout_name = "padding-free" if padding_free else "padded"
-        progress(f"train: micro-batches of <= {budget:,} tokens ({layout_name}): "
-                 f"{len(order) / len(micro_batches):.1f} rows each on average, "
-                 f"{batching.padding_share(micro_batches, lengths, padding_free):.1%} padding")
-    else:
-        rows_per_step = params.batch_size * params.grad_accum
-        total_steps = params.max_steps or math.ceil(params.epochs * len(train_rows) / rows_per_step)
-        order = runs.row_order(lengths, total_steps * rows_per_step, rows_per_step, params.seed)
-        micro_batches = None
+    plan = batching.plan_run(params, backend, base, [len(ids) for ids in train_enc.input_ids], progress)
     progress(f"train: {report.rows} rows, {report.trained_tokens:,} of {report.tokens:,} tokens trained "
-             f"({report.trained_share:.1%}); {total_steps} steps, backend {backend.name}")
-    fitted = backend.fit(base, FitJob(train=train_enc, val=val_enc, order=order, total_steps=total_steps,
-                                      max_length=max_length, params=params, checkpoints=checkpoints,
-                                      resume_from=resume_from, live_dir=live_dir, progress=progress,
-                                      micro_batches=micro_batches, padding_free=padding_free))
+             f"({report.trained_share:.1%}); {plan.total_steps} steps, backend {backend.name}")
+    fitted = backend.fit(base, FitJob(train=train_enc, val=val_enc, order=plan.order,
+                                      total_steps=plan.total_steps, max_length=max_length, params=params,
+                                      checkpoints=checkpoints, resume_from=resume_from, live_dir=live_dir,
+                                      progress=progress, micro_batches=plan.micro_batches,
+                                      padding_free=plan.padding_free))
 
     metrics = {
         "steps": fitted.steps,
@@ -143,10 +126,8 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         "train_loss": round(fitted.train_loss, 6),
         "device": fitted.device,
         "precision": fitted.precision,
+        **plan.summary(),
     }
-    if micro_batches is not None:
-        metrics["batch_layout"] = "padding_free" if padding_free else "padded"
-        metrics["rows_per_micro_batch"] = round(len(order) / len(micro_batches), 3)
     for key in ("val_loss", "base_val_loss"):
         value = getattr(fitted, key)
         if value is not None and not math.isfinite(value):

@@ -17,12 +17,15 @@ What a micro-batch costs depends on how it is laid out:
   (webtune.models.packing) decides.
 """
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from webtune.models.packing import PROBE_TOLERANCE
 from webtune.training import TrainError
+from webtune.training.run import row_order
 
 
 def micro_batch_cost(lengths: Sequence[int], padding_free: bool) -> int:
@@ -99,6 +102,44 @@ def choose_padding_free(layout: str, leak: Callable[[], float], key: str, model_
     progress(f"train: padded micro-batches: rows laid end to end leak attention in this {model_type} model "
              f"(packing probe: max logit difference {difference:.3g})")
     return False
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Which rows every step of a run trains on."""
+
+    total_steps: int
+    order: list[int]  # row index of every row trained on, in order
+    micro_batches: list[list[int]] | None  # token-budget micro-batches (row indices); None: batch_size rows
+    padding_free: bool
+
+    def summary(self) -> dict:
+        """For metrics/train.json (token-budget runs only: a fixed-row run's metrics stay as they were)."""
+        if self.micro_batches is None:
+            return {}
+        return {"batch_layout": "padding_free" if self.padding_free else "padded",
+                "rows_per_micro_batch": round(len(self.order) / len(self.micro_batches), 3)}
+
+
+def plan_run(params, backend, base, lengths: Sequence[int], progress: Callable[[str], None]) -> RunPlan:
+    """The run's steps: `batch_size` rows each (row_order), or the backend's token-budget micro-batches."""
+    budget, layout = backend.batching(params)
+    if not budget:
+        rows_per_step = params.batch_size * params.grad_accum
+        total_steps = params.max_steps or math.ceil(params.epochs * len(lengths) / rows_per_step)
+        order = row_order(lengths, total_steps * rows_per_step, rows_per_step, params.seed)
+        return RunPlan(total_steps, order, None, False)
+    padding_free = choose_padding_free(layout, lambda: backend.packing_leak(base),
+                                       f"train.{backend.name}.batch_layout", base.model.config.model_type,
+                                       progress)
+    total_steps = params.max_steps or math.ceil(
+        params.epochs * per_epoch(lengths, budget, padding_free) / params.grad_accum)
+    micro_batches = plan(lengths, budget, padding_free, params.seed, total_steps * params.grad_accum)
+    order = [row for batch in micro_batches for row in batch]
+    progress(f"train: micro-batches of <= {budget:,} tokens "
+             f"({'padding-free' if padding_free else 'padded'}): {len(order) / len(micro_batches):.1f} rows "
+             f"each on average, {padding_share(micro_batches, lengths, padding_free):.1%} padding")
+    return RunPlan(total_steps, order, micro_batches, padding_free)
 
 
 class PlannedBatches(torch.utils.data.Sampler):

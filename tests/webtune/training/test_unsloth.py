@@ -88,3 +88,38 @@ def test_auto_settled_as_hf_is_the_same_run_as_hf(params):
     assert runs.run_fingerprint(settled, base, data, 512) == as_hf
     as_unsloth = dataclasses.replace(params, backend="unsloth")
     assert runs.run_fingerprint(as_unsloth, base, data, 512) != as_hf
+
+
+def test_each_backend_batches_by_its_own_section(params):
+    from webtune.training.hf import BACKEND as HF
+
+    assert HF.batching(params) == (0, "padded")  # a CPU's: batch_size rows
+    assert unsloth.BACKEND.batching(params) == (4096, "auto")
+    changed = dataclasses.replace(params, unsloth=dataclasses.replace(params.unsloth, batch_tokens=16384))
+    assert (HF.batching(changed), unsloth.BACKEND.batching(changed)) == ((0, "padded"), (16384, "auto"))
+
+
+def test_unsloths_packing_probe_hands_the_model_the_rows_lengths(tok):
+    """Unsloth keeps padding-free rows apart by the lengths its collator adds: the probe must pass them."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from webtune.models import Base
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = llama
+
+        def forward(self, packed_seq_lengths=None, **inputs):
+            seen.append(None if packed_seq_lengths is None else packed_seq_lengths.tolist())
+            return self.inner(**inputs)
+
+    base = Base(model=Recording(), tokenizer=tok, chat_format=None, info={})
+    assert unsloth.BACKEND.packing_leak(base) == 0.0
+    assert seen == [None, None, [24, 17], [24, 17]]  # two rows alone, then the two packs
