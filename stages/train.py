@@ -20,16 +20,18 @@ rows -> supervision gate -> the backend's fit -> adapter + model card:
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from webtune import errors, io
 from webtune.params import TrainParams, load_section
-from webtune.training import AUTO, FitJob, TrainError, batching, get_backend, resolve
+from webtune.training import AUTO, FitJob, TrainError, batching, distributed, get_backend, resolve
 from webtune.training import run as runs
 from webtune.training.card import canonical_adapter_config, model_card
 from webtune.training.supervision import encode_rows, mask_report, render_mask_report
@@ -81,7 +83,10 @@ def train_hosted(backend, *, params: TrainParams, openai_dir: Path, checkpoints:
 def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: Path, val_path: Path,
           checkpoints: Path, out: Path, mask_report_path: Path, live_dir: Path, progress=io.stderr) -> dict:
     """Train, check, save; return metrics. Raises TrainError (a UserError) for anything the user must fix."""
-    t0, progress = time.perf_counter(), progress or (lambda _line: None)
+    distributed.init()  # several processes (train.hf.processes): only rank 0 writes and reports
+    main_process = distributed.is_main()
+    t0 = time.perf_counter()
+    progress = progress if progress and main_process else (lambda _line: None)
     backend = get_backend(params.backend)
     # The splits first: a bad file fails in a second, not after loading the base (minutes for a big one).
     train_ids, train_rows = io.read_chat_rows(train_path)
@@ -99,15 +104,19 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
 
     report = mask_report(base.chat_format, base.tokenizer, train_enc.pair_ids, train_enc.input_ids,
                          train_enc.labels(), params.mask_report_rows)
-    io.write_text(render_mask_report(report, params), mask_report_path)
+    if main_process:
+        io.write_text(render_mask_report(report, params), mask_report_path)
     if report.problems():
         raise TrainError(f"refusing to train: {report.problems()} (see {mask_report_path})")
 
-    resume_from = runs.prepare_checkpoints(checkpoints, fingerprint, progress)
+    resume_from = runs.prepare_checkpoints(checkpoints, fingerprint, progress) if main_process else None
+    resume_from = distributed.from_main(resume_from)  # the others wait for rank 0's cleanup
     if resume_from is not None:
         progress(f"train: resuming from {resume_from.name}")
-    runs.restore_live(resume_from, live_dir)
-    plan = batching.plan_run(params, backend, base, [len(ids) for ids in train_enc.input_ids], progress)
+    if main_process:
+        runs.restore_live(resume_from, live_dir)
+    plan = batching.plan_run(params, backend, base, [len(ids) for ids in train_enc.input_ids], progress,
+                             processes=distributed.world_size())
     progress(f"train: {report.rows} rows, {report.trained_tokens:,} of {report.tokens:,} tokens trained "
              f"({report.trained_share:.1%}); {plan.total_steps} steps, backend {backend.name}")
     fitted = backend.fit(base, FitJob(train=train_enc, val=val_enc, order=plan.order,
@@ -135,6 +144,8 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         if value is not None:
             metrics[key] = round(value, 6)
 
+    if not main_process:
+        return metrics
     with io.atomic_dir(out) as tmp:
         fitted.model.save_pretrained(tmp)
         canonical_adapter_config(tmp / "adapter_config.json")
@@ -183,14 +194,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        client=client)
             io.write_json(metrics, args.metrics)
             return
+        if params.backend == "hf" and params.hf.processes > 1 and not distributed.launched():
+            # this process only starts the others (each runs main again, launched) and waits for them
+            with runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock")):
+                distributed.launch(params.hf.processes, sys.argv[1:] if argv is None else argv)
+            return
         backend.prepare()  # first: Unsloth must be imported before transformers
-        with runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock")):
+        lock = (runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock"))
+                if distributed.takes_lock() else contextlib.nullcontext())
+        with lock:
             metrics = train(params=params, max_length=max_length, base_dir=args.base, train_path=args.train,
                             val_path=args.val, checkpoints=args.checkpoints, out=args.out,
                             mask_report_path=args.mask_report, live_dir=args.live_dir)
         if asked == AUTO:
             metrics = {"backend": params.backend, "backend_asked": AUTO, **metrics}
-        io.write_json(metrics, args.metrics)
+        if distributed.is_main():
+            io.write_json(metrics, args.metrics)
 
 
 if __name__ == "__main__":

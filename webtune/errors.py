@@ -11,6 +11,7 @@ else is a bug and keeps its traceback.
 """
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -54,5 +55,8 @@ def reported(stage: str) -> Iterator[None]:
 
 def _exit(stage: str, message: str) -> None:
     # Gate failures list one expectation per line; everything else is one line by construction.
-    print(f"{stage}: {message}", file=sys.stderr, flush=True)
+    # In a multi-process run (webtune.training.distributed) every process meets the same bad input:
+    # rank 0 says it once.
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{stage}: {message}", file=sys.stderr, flush=True)
     raise SystemExit(1)

@@ -268,6 +268,7 @@ class HfParams:
     precision: str = knob(one_of("auto", "bf16", "fp32"))
     batch_tokens: int = knob(at_least(0))
     batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
+    processes: int = knob(at_least(1))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,20 +121,26 @@ class RunPlan:
                 "rows_per_micro_batch": round(len(self.order) / len(self.micro_batches), 3)}
 
 
-def plan_run(params, backend, base, lengths: Sequence[int], progress: Callable[[str], None]) -> RunPlan:
-    """The run's steps: `batch_size` rows each (row_order), or the backend's token-budget micro-batches."""
+def plan_run(params, backend, base, lengths: Sequence[int], progress: Callable[[str], None],
+             processes: int = 1) -> RunPlan:
+    """The run's steps: `batch_size` rows each (row_order), or the backend's token-budget micro-batches.
+
+    With several processes a step holds each process's micro-batches: process p reads micro-batches
+    p, p + processes, ... of the order (accelerate's sharding of the trainer's dataloader).
+    """
     budget, layout = backend.batching(params)
     if not budget:
-        rows_per_step = params.batch_size * params.grad_accum
+        rows_per_step = params.batch_size * params.grad_accum * processes
         total_steps = params.max_steps or math.ceil(params.epochs * len(lengths) / rows_per_step)
         order = row_order(lengths, total_steps * rows_per_step, rows_per_step, params.seed)
         return RunPlan(total_steps, order, None, False)
     padding_free = choose_padding_free(layout, lambda: backend.packing_leak(base),
                                        f"train.{backend.name}.batch_layout", base.model.config.model_type,
                                        progress)
-    total_steps = params.max_steps or math.ceil(
-        params.epochs * per_epoch(lengths, budget, padding_free) / params.grad_accum)
-    micro_batches = plan(lengths, budget, padding_free, params.seed, total_steps * params.grad_accum)
+    per_step = params.grad_accum * processes
+    epoch = per_epoch(lengths, budget, padding_free)
+    total_steps = params.max_steps or math.ceil(params.epochs * epoch / per_step)
+    micro_batches = plan(lengths, budget, padding_free, params.seed, total_steps * per_step)
     order = [row for batch in micro_batches for row in batch]
     progress(f"train: micro-batches of <= {budget:,} tokens "
              f"({'padding-free' if padding_free else 'padded'}): {len(order) / len(micro_batches):.1f} rows "

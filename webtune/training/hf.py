@@ -14,7 +14,7 @@ import torch
 
 from webtune.models import prepare_for_lora
 from webtune.models.packing import check_packing
-from webtune.training import Backend, FitJob, Fitted, TrainError
+from webtune.training import Backend, FitJob, Fitted, TrainError, distributed
 from webtune.training.run import mark_complete
 from webtune.training.supervision import IGNORE, Encoded
 
@@ -106,8 +106,10 @@ def make_callback(job: FitJob):
         """
 
         def __init__(self):
+            # one writer of the curves and checkpoint markers: the main process of a multi-process run
+            self.main = distributed.is_main()
             self.live = Live(dir=str(job.live_dir), resume=job.resume_from is not None, save_dvc_exp=False,
-                             dvcyaml=None)
+                             dvcyaml=None) if self.main else None
             self.t0 = time.perf_counter()
             self.recording = True  # off for the evaluations after training: they are not curve points
 
@@ -117,7 +119,7 @@ def make_callback(job: FitJob):
                 if key in logs and not math.isfinite(logs[key]):
                     raise TrainError(f"{key} is {logs[key]} at step {state.global_step}: training diverged. "
                                      "Lower train.learning_rate or check the data; no adapter was written.")
-            if not self.recording:
+            if not self.recording or not self.main:
                 return
             self.live.step = state.global_step
             for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"),
@@ -131,7 +133,8 @@ def make_callback(job: FitJob):
                              f"({time.perf_counter() - self.t0:.0f} s)")
 
         def on_save(self, args, state, control, **kwargs):
-            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", job.live_dir)
+            if self.main:
+                mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", job.live_dir)
 
     return LiveAndGuard()
 
@@ -196,10 +199,13 @@ class HfBackend(Backend):
         datasets.disable_progress_bars()  # per-map bars flood dvc's output; our progress lines say what runs
         params, cuda = job.params, torch.cuda.is_available()
         precision = self.pick_precision(params, cuda)
+        processes = distributed.world_size()
+        threads = max(1, params.hf.threads // processes)  # a multi-process run shares the CPU's cores
         job.progress(f"train: {'cuda' if cuda else 'cpu'}, {precision}"
                      + (" autocast" if precision == "bf16" else "")
-                     + ("" if cuda else f", {params.hf.threads} threads"))
-        torch.set_num_threads(params.hf.threads)
+                     + ("" if cuda else f", {threads} threads")
+                     + (f", {processes} processes" if processes > 1 else ""))
+        torch.set_num_threads(threads)
         model = base.model
         prepare_for_lora(model)
         if params.packing:
@@ -255,8 +261,12 @@ class HfBackend(Backend):
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; our callback prints one line
         check_prepared(trainer.train_dataset, job.train, params.packing, job.order)
 
-        if job.resume_from is None and job.val:
-            trainer.evaluate()  # step-0 point of the eval curve: LoRA B starts at zero, so this is the base
+        # The step-0 point of the eval curve (LoRA B starts at zero, so this is the base). Not with several
+        # processes: accelerate marks a model prepared for evaluation as prepared, and train() would then
+        # skip the DDP wrapping, leaving each process to train on its own (measured: the ranks' weights
+        # part after one step). The base's loss is then taken after training, with the adapter disabled.
+        if job.resume_from is None and job.val and distributed.world_size() == 1:
+            trainer.evaluate()
         t_train = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
         train_seconds = time.perf_counter() - t_train
@@ -276,7 +286,8 @@ class HfBackend(Backend):
             if fitted.base_val_loss is None:
                 with trainer.model.disable_adapter():
                     fitted.base_val_loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
-        callback.live.end()
+        if callback.live is not None:
+            callback.live.end()
         return fitted
 
 
