@@ -87,7 +87,7 @@ def synthetic_rows(tokenizer, lengths: list[list[int]], n: int, seed: int) -> li
             for q, a in (rng.choice(lengths) for _ in range(n))]
 
 
-def build(shape: str, folder: Path, n_rows: int, layers: int | None = None) -> None:
+def build(shape: str, folder: Path, n_rows: int, layers: int | None = None, fixed_length: int = 0) -> None:
     import importlib
 
     import pyarrow as pa
@@ -124,6 +124,8 @@ def build(shape: str, folder: Path, n_rows: int, layers: int | None = None) -> N
         "package": "bench/train_throughput.py", "package_version": "-", "file": "model.safetensors",
         "file_sha256": "-", "params": params, "layers": config.num_hidden_layers}))
     lengths = json.loads((REPO / "bench" / "format_row_lengths.json").read_text())["lengths"]
+    if fixed_length:  # every row about as long (bench/train_multigpu.py counts a step's tokens)
+        lengths = [[fixed_length // 4, fixed_length - fixed_length // 4]]
     conversations = synthetic_rows(tok, lengths, n_rows, seed=1)
     rows = [{"doc_id": f"d{i}", "source": "bench", "url": f"u{i}", "fetched_at": "2026-01-01T00:00:00Z",
              "content_sha256": "0" * 64, "pair_id": f"p{i}", "task": "doc_qa", "split": "train",
@@ -131,6 +133,13 @@ def build(shape: str, folder: Path, n_rows: int, layers: int | None = None) -> N
              "n_expected_special_ids": fmt.expected_special_ids(m)} for i, m in enumerate(conversations)]
     pq.write_table(pa.Table.from_pylist(rows, schema=CHAT_ROWS), folder / "train.parquet")
     pq.write_table(pa.Table.from_pylist([], schema=CHAT_ROWS), folder / "val.parquet")
+    from webtune.training.supervision import encode_rows
+
+    enc = encode_rows(fmt, tok, [r["pair_id"] for r in rows], conversations, channels=("final",), turns="all",
+                      max_length=100_000)
+    row_tokens = [len(ids) for ids in enc.input_ids]
+    (folder / "row_tokens.json").write_text(json.dumps({
+        "tokens_per_row": sum(row_tokens) / len(row_tokens), "min": min(row_tokens), "max": max(row_tokens)}))
     print(json.dumps({"shape": shape, "params": params, "rows": n_rows,
                       "build_s": round(time.perf_counter() - t0, 1)}))
 
@@ -281,6 +290,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/throughput"))
     parser.add_argument("--rows", type=int, default=4000, help="synthetic train rows (build)")
     parser.add_argument("--layers", type=int, default=None, help="fewer layers than the shape (build)")
+    parser.add_argument("--fixed-length", type=int, default=0,
+                        help="rows of one question/answer length, not the format stage's histogram; the "
+                        "toy tokenizer's count comes out ~1.6x higher (row_tokens.json has it) (build)")
     parser.add_argument("--config", choices=["seed", "hf", "unsloth"], default="unsloth")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps (the seed's max_steps: 60)")
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
@@ -294,7 +306,7 @@ def main() -> None:
              "lengths": lengths}) + "\n")
         return
     if args.step == "build":
-        build(args.shape, args.dir, args.rows, args.layers)
+        build(args.shape, args.dir, args.rows, args.layers, args.fixed_length)
         return
     result = run(args.config, args.dir, args.steps, args.warmup)
     print(json.dumps(result))
