@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
+from emit import emit  # noqa: E402  (bench/ is the script's folder)
 
 
 def dvclive_stand_in() -> None:
@@ -134,10 +135,7 @@ def main() -> None:
         return
     result = (train_with(args.dir, args.backend, args.four_bit) if args.step == "train"
               else reload(args.dir, args.adapter))
-    print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
+from emit import emit  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_LINE = re.compile(r"^train: step (\d+)/\d+ +loss [\d.]+ +\((\d+) s\)$")
@@ -70,10 +71,7 @@ def main() -> None:
     base = results[0]["tokens_per_s"]
     for result in results:
         result["speedup"] = round(result["tokens_per_s"] / base, 3)
-        print(json.dumps(result))
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        emit(result, args.out)
 
 
 if __name__ == "__main__":

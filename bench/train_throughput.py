@@ -35,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
+from emit import emit  # noqa: E402  (bench/ is the script's folder)
+
 H200_BF16_DENSE_FLOPS = 989e12  # NVIDIA's datasheet (H100/H200 SXM, dense)
 SEED_LORA = dict(r=8, alpha=16, dropout=0.0,
                  target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
@@ -309,10 +311,7 @@ def main() -> None:
         build(args.shape, args.dir, args.rows, args.layers, args.fixed_length)
         return
     result = run(args.config, args.dir, args.steps, args.warmup)
-    print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
