@@ -6,8 +6,15 @@ Unsloth patches transformers as it is imported).
     python bench/gpu_unsloth_smoke.py train  --dir /tmp/smoke --backend unsloth [--4bit]
     python bench/gpu_unsloth_smoke.py reload --dir /tmp/smoke --adapter unsloth   # plain transformers + PEFT
 
-No weights can be downloaded on the GPU machine, so the base is a Llama shape built from a config with a
-toy ChatML tokenizer (tests/toys.py); the rows are the train stage test's learnable pattern. What it
+The embedded default's data (issue 13's loss match; bench/gpu_default_loss.sh carries its base there):
+
+    python bench/gpu_unsloth_smoke.py train  --dir D --rows data/format --backend hf   # D/base: base stage's
+    python bench/gpu_unsloth_smoke.py train  --dir D --rows data/format --backend unsloth --4bit \
+        --batch-tokens 0                                                               # hf's batches
+    python bench/gpu_unsloth_smoke.py reload --dir D --rows data/format --adapter hf   # test loss, plain PEFT
+
+No weights can be downloaded on the GPU machine, so the smoke base is a Llama shape built from a config
+with a toy ChatML tokenizer (tests/toys.py); the rows are the train stage test's learnable pattern. What it
 shows: Unsloth loads the base stage's folder, attaches its LoRA, runs the same loop (mask check, curves,
 checkpoints, card), and its adapter loads with PeftModel.from_pretrained on a plain transformers base.
 The GPU image has no dvclive (it would need dvc's own packages): a stand-in that drops the curve points
@@ -71,7 +78,10 @@ def build(folder: Path) -> None:
     write_rows(folder / "val.parquet", 32, seed=2)
 
 
-def train_with(folder: Path, backend: str, four_bit: bool) -> dict:
+def train_with(folder: Path, backend: str, four_bit: bool, rows: Path | None = None,
+               batch_tokens: int | None = None) -> dict:
+    """One train stage run. With `rows` (a format stage's folder): params.yaml as it is, on those rows
+    and on the base in folder/base (the embedded default's, built there by the base stage)."""
     if backend == "unsloth":
         import unsloth  # noqa: F401  (first, as Unsloth asks)
     dvclive_stand_in()
@@ -79,13 +89,18 @@ def train_with(folder: Path, backend: str, four_bit: bool) -> dict:
     from webtune.params import load_section
 
     params = load_section("train", REPO / "params.yaml")
-    params = dataclasses.replace(params, backend=backend, max_steps=40, batch_size=8, learning_rate=1e-3,
-                                 eval_steps=40, save_steps=20, eval_rows=0,
-                                 unsloth=dataclasses.replace(params.unsloth, load_in_4bit=four_bit))
-    name = backend + ("-4bit" if four_bit else "")
+    unsloth_knobs = dataclasses.replace(params.unsloth, load_in_4bit=four_bit)
+    if batch_tokens is not None:
+        unsloth_knobs = dataclasses.replace(unsloth_knobs, batch_tokens=batch_tokens)
+    if rows is None:  # the smoke run: the learnable pattern of the train stage test
+        params = dataclasses.replace(params, max_steps=40, batch_size=8, learning_rate=1e-3, eval_steps=40,
+                                     save_steps=20, eval_rows=0)
+    params = dataclasses.replace(params, backend=backend, unsloth=unsloth_knobs)
+    rows = rows or folder
+    name = backend + ("-4bit" if four_bit else "") + (f"-{batch_tokens}" if batch_tokens is not None else "")
     t0 = time.perf_counter()
     metrics = train.train(params=params, max_length=512, base_dir=folder / "base",
-                          train_path=folder / "train.parquet", val_path=folder / "val.parquet",
+                          train_path=rows / "train.parquet", val_path=rows / "val.parquet",
                           checkpoints=folder / f"ckpt-{name}", out=folder / f"adapter-{name}",
                           mask_report_path=folder / f"mask-{name}.md", live_dir=folder / f"live-{name}")
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
@@ -95,28 +110,38 @@ def train_with(folder: Path, backend: str, four_bit: bool) -> dict:
     return {name: metrics}
 
 
-def reload(folder: Path, adapter: str) -> dict:
-    """The adapter on a plain transformers base (no Unsloth imported): its val loss, recomputed."""
+def reload(folder: Path, adapter: str, split: Path | None = None) -> dict:
+    """The adapter on a plain transformers base (no Unsloth imported): its loss on `split` (default:
+    the smoke run's val rows), recomputed token-weighted, and the base's."""
     import torch
 
     from webtune.io import read_chat_rows
     from webtune.models import load_adapter, load_base
     from webtune.training.supervision import encode_rows
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_base(folder / "base")
-    base.model.to("cuda", torch.bfloat16)
+    base.model.to(device, torch.bfloat16)
     model = load_adapter(base, folder / f"adapter-{adapter}").eval()
-    ids, rows = read_chat_rows(folder / "val.parquet")
+    split = split or folder / "val.parquet"
+    ids, rows = read_chat_rows(split)
     enc = encode_rows(base.chat_format, base.tokenizer, ids, rows, channels=["final"], turns="all",
                       max_length=512)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for row_ids, labels in zip(enc.input_ids, enc.labels(), strict=True):
-            out = model(input_ids=torch.tensor([row_ids], device="cuda"),
-                        labels=torch.tensor([labels], device="cuda"))
-            n = sum(1 for lab in labels[1:] if lab != -100)
-            total, count = total + out.loss.item() * n, count + n
-    return {f"reload-{adapter}": {"val_loss_plain_peft": round(total / count, 6),
+
+    def loss() -> float:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for row_ids, labels in zip(enc.input_ids, enc.labels(), strict=True):
+                out = model(input_ids=torch.tensor([row_ids], device=device),
+                            labels=torch.tensor([labels], device=device))
+                n = sum(1 for lab in labels[1:] if lab != -100)
+                total, count = total + out.loss.item() * n, count + n
+        return round(total / count, 6)
+
+    adapted = loss()
+    with model.disable_adapter():
+        base_loss = loss()
+    return {f"reload-{adapter}": {"split": split.name, "loss_plain_peft": adapted, "base_loss": base_loss,
                                   "model_class": type(model).__name__}}
 
 
@@ -128,13 +153,17 @@ def main() -> None:
     parser.add_argument("--backend", default="hf")
     parser.add_argument("--4bit", dest="four_bit", action="store_true")
     parser.add_argument("--adapter", default="unsloth")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="a format stage's folder (train/val/test.parquet): the embedded default's run")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="train.unsloth.batch_tokens instead")
     parser.add_argument("--out", type=Path, default=None, help="append the result (JSON lines)")
     args = parser.parse_args()
     if args.step == "build":
         build(args.dir)
         return
-    result = (train_with(args.dir, args.backend, args.four_bit) if args.step == "train"
-              else reload(args.dir, args.adapter))
+    result = (train_with(args.dir, args.backend, args.four_bit, args.rows, args.batch_tokens)
+              if args.step == "train"
+              else reload(args.dir, args.adapter, args.rows / "test.parquet" if args.rows else None))
     emit(result, args.out)
 
 

