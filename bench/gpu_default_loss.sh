@@ -6,7 +6,7 @@
 #   run 1, carry [.gpu_site.tgz, .gpu_smollm2/part.aa, .gpu_smollm2/meta, data/format]:
 #       bash bench/gpu_default_loss.sh stage
 #   run 2 (at once), carry [.gpu_smollm2/part.ab, .gpu_smollm2/part.ac]:
-#       bash bench/gpu_default_loss.sh run
+#       bash bench/gpu_default_loss.sh run   (RUNS="unsloth-0 unsloth probe": other runs than the three)
 set -e
 case "$1" in
 stage)
@@ -19,9 +19,20 @@ run)
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   python -m stages.base --out /tmp/d/base --metrics /tmp/d/base.json > "$OUT/base.log" 2>&1; tail -1 "$OUT/base.log"
   smoke() { python bench/gpu_unsloth_smoke.py "$@" --dir /tmp/d --rows /tmp/format --out "$OUT/default_loss.jsonl"; }
-  smoke train --backend hf > "$OUT/hf.log" 2>&1; tail -1 "$OUT/hf.log"
-  smoke train --backend unsloth --4bit --batch-tokens 0 > "$OUT/unsloth-rows.log" 2>&1; tail -1 "$OUT/unsloth-rows.log"
-  smoke train --backend unsloth --4bit > "$OUT/unsloth-default.log" 2>&1; tail -1 "$OUT/unsloth-default.log"
-  for adapter in hf unsloth-4bit-0 unsloth-4bit; do smoke reload --adapter "$adapter" | tail -1; done ;;
+  # Each run is named as gpu_unsloth_smoke names its adapter; "unsloth-0" (bf16 base, hf's batches) tells
+  # the 4-bit base's share of a difference from the batches' share.
+  for run in ${RUNS:-hf unsloth-4bit-0 unsloth-4bit}; do
+    case "$run" in
+      hf) smoke train --backend hf ;;
+      unsloth-4bit-0) smoke train --backend unsloth --4bit --batch-tokens 0 ;;
+      unsloth-4bit) smoke train --backend unsloth --4bit ;;
+      unsloth-0) smoke train --backend unsloth --batch-tokens 0 ;;
+      unsloth) smoke train --backend unsloth ;;
+      probe) for b in "hf" "unsloth" "unsloth --4bit"; do smoke probe --backend $b; done ;;
+      *) echo "unknown run $run"; exit 2 ;;
+    esac > "$OUT/$run.log" 2>&1
+    tail -1 "$OUT/$run.log"
+    [ "$run" = probe ] || smoke reload --adapter "$run" | tail -1
+  done ;;
 *) echo "usage: $0 stage|run"; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ The embedded default's data (issue 13's loss match; bench/gpu_default_loss.sh ca
     python bench/gpu_unsloth_smoke.py train  --dir D --rows data/format --backend unsloth --4bit \
         --batch-tokens 0                                                               # hf's batches
     python bench/gpu_unsloth_smoke.py reload --dir D --rows data/format --adapter hf   # test loss, plain PEFT
+    python bench/gpu_unsloth_smoke.py probe  --dir D --backend unsloth --4bit        # the packing probe
 
 No weights can be downloaded on the GPU machine, so the smoke base is a Llama shape built from a config
 with a toy ChatML tokenizer (tests/toys.py); the rows are the train stage test's learnable pattern. What it
@@ -110,6 +111,32 @@ def train_with(folder: Path, backend: str, four_bit: bool, rows: Path | None = N
     return {name: metrics}
 
 
+def probe(folder: Path, backend: str, four_bit: bool) -> dict:
+    """The packing probe as the train stage runs it on this base, both of its parts and the logits' scale
+    (which tells kernel noise from a real difference)."""
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (first, as Unsloth asks)
+    import torch
+
+    from webtune.params import load_section
+    from webtune.training import get_backend
+
+    params = load_section("train", REPO / "params.yaml")
+    params = dataclasses.replace(params, backend=backend,
+                                 unsloth=dataclasses.replace(params.unsloth, load_in_4bit=four_bit))
+    chosen = get_backend(backend)
+    base = chosen.load(folder / "base", params, max_length=512)
+    if backend == "hf":
+        base.model.to("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16)
+    result = chosen.packing_probe(base)
+    with torch.no_grad():
+        ids = torch.tensor([[base.tokenizer.eos_token_id] * 8], device=next(base.model.parameters()).device)
+        scale = base.model(input_ids=ids, use_cache=False).logits.float().abs().max().item()
+    name = backend + ("-4bit" if four_bit else "")
+    return {f"probe-{name}": {"cross": result.cross, "apart": result.apart, "passes": result.passes,
+                              "logit_scale": round(scale, 2)}}
+
+
 def reload(folder: Path, adapter: str, split: Path | None = None) -> dict:
     """The adapter on a plain transformers base (no Unsloth imported): its loss on `split` (default:
     the smoke run's val rows), recomputed token-weighted, and the base's."""
@@ -148,7 +175,7 @@ def reload(folder: Path, adapter: str, split: Path | None = None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["build", "train", "reload"])
+    parser.add_argument("step", choices=["build", "train", "probe", "reload"])
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--backend", default="hf")
     parser.add_argument("--4bit", dest="four_bit", action="store_true")
@@ -161,9 +188,12 @@ def main() -> None:
     if args.step == "build":
         build(args.dir)
         return
-    result = (train_with(args.dir, args.backend, args.four_bit, args.rows, args.batch_tokens)
-              if args.step == "train"
-              else reload(args.dir, args.adapter, args.rows / "test.parquet" if args.rows else None))
+    if args.step == "train":
+        result = train_with(args.dir, args.backend, args.four_bit, args.rows, args.batch_tokens)
+    elif args.step == "probe":
+        result = probe(args.dir, args.backend, args.four_bit)
+    else:
+        result = reload(args.dir, args.adapter, args.rows / "test.parquet" if args.rows else None)
     emit(result, args.out)
 
 

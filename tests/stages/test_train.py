@@ -278,11 +278,11 @@ def test_token_budget_batches_are_padded_on_gpt_oss_and_padding_free_is_refused(
     metrics = run_train(tmp_path / "auto", tiny_base, token_budget_params("auto"), n_train=16, n_val=4,
                         progress=said.append)
     assert metrics["batch_layout"] == "padded"
-    assert any(line.startswith("train: padded micro-batches: rows laid end to end leak attention in this "
-                               "gpt_oss model") for line in said), said
+    assert any(line.startswith("train: padded micro-batches: in this gpt_oss model rows laid end to end "
+                               "attend to each other") for line in said), said
     (tmp_path / "forced").mkdir()
-    with pytest.raises(TrainError, match=r"^train.hf.batch_layout is padding_free, but rows laid end to end "
-                                         r"attend to each other in this gpt_oss model"):
+    with pytest.raises(TrainError, match=r"^train.hf.batch_layout is padding_free, but in this gpt_oss model "
+                                         r"rows laid end to end attend to each other"):
         run_train(tmp_path / "forced", tiny_base, token_budget_params("padding_free"), n_train=16, n_val=4)
     assert not (tmp_path / "forced" / "adapter").exists()
     assert not list((tmp_path / "forced" / "checkpoints").glob("checkpoint-*"))

@@ -82,11 +82,11 @@ class Backend(abc.ABC):
         """(tokens per micro-batch, 0 = train.batch_size rows; layout: auto | padded | padding_free)."""
         return 0, "padded"
 
-    def packing_leak(self, base) -> float:
-        """Max logit difference between rows run apart and laid end to end (webtune.models.packing)."""
-        from webtune.models.packing import packing_leak
+    def packing_probe(self, base):
+        """webtune.models.packing.Probe: may rows be laid end to end in this model?"""
+        from webtune.models.packing import probe_packing
 
-        return packing_leak(base.model, base.tokenizer)
+        return probe_packing(base.model, base.tokenizer)
 
     @abc.abstractmethod
     def fit(self, base, job: FitJob) -> Fitted:

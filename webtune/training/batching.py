@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from webtune.models.packing import PROBE_TOLERANCE
+from webtune.models.packing import Probe
 from webtune.training import TrainError
 from webtune.training.run import row_order
 
@@ -86,21 +86,19 @@ def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int], padd
     return 1 - real / total if total else 0.0
 
 
-def choose_padding_free(layout: str, leak: Callable[[], float], key: str, model_type: str,
+def choose_padding_free(layout: str, probe: Callable[[], Probe], key: str, model_type: str,
                         progress: Callable[[str], None]) -> bool:
-    """batch_layout -> whether this run lays rows end to end; `leak` runs the packing probe."""
+    """batch_layout -> whether this run lays rows end to end; `probe` runs the packing probe."""
     if layout == "padded":
         return False
-    difference = leak()
-    if difference <= PROBE_TOLERANCE:
-        progress(f"train: padding-free micro-batches (packing probe: max logit difference {difference:.2e})")
+    result = probe()
+    if result.passes:
+        progress(f"train: padding-free micro-batches ({result})")
         return True
     if layout == "padding_free":
-        raise TrainError(f"{key} is padding_free, but rows laid end to end attend to each other in this "
-                         f"{model_type} model (packing probe: max logit difference {difference:.3g}, "
-                         f"tolerance {PROBE_TOLERANCE}): set {key}: padded (or auto)")
-    progress(f"train: padded micro-batches: rows laid end to end leak attention in this {model_type} model "
-             f"(packing probe: max logit difference {difference:.3g})")
+        raise TrainError(f"{key} is padding_free, but in this {model_type} model {result.failure()}: "
+                         f"set {key}: padded (or auto)")
+    progress(f"train: padded micro-batches: in this {model_type} model {result.failure()}")
     return False
 
 
@@ -134,7 +132,7 @@ def plan_run(params, backend, base, lengths: Sequence[int], progress: Callable[[
         total_steps = params.max_steps or math.ceil(params.epochs * len(lengths) / rows_per_step)
         order = row_order(lengths, total_steps * rows_per_step, rows_per_step, params.seed)
         return RunPlan(total_steps, order, None, False)
-    padding_free = choose_padding_free(layout, lambda: backend.packing_leak(base),
+    padding_free = choose_padding_free(layout, lambda: backend.packing_probe(base),
                                        f"train.{backend.name}.batch_layout", base.model.config.model_type,
                                        progress)
     per_step = params.grad_accum * processes

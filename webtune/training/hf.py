@@ -209,8 +209,7 @@ class HfBackend(Backend):
         model = base.model
         prepare_for_lora(model)
         if params.packing:
-            job.progress("train: packing probe passed "
-                         f"(max logit difference {check_packing(model, base.tokenizer):.2e})")
+            job.progress(f"train: packing probe passed ({check_packing(model, base.tokenizer)})")
         config = SFTConfig(
             output_dir=str(job.checkpoints),
             max_steps=-1,  # the dataset below holds exactly total_steps batches, in the run's order

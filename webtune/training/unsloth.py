@@ -135,14 +135,14 @@ class UnslothBackend(HfBackend):
     def batching(self, params) -> tuple[int, str]:
         return params.unsloth.batch_tokens, params.unsloth.batch_layout
 
-    def packing_leak(self, base) -> float:
+    def packing_probe(self, base):
         """The probe on Unsloth's own padding-free path: its collator hands the model the rows' lengths."""
         import torch
 
-        from webtune.models.packing import packing_leak
+        from webtune.models.packing import probe_packing
 
         lengths = (24, 17)
-        return packing_leak(base.model, base.tokenizer, lengths, packed_inputs={
+        return probe_packing(base.model, base.tokenizer, lengths, packed_inputs={
             "packed_seq_lengths": torch.tensor(lengths, dtype=torch.int32)})
 
 

@@ -6,6 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from webtune.formats.harmony import FORMAT
+from webtune.models.packing import Probe
 from webtune.training import TrainError, batching
 from webtune.training.hf import planned_trainer, to_dataset
 from webtune.training.supervision import IGNORE, encode_rows
@@ -51,22 +52,27 @@ def test_a_row_longer_than_the_budget_is_refused_naming_it():
 def test_the_layout_follows_the_packing_probe():
     said, probed = [], []
 
-    def choose(layout, leak, model_type):
-        probe = lambda: probed.append(leak) or leak  # noqa: E731
+    def choose(layout, cross, model_type, apart=0.0):
+        probe = lambda: probed.append(cross) or Probe(cross=cross, apart=apart)  # noqa: E731
         return batching.choose_padding_free(layout, probe, "train.hf.batch_layout", model_type, said.append)
 
     assert choose("padded", 0.0, "llama") is False
     assert probed == [] and said == []  # padded never runs the probe
-    assert choose("auto", 1e-6, "llama") is True
+    assert choose("auto", 1e-6, "llama", apart=0.04) is True  # kernel noise against the rows run alone
     assert choose("auto", 2.8, "gpt_oss") is False
-    assert said == ["train: padding-free micro-batches (packing probe: max logit difference 1.00e-06)",
-                    "train: padded micro-batches: rows laid end to end leak attention in this gpt_oss model "
-                    "(packing probe: max logit difference 2.8)"]
+    assert choose("auto", 0.0, "llama", apart=1.15) is False
+    assert said == [
+        "train: padding-free micro-batches (packing probe: across rows 1e-06, against rows run alone 4.0%)",
+        "train: padded micro-batches: in this gpt_oss model rows laid end to end attend to each other "
+        "(a row's logits move by 2.8 when the row before it changes; tolerance 0.0001)",
+        "train: padded micro-batches: in this llama model rows laid end to end give other logits than the "
+        "same rows run alone (by 115% of the largest logit; kernel noise stays below 25%): their positions "
+        "are not kept"]
     with pytest.raises(TrainError) as error:
         choose("padding_free", 2.8, "gpt_oss")
     assert str(error.value) == (
-        "train.hf.batch_layout is padding_free, but rows laid end to end attend to each other in this "
-        "gpt_oss model (packing probe: max logit difference 2.8, tolerance 0.0001): "
+        "train.hf.batch_layout is padding_free, but in this gpt_oss model rows laid end to end attend to "
+        "each other (a row's logits move by 2.8 when the row before it changes; tolerance 0.0001): "
         "set train.hf.batch_layout: padded (or auto)")
 
 

@@ -10,7 +10,7 @@ from tests.stages.test_train import run_train, small_params
 from webtune.errors import UserError
 from webtune.formats.harmony import FORMAT
 from webtune.models import INFO_FILE, MODEL_DIR, TOKENIZER_DIR, load_base
-from webtune.models.packing import PROBE_TOLERANCE, check_packing, packing_leak
+from webtune.models.packing import PROBE_TOLERANCE, SEPARATE_TOLERANCE, check_packing, probe_packing
 from webtune.training import TrainError
 from webtune.training.hf import check_prepared, final_train_loss, to_dataset
 from webtune.training.supervision import encode_rows
@@ -73,13 +73,44 @@ def test_packing_probe_passes_llama_and_refuses_gpt_oss(tok, tiny_base):
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                          attn_implementation="eager"))
-    assert packing_leak(llama, tok) < PROBE_TOLERANCE
-    assert check_packing(llama, tok) < PROBE_TOLERANCE
+    probe = probe_packing(llama, tok)
+    assert probe.cross < PROBE_TOLERANCE and probe.apart < 1e-4 and probe.passes  # fp32 on a CPU: exact
+    assert check_packing(llama, tok).passes
 
     gpt_oss = load_base(tiny_base).model
-    assert packing_leak(gpt_oss, tok) > 100 * PROBE_TOLERANCE  # the documented leak
-    with pytest.raises(UserError, match="leak attention .* gpt_oss .*set train.packing: false"):
+    probe = probe_packing(gpt_oss, tok)
+    assert probe.cross > 100 * PROBE_TOLERANCE and not probe.passes  # the documented leak
+    refusal = (r"in this gpt_oss model with transformers rows laid end to end attend to each other \(a row's "
+               r"logits move by .* when the row before it changes; tolerance 0.0001\): "
+               r"set train.packing: false\.$")
+    with pytest.raises(UserError, match=refusal):
         check_packing(gpt_oss, tok)
+
+
+def test_packing_that_loses_positions_is_refused_even_when_rows_stay_apart(tok):
+    """A packed path that keeps rows apart but misreads their positions (here: each row run alone at twice
+    its position ids) passes the test across rows: the comparison with the rows run alone catches it."""
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="eager"))
+
+    class ShiftedPositions(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = llama, llama.config
+
+        def forward(self, input_ids, position_ids=None, **kwargs):
+            if position_ids is None:
+                return self.inner(input_ids=input_ids, **kwargs)
+            starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [input_ids.shape[1]]
+            logits = [self.inner(input_ids=input_ids[:, a:b], position_ids=2 * position_ids[:, a:b],
+                                 **kwargs).logits for a, b in zip(starts, starts[1:], strict=False)]
+            return type("Out", (), {"logits": torch.cat(logits, dim=1)})()
+
+    probe = probe_packing(ShiftedPositions(), tok)
+    assert probe.cross == 0.0 and probe.apart > SEPARATE_TOLERANCE and not probe.passes
+    assert probe.failure().startswith("rows laid end to end give other logits than the same rows run alone")
 
 
 # --- NaN guard ------------------------------------------------------------------------------------
@@ -99,7 +130,7 @@ def test_a_nan_loss_stops_training_and_writes_no_adapter(tmp_path, tiny_base):
 
 
 def test_packing_on_gpt_oss_stops_the_run_before_any_step(tiny_base, tmp_path):
-    with pytest.raises(UserError, match="packed rows leak attention"):
+    with pytest.raises(UserError, match="rows laid end to end attend to each other"):
         run_train(tmp_path, tiny_base, small_params(packing=True), n_train=8, n_val=4)
     assert not (tmp_path / "adapter").exists()
     assert not list((tmp_path / "checkpoints").glob("checkpoint-*"))
