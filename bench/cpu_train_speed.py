@@ -1,4 +1,5 @@
-"""CPU training speed of the default base (SmolLM2-135M-Instruct, LoRA): tokens/s in fp32 and bf16 autocast.
+"""CPU training speed of the default base (SmolLM2-135M-Instruct, LoRA): tokens/s in fp32 and bf16 autocast,
+with and without gradient checkpointing.
 
     python bench/cpu_train_speed.py --base models/base --train data/format/train.parquet \
         --val data/format/val.parquet --steps 10 --out bench/cpu_train_speed.json
@@ -26,11 +27,12 @@ from webtune.params import load_section  # noqa: E402
 from webtune.training.hf import native_cpu_bf16  # noqa: E402
 
 
-def run(args, precision: str, threads: int) -> dict:
+def run(args, precision: str, threads: int, checkpointing: bool) -> dict:
     params = load_section("train", args.params)
     params = dataclasses.replace(params, max_steps=args.steps, eval_steps=10**6, save_steps=10**6,
                                  logging_steps=max(1, args.steps // 2), eval_rows=4,
-                                 hf=dataclasses.replace(params.hf, precision=precision, threads=threads))
+                                 hf=dataclasses.replace(params.hf, precision=precision, threads=threads,
+                                                        gradient_checkpointing=checkpointing))
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -40,9 +42,11 @@ def run(args, precision: str, threads: int) -> dict:
                               live_dir=tmp / "live", progress=lines.append)
     speed = next(float(m.group(1).replace(",", "")) for line in lines
                  if (m := re.search(r"([\d,]+) tokens/s", line)))
-    print(f"{precision} x {threads} threads: {speed:,.0f} tokens/s ({metrics['precision']} ran)", flush=True)
+    print(f"{precision} x {threads} threads, gradient checkpointing {'on' if checkpointing else 'off'}: "
+          f"{speed:,.0f} tokens/s ({metrics['precision']} ran)", flush=True)
     return {"precision_asked": precision, "precision_ran": metrics["precision"], "threads": threads,
-            "steps": args.steps, "batch_size": params.batch_size, "tokens_per_s": round(speed, 1)}
+            "gradient_checkpointing": checkpointing, "steps": args.steps, "batch_size": params.batch_size,
+            "tokens_per_s": round(speed, 1)}
 
 
 def main() -> None:
@@ -53,10 +57,12 @@ def main() -> None:
     parser.add_argument("--val", type=Path, default=Path("data/format/val.parquet"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--runs", default="fp32:2,bf16:2,fp32:1", help="precision:threads, comma-separated")
+    parser.add_argument("--runs", default="bf16:2,bf16:2:gc,fp32:2,fp32:2:gc,bf16:1",
+                        help="precision:threads[:gc], comma-separated (gc: gradient checkpointing on)")
     parser.add_argument("--out", type=Path, default=Path("bench/cpu_train_speed.json"))
     args = parser.parse_args()
-    results = [run(args, p, int(t)) for p, t in (r.split(":") for r in args.runs.split(","))]
+    specs = [r.split(":") for r in args.runs.split(",")]
+    results = [run(args, spec[0], int(spec[1]), spec[2:] == ["gc"]) for spec in specs]
     report = {"cpu": platform.processor() or platform.machine(), "native_bf16": native_cpu_bf16(),
               "base": json.loads((args.base / "model" / "base.json").read_text())["model"], "runs": results}
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -269,6 +269,7 @@ class HfParams:
     batch_tokens: int = knob(at_least(0))
     batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
     processes: int = knob(at_least(1))
+    gradient_checkpointing: bool = knob()
 
 
 @dataclasses.dataclass(frozen=True)

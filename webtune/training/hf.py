@@ -191,6 +191,10 @@ class HfBackend(Backend):
     def batching(self, params) -> tuple[int, str]:
         return params.hf.batch_tokens, params.hf.batch_layout
 
+    def trainer_checkpointing(self, params) -> bool:
+        """SFTConfig.gradient_checkpointing: TRL defaults it to True, which on a CPU only costs time."""
+        return params.hf.gradient_checkpointing
+
     def fit(self, base, job: FitJob) -> Fitted:
         import datasets
         from transformers.trainer_callback import PrinterCallback
@@ -222,6 +226,7 @@ class HfBackend(Backend):
             warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a share of the steps in transformers 5
             weight_decay=params.weight_decay,
             max_grad_norm=params.max_grad_norm,
+            gradient_checkpointing=self.trainer_checkpointing(params),
             # every row was checked to fit: nothing is cut (and a packing block). Padding-free without
             # packing must pass None (TRL refuses a limit it would not enforce).
             max_length=None if job.padding_free and not params.packing else job.max_length,

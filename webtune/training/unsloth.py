@@ -135,6 +135,11 @@ class UnslothBackend(HfBackend):
     def batching(self, params) -> tuple[int, str]:
         return params.unsloth.batch_tokens, params.unsloth.batch_layout
 
+    def trainer_checkpointing(self, params) -> bool:
+        # Unsloth's trainer takes the kind get_peft_model set on the model and reads this flag only where
+        # none was set; True (TRL's default, what bench/RESULTS.md measured) unless it is off altogether.
+        return params.unsloth.gradient_checkpointing != "off"
+
     def packing_probe(self, base):
         """The probe on Unsloth's own padding-free path: its collator hands the model the rows' lengths."""
         import torch

@@ -1,5 +1,6 @@
 """Backend hf: the trainer's labels checked against the mask, the packing probe, and the NaN guard."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -134,3 +135,27 @@ def test_packing_on_gpt_oss_stops_the_run_before_any_step(tiny_base, tmp_path):
         run_train(tmp_path, tiny_base, small_params(packing=True), n_train=8, n_val=4)
     assert not (tmp_path / "adapter").exists()
     assert not list((tmp_path / "checkpoints").glob("checkpoint-*"))
+
+
+# --- gradient checkpointing -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_trainer_checkpoints_activations_only_when_told(tiny_base, tmp_path, monkeypatch, checkpointing):
+    """TRL's SFTConfig turns gradient checkpointing on unless told: on a CPU that costs ~18% of the
+    speed for nothing (bench/cpu_train_speed.json), so train.hf.gradient_checkpointing decides."""
+    import transformers
+
+    seen = []
+    train_step = transformers.Trainer.training_step
+
+    def recording_step(self, model, *args, **kwargs):
+        seen.append(self.accelerator.unwrap_model(model).is_gradient_checkpointing)
+        return train_step(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", recording_step)
+    defaults = small_params(max_steps=2, eval_steps=10, save_steps=10)
+    params = dataclasses.replace(defaults, hf=dataclasses.replace(defaults.hf,
+                                                                  gradient_checkpointing=checkpointing))
+    run_train(tmp_path, tiny_base, params, n_train=8, n_val=4)
+    assert seen == [checkpointing, checkpointing]

@@ -69,6 +69,9 @@ def test_knobs_map_onto_unsloths_calls(params):
         "r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "bias": "none", "target_modules": ["q_proj", "v_proj"],
         "target_parameters": ["mlp.experts.gate_up_proj"], "modules_to_save": None,
         "use_gradient_checkpointing": False, "random_state": 3407}
+    # SFTConfig's flag: Unsloth's trainer reads it only where the model carries no kind of its own
+    assert unsloth.BACKEND.trainer_checkpointing(params) is True
+    assert unsloth.BACKEND.trainer_checkpointing(gpt_oss) is False
 
 
 def test_a_bad_checkpointing_choice_is_refused_naming_the_key(tmp_path):
