@@ -9,7 +9,9 @@ interpreter's environment (install excluded: the goal is about the pipeline), th
 dvc's own "Running stage" lines, timed as they appear), the no-op runs (median and max), and what the
 model half measured: CPU training tokens/s and base vs adapter loss, perplexity, chrF and stop rate.
 
-Goals (issue 3): full repro <= 300 s excluding install; no-op repro <= 1 s.
+Goals (issue 10): `make repro` <= 12 minutes including install, which takes ~3 minutes on these machines,
+so the pipeline's share is <= 540 s; no-op repro <= 1 s. `--force` runs every stage (`dvc repro -f`), as a
+machine whose adapter bytes differ from the lock's does (evaluate is skipped otherwise).
 """
 
 import argparse
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-GOALS = {"full_repro_s": 300.0, "noop_repro_s": 1.0}
+GOALS = {"full_repro_s": 540.0, "noop_repro_s": 1.0}
 
 
 def env() -> dict:
@@ -36,10 +38,11 @@ def env() -> dict:
     }
 
 
-def timed_repro(project: Path) -> tuple[float, dict[str, float]]:
+def timed_repro(project: Path, force: bool = False) -> tuple[float, dict[str, float]]:
     """Wall seconds of `dvc repro`, and per stage from its "Running stage" line to the next one."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env(),
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", *(["-f"] if force else [])], cwd=project,
+                            env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stages, current, started = {}, None, t0
     for line in proc.stdout:
@@ -61,12 +64,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON results file")
     parser.add_argument("--workdir", type=Path, help="clone here and keep it (default: a temporary folder)")
     parser.add_argument("--noop-runs", type=int, default=5)
+    parser.add_argument("--force", action="store_true", help="dvc repro -f: every stage runs")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         project = args.workdir or Path(tmp) / "webtune"
         subprocess.run(["git", "clone", "-q", str(REPO), str(project)], check=True)
-        full_s, stages = timed_repro(project)
+        full_s, stages = timed_repro(project, force=args.force)
         noop = []
         for _ in range(args.noop_runs):
             t = time.perf_counter()
@@ -78,6 +82,7 @@ def main() -> None:
 
     results = {
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "forced": args.force,
         "full_repro_s": round(full_s, 1),
         "stage_s": stages,
         "noop_repro_s": {"median": round(statistics.median(noop), 3), "max": round(max(noop), 3)},
