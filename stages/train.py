@@ -181,13 +181,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         # `auto` is settled before anything else: the run (fingerprint, card) is the backend that runs.
         params = dataclasses.replace(params, backend=resolve(asked, progress=io.stderr))
         backend = get_backend(params.backend)
+        # one run at a time per checkpoint folder: a second `dvc repro` or `exp run` is refused, not mixed in
+        lock_path = args.checkpoints.with_name(args.checkpoints.name + ".lock")
         if getattr(backend, "hosted", False):
             from webtune.training.openai import client_for, require_key
 
             if args.openai_dir is None:
                 raise errors.UserError(f"train.backend {params.backend} needs --openai-dir (format's JSONL)")
             client = client_for(params.openai, require_key())  # the key is checked before any work
-            with runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock")):
+            with runs.exclusive_lock(lock_path):
                 metrics = train_hosted(backend, params=params, openai_dir=args.openai_dir,
                                        checkpoints=args.checkpoints, out=args.out,
                                        mask_report_path=args.mask_report, live_dir=args.live_dir,
@@ -196,12 +198,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         if params.backend == "hf" and params.hf.processes > 1 and not distributed.launched():
             # this process only starts the others (each runs main again, launched) and waits for them
-            with runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock")):
+            with runs.exclusive_lock(lock_path):
                 distributed.launch(params.hf.processes, sys.argv[1:] if argv is None else argv)
             return
         backend.prepare()  # first: Unsloth must be imported before transformers
-        lock = (runs.exclusive_lock(args.checkpoints.with_name(args.checkpoints.name + ".lock"))
-                if distributed.takes_lock() else contextlib.nullcontext())
+        lock = runs.exclusive_lock(lock_path) if distributed.takes_lock() else contextlib.nullcontext()
         with lock:
             metrics = train(params=params, max_length=max_length, base_dir=args.base, train_path=args.train,
                             val_path=args.val, checkpoints=args.checkpoints, out=args.out,

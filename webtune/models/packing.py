@@ -50,7 +50,7 @@ class Probe:
 @torch.no_grad()
 def probe_packing(model, tokenizer, lengths: tuple[int, int] = (24, 17), seed: int = 0,
                   packed_inputs: dict | None = None) -> Probe:
-    """How much a packed row's logits depend on the row packed before it (0: the rows are kept apart).
+    """Whether rows laid end to end stay apart and keep their positions in this model (a Probe).
 
     Two packs that differ only in their first row: where attention stays within rows, the second row's
     logits are the same in both (the same shapes take the same kernels, so this holds in bf16 and 4-bit

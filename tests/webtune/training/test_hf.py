@@ -69,11 +69,15 @@ def test_the_final_train_loss_is_the_mean_of_the_last_tenth_of_the_logs():
 # --- packing probe --------------------------------------------------------------------------------
 
 
+def toy_llama(tok):
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        attn_implementation="eager"))
+
+
 def test_packing_probe_passes_llama_and_refuses_gpt_oss(tok, tiny_base):
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         attn_implementation="eager"))
+    llama = toy_llama(tok)
     probe = probe_packing(llama, tok)
     assert probe.cross < PROBE_TOLERANCE and probe.apart < 1e-4 and probe.passes  # fp32 on a CPU: exact
     assert check_packing(llama, tok).passes
@@ -92,9 +96,7 @@ def test_packing_that_loses_positions_is_refused_even_when_rows_stay_apart(tok):
     """A packed path that keeps rows apart but misreads their positions (here: each row run alone at twice
     its position ids) passes the test across rows: the comparison with the rows run alone catches it."""
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         attn_implementation="eager"))
+    llama = toy_llama(tok)
 
     class ShiftedPositions(torch.nn.Module):
         def __init__(self):
