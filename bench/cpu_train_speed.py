@@ -1,5 +1,6 @@
 """CPU training speed of the default base (SmolLM2-135M-Instruct, LoRA): tokens/s in fp32 and bf16 autocast,
-with and without gradient checkpointing.
+on 1 and 2 threads, with and without gradient checkpointing, and with TRL's fused LM head instead of the
+train stage's full-logits loss (webtune.training.hf.full_logits_on_cpu).
 
     python bench/cpu_train_speed.py --base models/base --train data/format/train.parquet \
         --val data/format/val.parquet --steps 10 --out bench/cpu_train_speed.json
@@ -24,29 +25,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stages import train  # noqa: E402
 from webtune.params import load_section  # noqa: E402
-from webtune.training.hf import native_cpu_bf16  # noqa: E402
+from webtune.training import hf  # noqa: E402
 
 
-def run(args, precision: str, threads: int, checkpointing: bool) -> dict:
+def run(args, precision: str, threads: int, checkpointing: bool, fused_head: bool) -> dict:
     params = load_section("train", args.params)
     params = dataclasses.replace(params, max_steps=args.steps, eval_steps=10**6, save_steps=10**6,
                                  logging_steps=max(1, args.steps // 2), eval_rows=4,
                                  hf=dataclasses.replace(params.hf, precision=precision, threads=threads,
                                                         gradient_checkpointing=checkpointing))
     lines = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        metrics = train.train(params=params, max_length=load_section("format", args.params).max_length,
-                              base_dir=args.base, train_path=args.train, val_path=args.val,
-                              checkpoints=tmp / "ckpt", out=tmp / "adapter", mask_report_path=tmp / "mask.md",
-                              live_dir=tmp / "live", progress=lines.append)
+    shipped = hf.full_logits_on_cpu
+    if fused_head:  # the trainer as TRL ships it
+        hf.full_logits_on_cpu = lambda trainer_class: trainer_class
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            metrics = train.train(params=params, max_length=load_section("format", args.params).max_length,
+                                  base_dir=args.base, train_path=args.train, val_path=args.val,
+                                  checkpoints=tmp / "ckpt", out=tmp / "adapter",
+                                  mask_report_path=tmp / "mask.md", live_dir=tmp / "live",
+                                  progress=lines.append)
+    finally:
+        hf.full_logits_on_cpu = shipped  # the next run measures the stage as it ships
     speed = next(float(m.group(1).replace(",", "")) for line in lines
                  if (m := re.search(r"([\d,]+) tokens/s", line)))
-    print(f"{precision} x {threads} threads, gradient checkpointing {'on' if checkpointing else 'off'}: "
+    print(f"{precision} x {threads} threads, gradient checkpointing {'on' if checkpointing else 'off'}, "
+          f"{'TRL fused LM head' if fused_head else 'full logits'}: "
           f"{speed:,.0f} tokens/s ({metrics['precision']} ran)", flush=True)
     return {"precision_asked": precision, "precision_ran": metrics["precision"], "threads": threads,
-            "gradient_checkpointing": checkpointing, "steps": args.steps, "batch_size": params.batch_size,
-            "tokens_per_s": round(speed, 1)}
+            "gradient_checkpointing": checkpointing,
+            "loss": "trl_fused_lm_head" if fused_head else "full_logits", "steps": args.steps,
+            "batch_size": params.batch_size, "tokens_per_s": round(speed, 1)}
 
 
 def main() -> None:
@@ -56,14 +66,15 @@ def main() -> None:
     parser.add_argument("--train", type=Path, default=Path("data/format/train.parquet"))
     parser.add_argument("--val", type=Path, default=Path("data/format/val.parquet"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--runs", default="bf16:2,bf16:2:gc,fp32:2,fp32:2:gc,bf16:1",
-                        help="precision:threads[:gc], comma-separated (gc: gradient checkpointing on)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", default="bf16:2,fp32:2,bf16:1,fp32:1,bf16:2:gc,bf16:2:fused,fp32:2:fused",
+                        help="precision:threads[:gc][:fused], comma-separated "
+                             "(gc: gradient checkpointing on; fused: TRL's fused LM head)")
     parser.add_argument("--out", type=Path, default=Path("bench/cpu_train_speed.json"))
     args = parser.parse_args()
     specs = [r.split(":") for r in args.runs.split(",")]
-    results = [run(args, spec[0], int(spec[1]), spec[2:] == ["gc"]) for spec in specs]
-    report = {"cpu": platform.processor() or platform.machine(), "native_bf16": native_cpu_bf16(),
+    results = [run(args, spec[0], int(spec[1]), "gc" in spec[2:], "fused" in spec[2:]) for spec in specs]
+    report = {"cpu": platform.processor() or platform.machine(), "native_bf16": hf.native_cpu_bf16(),
               "base": json.loads((args.base / "model" / "base.json").read_text())["model"], "runs": results}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -130,8 +130,9 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         "resumed_from_step": runs.step_of(resume_from) if resume_from else 0,
         "train_rows": len(train_rows),
         "val_rows": len(val_rows),
-        "trained_tokens": report.trained_tokens,
-        "trained_share": round(report.trained_share, 6),
+        # the train split's supervised tokens (the mask report's count), not the tokens the steps saw
+        "train_supervised_tokens": report.trained_tokens,
+        "train_supervised_share": round(report.trained_share, 6),
         "train_loss": round(fitted.train_loss, 6),
         "device": fitted.device,
         "precision": fitted.precision,

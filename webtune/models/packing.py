@@ -89,10 +89,10 @@ def probe_packing(model, tokenizer, lengths: tuple[int, int] = (24, 17), seed: i
                  apart=((together - alone).abs().max() / alone.abs().max()).item())
 
 
-def check_packing(model, tokenizer) -> Probe:
-    """The probe, or UserError when packing would train on rows mixed together."""
-    probe = probe_packing(model, tokenizer)
+def check_packing(probe: Probe, model_type: str) -> Probe:
+    """The probe (the backend's own: Backend.packing_probe), or UserError when packing would train on rows
+    mixed together."""
     if not probe.passes:
-        raise UserError(f"train.packing is true, but in this {model.config.model_type} model with "
+        raise UserError(f"train.packing is true, but in this {model_type} model with "
                         f"transformers {probe.failure()}: set train.packing: false.")
     return probe

@@ -93,7 +93,7 @@ Data (md5, as `dvc.lock` records it for the format stage's outputs):
 {val_section(metrics)}
 
 {metrics['steps']} steps, {metrics['train_rows']} training rows, \
-{metrics['trained_tokens']} supervised tokens per epoch.
+{metrics['train_supervised_tokens']} supervised tokens per epoch.
 
 ## Params (`train` section of params.yaml, less report-only knobs)
 

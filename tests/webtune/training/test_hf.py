@@ -80,7 +80,7 @@ def test_packing_probe_passes_llama_and_refuses_gpt_oss(tok, tiny_base):
     llama = toy_llama(tok)
     probe = probe_packing(llama, tok)
     assert probe.cross < PROBE_TOLERANCE and probe.apart < 1e-4 and probe.passes  # fp32 on a CPU: exact
-    assert check_packing(llama, tok).passes
+    assert check_packing(probe, "llama") is probe
 
     gpt_oss = load_base(tiny_base).model
     probe = probe_packing(gpt_oss, tok)
@@ -89,7 +89,7 @@ def test_packing_probe_passes_llama_and_refuses_gpt_oss(tok, tiny_base):
                r"logits move by .* when the row before it changes; tolerance 0.0001\): "
                r"set train.packing: false\.$")
     with pytest.raises(UserError, match=refusal):
-        check_packing(gpt_oss, tok)
+        check_packing(probe, gpt_oss.config.model_type)
 
 
 def test_packing_that_loses_positions_is_refused_even_when_rows_stay_apart(tok):
@@ -161,3 +161,44 @@ def test_the_trainer_checkpoints_activations_only_when_told(tiny_base, tmp_path,
                                                                   gradient_checkpointing=checkpointing))
     run_train(tmp_path, tiny_base, params, n_train=8, n_val=4)
     assert seen == [checkpointing, checkpointing]
+
+
+# --- the loss on a CPU ----------------------------------------------------------------------------
+
+
+def test_on_a_cpu_the_loss_comes_from_full_logits_and_equals_trls_fused_loss(tok, encoded, tmp_path,
+                                                                               monkeypatch):
+    """TRL's fused LM head is slow on a CPU (webtune.training.hf.full_logits_on_cpu); the replacement
+    must train on the same number: the supervised tokens' cross-entropy, summed over the batch and
+    divided by its supervised-token count, and the fused head must not run."""
+    from trl import SFTConfig, SFTTrainer
+    from trl.kernels import chunked_logprob
+
+    from webtune.training.hf import full_logits_on_cpu
+
+    torch.manual_seed(0)
+    model = toy_llama(tok)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=3,
+                     assistant_only_loss=False, max_length=None)
+    trainer = full_logits_on_cpu(SFTTrainer)(model=model, args=args, train_dataset=to_dataset(encoded),
+                                             processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    labels = batch["labels"]
+    n_supervised = int((labels[:, 1:] != -100).sum())
+    assert n_supervised == sum(sum(m[1:]) for m in encoded.masks)  # the answers and their end tokens
+
+    fused_calls = []
+    fused_apply = chunked_logprob.ChunkedLogProbFunction.apply
+    monkeypatch.setattr(chunked_logprob.ChunkedLogProbFunction, "apply",
+                        lambda *a, **k: fused_calls.append(1) or fused_apply(*a, **k))
+    ours = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n_supervised)
+    assert fused_calls == []
+    trls = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch), num_items_in_batch=n_supervised)
+    assert fused_calls  # the comparison really ran TRL's fused head
+
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    by_hand = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                ignore_index=-100, reduction="sum") / n_supervised
+    assert ours.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert ours.item() == pytest.approx(trls.item(), rel=1e-5)
