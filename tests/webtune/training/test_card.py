@@ -13,7 +13,8 @@ from webtune.models import base_info
 from webtune.training.card import canonical_adapter_config, model_card
 from webtune.training.run import file_md5
 
-METRICS = {"steps": 30, "train_rows": 64, "train_supervised_tokens": 1234, "val_loss": 1.25, "base_val_loss": 2.5}
+METRICS = {"steps": 30, "train_rows": 64, "train_supervised_tokens": 1234, "val_loss": 1.25,
+           "base_val_loss": 2.5}
 
 
 @pytest.fixture
