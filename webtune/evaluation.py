@@ -9,7 +9,9 @@ Per model, over the answers to the first `evaluate.samples` test prompts:
 - stop_rate: the share of answers that ended on a stop token before `evaluate.max_new_tokens`;
 - answer_tokens: the mean number of generated tokens per answer, the stop token excluded;
 - loop_rate: the share of answers caught in a loop (`loops`).
-Each is None when there are no answers. Scraped text is data: every table cell goes through `cell`.
+Each is None when there are no answers. Beside them, `length_matched_chrf` scores the base's answers cut
+to the adapter's answer lengths: chrF2 weighs recall above precision, so it pays for length alone.
+Scraped text is data: every table cell goes through `cell`.
 """
 
 import html
@@ -63,6 +65,39 @@ def generation_metrics(answers: Sequence[Answer], references: Sequence[str]) -> 
                             for h, r in zip(hypotheses, references, strict=True)],
         "loop_per_sample": looped,
     }
+
+
+def length_matched_chrf(base: Sequence[Answer], adapter: Sequence[Answer],
+                        references: Sequence[str]) -> float | None:
+    """Corpus chrF of the base's answers, each cut to the character length of the adapter's answer to the
+    same prompt (None for no answers).
+
+    chrF2 (beta 2) weighs recall above precision, so an answer that runs on to max_new_tokens collects
+    recall from its length alone: a base that never stops can out-score an adapter that answers in the
+    references' length and is better character for character. adapter chrF over this number compares the
+    two at equal length; it is reported beside chrf_ratio, never instead of it.
+    """
+    from sacrebleu.metrics import CHRF
+
+    if not (len(base) == len(adapter) == len(references)):
+        raise ValueError(f"{len(base)} base and {len(adapter)} adapter answers "
+                         f"for {len(references)} references")
+    if not base:
+        return None
+    cut = [b.text[: len(a.text)] for b, a in zip(base, adapter, strict=True)]
+    return CHRF().corpus_score(cut, [list(references)]).score
+
+
+def chrf_ratios(answers: dict, references: list[str], scores: dict) -> dict:
+    """chrf_ratio (adapter / base chrF) and, beside it, the base's chrF with each answer cut to the adapter's
+    length and the adapter's over that (length_matched_chrf); a ratio is None where the base
+    scores 0."""
+    adapter = scores["adapter"]["chrf"]
+    base = scores["base"]["chrf"]
+    base_cut = length_matched_chrf(answers["base"], answers["adapter"], references)
+    return {"chrf_ratio": round6(adapter / base) if base else None,
+            "base_chrf_length_matched": round6(base_cut),
+            "chrf_ratio_length_matched": round6(adapter / base_cut) if base_cut else None}
 
 
 def round6(x: float | None) -> float | None:
@@ -159,6 +194,10 @@ def samples_report(metrics: dict, records: Sequence[dict], params) -> str:
     for label, key, digits, percent, ratio in SUMMARY_ROWS:
         values = [_fmt(metrics[name][key], digits, percent) for name in MODELS]
         lines.append(f"| {label} | {' | '.join(values)} | {_fmt(metrics[ratio], 3) if ratio else ''} |")
+        if key == "chrf" and metrics.get("base_chrf_length_matched") is not None:
+            lines.append(f"| chrF, each base answer cut to the adapter's length | "
+                         f"{_fmt(metrics['base_chrf_length_matched'], 2)} | {values[1]} | "
+                         f"{_fmt(metrics['chrf_ratio_length_matched'], 3)} |")
     penalty = "off" if params.repetition_penalty == 1.0 else f"{params.repetition_penalty:g}"
     ngram = params.no_repeat_ngram_size or "off"
     if metrics.get("hosted"):

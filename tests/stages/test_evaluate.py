@@ -148,8 +148,8 @@ def test_main_writes_samples_report_plot_and_metrics(tmp_path, repo, tiny_base, 
     E.main(argv)
 
     metrics = json.loads(out["metrics"].read_text())
-    assert set(metrics) == {"base", "adapter", "loss_ratio", "chrf_ratio", "test_rows", "supervised_tokens",
-                            "samples"}
+    assert set(metrics) == {"base", "adapter", "loss_ratio", "chrf_ratio", "base_chrf_length_matched",
+                            "chrf_ratio_length_matched", "test_rows", "supervised_tokens", "samples"}
     for name in E.MODELS:
         assert set(metrics[name]) == {"loss", "perplexity", "chrf", "stop_rate", "answer_tokens", "loop_rate"}
         assert metrics[name]["perplexity"] == pytest.approx(math.exp(metrics[name]["loss"]), rel=1e-5)

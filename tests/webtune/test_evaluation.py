@@ -5,6 +5,7 @@ import dataclasses
 import re
 
 import pytest
+from sacrebleu.metrics import CHRF
 
 from webtune import evaluation as V
 from webtune.models.inference import Answer
@@ -83,6 +84,26 @@ def test_chrf_is_100_for_the_reference_itself_and_0_for_an_empty_answer():
     assert 0 < mixed["chrf"] < 100
 
 
+def test_a_base_that_runs_on_past_the_reference_is_scored_at_the_adapters_length():
+    refs = ["A list is a mutable sequence of items.", "A tuple is an immutable sequence."]
+    adapter = [Answer(refs[0], True, 9), Answer("A tuple is a sequence.", True, 6)]
+    rambling = " It can hold objects of any type, and it grows as items are appended to it."
+    base = [Answer(refs[0] + rambling, False, 128), Answer(refs[1] + rambling, False, 128)]
+    scores = {"base": V.generation_metrics(base, refs), "adapter": V.generation_metrics(adapter, refs)}
+
+    cut = [refs[0], refs[1][: len(adapter[1].text)]]  # what the base is scored on
+    expected = CHRF().corpus_score(cut, [refs]).score
+    assert V.length_matched_chrf(base, adapter, refs) == pytest.approx(expected)
+    assert expected > scores["base"]["chrf"]  # the uncut answers pay in precision for the rambling
+    ratios = V.chrf_ratios({"base": base, "adapter": adapter}, refs, scores)
+    assert ratios == {"chrf_ratio": V.round6(scores["adapter"]["chrf"] / scores["base"]["chrf"]),
+                      "base_chrf_length_matched": V.round6(expected),
+                      "chrf_ratio_length_matched": V.round6(scores["adapter"]["chrf"] / expected)}
+    assert V.length_matched_chrf([], [], []) is None
+    with pytest.raises(ValueError, match="2 base and 1 adapter answers for 2 references"):
+        V.length_matched_chrf(base, adapter[:1], refs)
+
+
 def test_no_answers_have_no_metrics_and_a_count_mismatch_is_an_error():
     assert V.generation_metrics([], []) == {"chrf": None, "stop_rate": None, "answer_tokens": None,
                                             "loop_rate": None, "chrf_per_sample": [], "loop_per_sample": []}
@@ -149,8 +170,8 @@ def report_inputs(prompts: list[str]):
     metrics = {name: {"loss": loss, "perplexity": 2.0, **{k: V.round6(scores[name][k]) for k in
                       ("chrf", "stop_rate", "answer_tokens", "loop_rate")}}
                for name, loss in (("base", 5.3), ("adapter", 4.7))}
-    metrics |= {"loss_ratio": 0.886792, "chrf_ratio": None, "test_rows": 92, "supervised_tokens": 10403,
-                "samples": n}
+    metrics |= {"loss_ratio": 0.886792, **V.chrf_ratios({"base": base, "adapter": adapter}, refs, scores),
+                "test_rows": 92, "supervised_tokens": 10403, "samples": n}
     return metrics, records
 
 
@@ -192,9 +213,12 @@ def test_the_report_opens_with_the_summary_and_how_answers_were_decoded():
     assert lines[2:4] == ["| metric | base | adapter | adapter / base |", "|---|---|---|---|"]
     assert lines[4] == "| loss (assistant tokens) | 5.3000 | 4.7000 | 0.887 |"
     assert lines[6].startswith("| chrF | 0.00 | ") and lines[6].endswith(" | n/a |")  # base chrF 0: no ratio
-    assert lines[7] == "| stop rate | 67% | 67% |  |"
-    assert lines[8] == "| answer tokens (mean) | 42.7 | 47.3 |  |"
-    assert lines[9] == "| loop rate | 0% | 33% |  |"
+    # the base's answers are blank whatever their length: cut to the adapter's, they still score 0
+    assert lines[7].startswith("| chrF, each base answer cut to the adapter's length | 0.00 | ")
+    assert lines[7].endswith(" | n/a |") and lines[7].split(" | ")[2] == lines[6].split(" | ")[2]
+    assert lines[8] == "| stop rate | 67% | 67% |  |"
+    assert lines[9] == "| answer tokens (mean) | 42.7 | 47.3 |  |"
+    assert lines[10] == "| loop rate | 0% | 33% |  |"
     assert ("greedy, max_new_tokens 128, repetition_penalty 1.1, no_repeat_ngram_size off; "
             "3 samples of 92 test rows") in report
     off = V.samples_report(metrics, records, dataclasses.replace(PARAMS, repetition_penalty=1.0,
