@@ -30,8 +30,16 @@ from pathlib import Path
 
 import torch
 
-from webtune import errors, evaluation, formats, io, secrets
-from webtune.evaluation import MODELS, compare_csv, generation_metrics, round6, sample_records, samples_report
+from webtune import errors, formats, io, secrets
+from webtune.evaluation import (
+    MODELS,
+    chrf_ratios,
+    compare_csv,
+    generation_metrics,
+    round6,
+    sample_records,
+    samples_report,
+)
 from webtune.models import KEY_ENV, read_hosted
 from webtune.models.hosted import HostedChat
 from webtune.models.inference import ChatModel, Sampling
@@ -75,7 +83,7 @@ def evaluate(chat: ChatModel, *, pair_ids: list[str], rows: list[list[dict]], pa
     }
     metrics |= {
         "loss_ratio": round6(losses["adapter"] / losses["base"]),
-        **evaluation.chrf_ratios(answers, references, scores),
+        **chrf_ratios(answers, references, scores),
         "test_rows": len(rows),
         "supervised_tokens": n_tokens,
         "samples": n_samples,
@@ -103,7 +111,7 @@ def evaluate_hosted(base, adapter, *, pair_ids: list[str], rows: list[list[dict]
     metrics = {name: {"loss": None, "perplexity": None, **{k: round6(scores[name][k]) for k in generated}}
                for name in MODELS}
     metrics |= {"loss_ratio": None, "loss_note": LOSS_NOTE,
-                **evaluation.chrf_ratios(answers, references, scores),
+                **chrf_ratios(answers, references, scores),
                 "test_rows": len(rows), "supervised_tokens": 0, "samples": n_samples,
                 "hosted": {"base": base.model, "adapter": adapter.model}}
     return metrics, sample_records(pair_ids[:n_samples], rows[:n_samples], answers, scores)

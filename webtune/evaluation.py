@@ -43,17 +43,22 @@ def loops(text: str) -> bool:
     return any(n >= LOOP_REPEATS for n in grams.values())
 
 
+def _chrf():
+    """chrF2 with sacrebleu's defaults (char 6-grams, no word n-grams): comparable across runs."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
 def generation_metrics(answers: Sequence[Answer], references: Sequence[str]) -> dict:
     """{"chrf", "stop_rate", "answer_tokens", "loop_rate", "chrf_per_sample": [...], "loop_per_sample": [...]}
     for one model's answers (the four numbers None, the lists empty, for no answers)."""
-    from sacrebleu.metrics import CHRF
-
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers for {len(references)} references")
     if not answers:
         return {"chrf": None, "stop_rate": None, "answer_tokens": None, "loop_rate": None,
                 "chrf_per_sample": [], "loop_per_sample": []}
-    chrf = CHRF()  # chrF2 with sacrebleu's defaults (char 6-grams, no word n-grams): comparable across runs
+    chrf = _chrf()
     hypotheses = [a.text for a in answers]
     looped = [loops(a.text) for a in answers]
     return {
@@ -77,15 +82,13 @@ def length_matched_chrf(base: Sequence[Answer], adapter: Sequence[Answer],
     references' length and is better character for character. adapter chrF over this number compares the
     two at equal length; it is reported beside chrf_ratio, never instead of it.
     """
-    from sacrebleu.metrics import CHRF
-
     if not (len(base) == len(adapter) == len(references)):
         raise ValueError(f"{len(base)} base and {len(adapter)} adapter answers "
                          f"for {len(references)} references")
     if not base:
         return None
     cut = [b.text[: len(a.text)] for b, a in zip(base, adapter, strict=True)]
-    return CHRF().corpus_score(cut, [list(references)]).score
+    return _chrf().corpus_score(cut, [list(references)]).score
 
 
 def chrf_ratios(answers: dict, references: list[str], scores: dict) -> dict:
