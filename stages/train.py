@@ -138,6 +138,8 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
         "precision": fitted.precision,
         **plan.summary(),
     }
+    if fitted.peak_gpu_gib is not None:
+        metrics["peak_gpu_gib"] = fitted.peak_gpu_gib
     for key in ("val_loss", "base_val_loss"):
         value = getattr(fitted, key)
         if value is not None and not math.isfinite(value):
@@ -148,7 +150,7 @@ def train(*, params: TrainParams, max_length: int, base_dir: Path, train_path: P
     if not main_process:
         return metrics
     with io.atomic_dir(out) as tmp:
-        fitted.model.save_pretrained(tmp)
+        fitted.model.save_pretrained(tmp, state_dict=fitted.adapter_state)
         canonical_adapter_config(tmp / "adapter_config.json")
         base.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(params=params, base_info=base.info,
@@ -197,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        client=client)
             io.write_json(metrics, args.metrics)
             return
-        if params.backend == "hf" and params.hf.processes > 1 and not distributed.launched():
+        if params.backend == "hf" and distributed.needs_launch(params.hf) and not distributed.launched():
             # this process only starts the others (each runs main again, launched) and waits for them
             with runs.exclusive_lock(lock_path):
                 distributed.launch(params.hf.processes, sys.argv[1:] if argv is None else argv)

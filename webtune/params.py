@@ -260,6 +260,8 @@ class LoraParams:
 
 # train.<backend>.batch_layout: padded rows, rows end to end (where the packing probe passes), or either
 BATCH_LAYOUTS = ("auto", "padded", "padding_free")
+# train.hf.sharding: each process holds the whole base (DDP) or a shard of it (FSDP; training/distributed.py)
+SHARDINGS = ("none", "fsdp", "fsdp_offload")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +271,7 @@ class HfParams:
     batch_tokens: int = knob(at_least(0))
     batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
     processes: int = knob(at_least(1))
+    sharding: str = knob(one_of(*SHARDINGS))
     gradient_checkpointing: bool = knob()
 
 

@@ -1,8 +1,10 @@
-"""train.hf.processes: 2 data-parallel processes on the CPU (gloo), started by the stage itself.
+"""train.hf.processes: 2 processes on the CPU (gloo), started by the stage itself, data parallel (DDP)
+or sharded (train.hf.sharding fsdp).
 
 Through `python -m stages.train`, as dvc runs it, on the session's tiny gpt-oss: 2 processes with 2
-rows each give the adapter 1 process gives with 4 rows, only rank 0 writes and reports, a run killed
-with SIGKILL leaves no process behind and resumes to the same adapter, and bad input is one line.
+rows each give the adapter 1 process gives with 4 rows, DDP or FSDP, only rank 0 writes and reports, a
+run killed with SIGKILL leaves no process behind and resumes to the same adapter, and bad input is one
+line.
 """
 
 import json
@@ -24,13 +26,13 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 
-def params_file(path: Path, processes: int, batch_size: int) -> Path:
+def params_file(path: Path, processes: int, batch_size: int, sharding: str = "none") -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"] |= {"max_steps": STEPS, "batch_size": batch_size, "save_steps": 3, "eval_steps": STEPS,
                         "eval_rows": 0, "logging_steps": 1, "learning_rate": 0.005}
     params["train"]["lora"] |= {k: list(v) for k, v in TINY_LORA.items()}
     # fp32: bf16 autocast rounds differently in a batch of 2 and one of 4
-    params["train"]["hf"] |= {"threads": 2, "processes": processes, "precision": "fp32"}
+    params["train"]["hf"] |= {"threads": 2, "processes": processes, "precision": "fp32", "sharding": sharding}
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -57,11 +59,12 @@ def rows(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tiny_base, rows, tmp_path_factory) -> dict:
-    """name -> (folder, stderr): one process with 4 rows a step, two with 2 each."""
+    """name -> (folder, stderr): one process with 4 rows a step, two with 2 each (DDP and FSDP)."""
     out = {}
-    for name, processes, batch_size in (("one", 1, 4), ("two", 2, 2)):
+    for name, processes, batch_size, sharding in (("one", 1, 4, "none"), ("two", 2, 2, "none"),
+                                                  ("fsdp", 2, 2, "fsdp")):
         folder = tmp_path_factory.mktemp(name)
-        params = params_file(folder / "params.yaml", processes, batch_size)
+        params = params_file(folder / "params.yaml", processes, batch_size, sharding)
         done = subprocess.run(command(folder, tiny_base, rows, params), cwd=REPO, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -69,8 +72,9 @@ def runs(tiny_base, rows, tmp_path_factory) -> dict:
     return out
 
 
-def test_two_processes_of_2_rows_train_the_adapter_of_one_process_of_4(runs):
-    (one, _), (two, _) = runs["one"], runs["two"]
+@pytest.mark.parametrize("name", ["two", "fsdp"])
+def test_two_processes_of_2_rows_train_the_adapter_of_one_process_of_4(runs, name):
+    (one, _), (two, _) = runs["one"], runs[name]
     a, b = adapter(one), adapter(two)
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -82,12 +86,13 @@ def test_two_processes_of_2_rows_train_the_adapter_of_one_process_of_4(runs):
     assert metrics[0]["val_loss"] == pytest.approx(metrics[1]["val_loss"], rel=1e-3)
 
 
-def test_only_rank_0_writes_and_reports(runs):
-    folder, stderr = runs["two"]
+@pytest.mark.parametrize(("name", "says"), [("two", ""), ("fsdp", ", fsdp sharded")])
+def test_only_rank_0_writes_and_reports(runs, name, says):
+    folder, stderr = runs[name]
     lines = stderr.splitlines()
     assert sum(line.startswith(f"train: {STEPS} steps done") for line in lines) == 1
     assert sum(line.startswith(f"train: step {STEPS}/{STEPS}  loss") for line in lines) == 1
-    assert "train: cpu, fp32, 1 threads, 2 processes" in lines
+    assert f"train: cpu, fp32, 1 threads, 2 processes{says}" in lines
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["run.json"]
     curve = (folder / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in curve[1:]] == [str(s) for s in range(1, STEPS + 1)]  # one writer
@@ -95,9 +100,10 @@ def test_only_rank_0_writes_and_reports(runs):
     assert "(backend `hf`, on CPU" in (folder / "adapter" / "README.md").read_text()
 
 
-def test_a_killed_two_process_run_leaves_no_process_and_resumes_to_the_same_adapter(runs, tiny_base, rows,
-                                                                                      tmp_path):
-    params = params_file(tmp_path / "params.yaml", processes=2, batch_size=2)
+@pytest.mark.parametrize(("name", "sharding"), [("two", "none"), ("fsdp", "fsdp")])
+def test_a_killed_two_process_run_leaves_no_process_and_resumes_to_the_same_adapter(
+        runs, tiny_base, rows, tmp_path, name, sharding):
+    params = params_file(tmp_path / "params.yaml", processes=2, batch_size=2, sharding=sharding)
     cmd = command(tmp_path, tiny_base, rows, params)
     run = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -110,11 +116,13 @@ def test_a_killed_two_process_run_leaves_no_process_and_resumes_to_the_same_adap
     time.sleep(1)
     survivors = subprocess.run(["pgrep", "-f", str(tmp_path / "checkpoints")], capture_output=True, text=True)
     assert survivors.stdout.split() == []  # the training processes died with their launcher
+    if sharding == "fsdp":  # the checkpoint holds what FSDP reloads: the whole model and optimizer state
+        assert {"pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in marker.parent.iterdir()}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train: resuming from checkpoint-3" in done.stderr.splitlines()
     assert json.loads((tmp_path / "metrics.json").read_text())["resumed_from_step"] == 3
-    uninterrupted, resumed = adapter(runs["two"][0]), adapter(tmp_path)
+    uninterrupted, resumed = adapter(runs[name][0]), adapter(tmp_path)
     assert all(uninterrupted[k].equal(resumed[k]) for k in uninterrupted)  # bit for bit
 
 

@@ -17,6 +17,7 @@ generates with the format's stop tokens).
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,14 @@ def load_base(base_dir: str | Path, with_model: bool = True) -> Base:
                                                      attn_implementation=attention, dtype=torch.float32)
     elif with_model and info["kind"] == "hub":
         cuda = torch.cuda.is_available()
+        # Spread over the GPUs by accelerate's device map, except in a launched training process (DDP,
+        # FSDP: webtune.training.distributed), where each process's model belongs on its own GPU and
+        # the trainer places it; a map there would spread every process's copy over all of them.
+        spread = cuda and "LOCAL_RANK" not in os.environ
         try:  # exactly the commit the base stage pinned; bf16 where a GPU can run it
             model = AutoModelForCausalLM.from_pretrained(
                 info["model"], revision=info["revision"], dtype=torch.bfloat16 if cuda else torch.float32,
-                device_map="auto" if cuda else None)
+                device_map="auto" if spread else None)
         except OSError as e:  # offline, gated or missing
             reason = " ".join(str(e).split())  # hub errors span lines; the stage's error is one
             raise ModelError(f"cannot load {info['model']} at {info['revision']} "

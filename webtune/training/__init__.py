@@ -64,6 +64,9 @@ class Fitted:
     precision: str  # "bf16" (autocast) | "fp32": what ran, whatever train.hf.precision asked for
     val_loss: float | None = None
     base_val_loss: float | None = None
+    peak_gpu_gib: float | None = None  # the most GPU memory the run's tensors held (this process's GPU)
+    # the trained weights, whole, when the model is sharded (FSDP): what save_pretrained must write
+    adapter_state: dict | None = None
 
 
 class Backend(abc.ABC):

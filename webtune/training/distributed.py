@@ -1,4 +1,5 @@
-"""Several training processes on one machine: data parallel (DDP) over the hf backend's TRL loop.
+"""Several training processes on one machine: data parallel (DDP) or sharded (FSDP) over the hf backend's
+TRL loop.
 
 `train.hf.processes: N` (N > 1) makes the train stage start itself N times under torch's elastic
 launcher (what `torchrun --standalone --nproc_per_node N` runs), one process per GPU, or per core group
@@ -6,6 +7,13 @@ on a CPU (gloo). The same command runs under `torchrun` or `accelerate launch` d
 (through accelerate) shares the work: each process reads every N-th micro-batch of the run's order, so a
 step of N processes with `batch_size` rows each trains exactly the rows of a one-process step with N x
 `batch_size` rows, and the gradients are averaged over the tokens of all of them.
+
+`train.hf.sharding` says what each process holds. `none` (DDP): the whole base, the right choice while it
+fits one GPU. `fsdp`: 1/N of every decoder layer's weights (torch's FSDP2 through accelerate), gathered
+layer by layer as the forward and backward passes reach it, for a base too large for one GPU (or N copies
+too large for a CPU's RAM); `fsdp_offload` also keeps the shards in CPU memory between uses (GPU only).
+The data order, and so the adapter, is the same either way; FSDP is always launched, even as one process,
+since accelerate applies it only inside a process group.
 
 Only the main process (rank 0) writes: the mask report, the checkpoint folder's state, the curves, the
 adapter, the card and the metrics. The others wait where it writes (a broadcast of what they need).
@@ -43,6 +51,45 @@ def launched() -> bool:
 def takes_lock() -> bool:
     """Whether this process takes the checkpoint lock: a single process, or rank 0 of an outside launcher."""
     return is_main() and LOCK_HELD not in os.environ
+
+
+def needs_launch(hf_params) -> bool:
+    """Whether the train stage starts its training processes itself (train.hf.processes, sharding)."""
+    return hf_params.processes > 1 or hf_params.sharding != "none"
+
+
+def fsdp_arguments(sharding: str, model, activation_checkpointing: bool) -> dict:
+    """SFTConfig's FSDP keywords for train.hf.sharding ({} for none): FSDP2, one unit per decoder layer.
+
+    The layer class is the one the model names as never to be split across devices (transformers'
+    `_no_split_modules`, e.g. LlamaDecoderLayer). The full state dict is what the trainer's checkpoints
+    save and reload. Activation checkpointing is FSDP's own: transformers' would gather every layer's
+    shards a second time in the backward pass.
+    """
+    if sharding == "none":
+        return {}
+    layers = sorted(set(getattr(model, "_no_split_modules", None) or ()))
+    if not layers:
+        raise TrainError(f"train.hf.sharding {sharding}: {type(model).__name__} names no decoder layer class "
+                         "to shard by (_no_split_modules); use sharding: none")
+    config = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+              "transformer_layer_cls_to_wrap": layers, "reshard_after_forward": True,
+              "state_dict_type": "FULL_STATE_DICT",
+              "cpu_offload": sharding == "fsdp_offload", "activation_checkpointing": activation_checkpointing}
+    return {"fsdp": True, "fsdp_config": config}
+
+
+def gathered_trainables(model) -> dict:
+    """The trained weights (the adapter's), whole, by state-dict name, from a model sharded by FSDP.
+
+    Every process must call it, in step: each shard's `full_tensor()` is a collective. Only the trainable
+    tensors are gathered (a few MB), not the frozen base that accelerate's get_state_dict would gather too.
+    """
+    from torch.distributed.tensor import DTensor
+
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    return {name: (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu()
+            for name, tensor in model.state_dict().items() if name in trainable}
 
 
 def launch(processes: int, argv: Sequence[str]) -> None:
@@ -91,7 +138,7 @@ def init() -> None:
     import torch.distributed as dist
 
     die_with_launcher()
-    if world_size() > 1 and not dist.is_initialized():
+    if launched() and not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -5,6 +5,7 @@ trainer reads them sequentially, and `check_prepared` proves that the labels TRL
 checked ones before the first step. Its own section is `train.hf` in params.yaml.
 """
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -163,7 +164,7 @@ def planned_trainer(trainer_class, sizes):
 
 
 def full_logits_on_cpu(trainer_class):
-    """`trainer_class` computing the loss from the model's full logits when it trains on a CPU.
+    """`trainer_class` computing the loss from the model's full logits when it trains on a CPU, or sharded.
 
     TRL's SFTTrainer (1.16) patches the model with a fused LM head that scores the supervised positions in
     tiles of the vocabulary. On a GPU the tiles are Triton kernels; on a CPU they are folded by a loop of
@@ -173,12 +174,16 @@ def full_logits_on_cpu(trainer_class):
     the default's 90-step run from 326 s to 227 s. Both losses are the same
     sum of supervised-token cross-entropies divided by the batch's supervised-token count; only TRL's
     `entropy` and `mean_token_accuracy` log entries, which nothing here reads, are not computed.
+
+    Under FSDP (train.hf.sharding) the fused head cannot run at all: it reads `lm_head.weight` itself,
+    outside the head's forward, where FSDP gathers the weight's shards, so it gets this process's shard
+    (on the CPU, with fsdp_offload: Triton refuses a CPU pointer, measured on the H200).
     """
     from transformers import Trainer
 
     class FullLogitsOnCpu(trainer_class):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.args.device.type != "cpu":
+            if self.args.device.type != "cpu" and not self.is_fsdp_enabled:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             inputs["use_cache"] = False  # as SFTTrainer sets it: no KV cache is wanted while training
@@ -186,6 +191,46 @@ def full_logits_on_cpu(trainer_class):
                                         num_items_in_batch=num_items_in_batch)
 
     return FullLogitsOnCpu
+
+
+def fsdp_on_cpu(trainer_class):
+    """`trainer_class` running train.hf.sharding's FSDP on a CPU too (gloo processes).
+
+    accelerate (1.15) switches to FSDP only on an accelerator: on a CPU it keeps DDP and says nothing,
+    so every process would hold the whole base (and FSDP1's plugin refuses a CPU outright). torch's FSDP2
+    itself shards on gloo; this switches the shared state to FSDP as accelerate does on a GPU (state.py:
+    AcceleratorState and PartialState both say FSDP), before the model is prepared.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    class FsdpOnCpu(trainer_class):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            state = self.accelerator.state
+            if self.args.fsdp_plugin_args is None or state.distributed_type != DistributedType.MULTI_CPU:
+                return
+            plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            if state.mixed_precision != "no":
+                plugin.set_mixed_precision(state.mixed_precision)
+            state.fsdp_plugin = plugin
+            state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
+    return FsdpOnCpu
+
+
+@contextlib.contextmanager
+def out_of_memory_said(params, state=None):
+    """A CUDA out-of-memory error as one line with the knobs that fix it, not a traceback."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        where = f"at step {state.global_step}" if state is not None else "placing the base on the GPU"
+        raise TrainError(f"out of GPU memory {where} (train.hf.sharding {params.hf.sharding}, "
+                         f"{distributed.world_size()} processes): lower train.batch_size or "
+                         "train.hf.batch_tokens, or shard the base (train.hf.sharding fsdp over more "
+                         "processes, or fsdp_offload)") from None
 
 
 def lora_config(params):
@@ -231,10 +276,15 @@ class HfBackend(Backend):
         precision = self.pick_precision(params, cuda)
         processes = distributed.world_size()
         threads = max(1, params.hf.threads // processes)  # a multi-process run shares the CPU's cores
+        sharding = params.hf.sharding
+        if sharding == "fsdp_offload" and not cuda:
+            raise TrainError("train.hf.sharding fsdp_offload offloads a GPU's shards to the CPU; on a CPU "
+                             "use fsdp (or none)")
         job.progress(f"train: {'cuda' if cuda else 'cpu'}, {precision}"
                      + (" autocast" if precision == "bf16" else "")
                      + ("" if cuda else f", {threads} threads")
-                     + (f", {processes} processes" if processes > 1 else ""))
+                     + (f", {processes} processes" if processes > 1 else "")
+                     + (f", {sharding.replace('_', ' ')} sharded" if sharding != "none" else ""))
         torch.set_num_threads(threads)
         model = base.model
         prepare_for_lora(model)
@@ -253,7 +303,8 @@ class HfBackend(Backend):
             warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a share of the steps in transformers 5
             weight_decay=params.weight_decay,
             max_grad_norm=params.max_grad_norm,
-            gradient_checkpointing=self.trainer_checkpointing(params),
+            # under FSDP, FSDP's own activation checkpointing (distributed.fsdp_arguments) replaces it
+            gradient_checkpointing=self.trainer_checkpointing(params) and sharding == "none",
             # every row was checked to fit: nothing is cut (and a packing block). Padding-free without
             # packing must pass None (TRL refuses a limit it would not enforce).
             max_length=None if job.padding_free and not params.packing else job.max_length,
@@ -281,32 +332,38 @@ class HfBackend(Backend):
             bf16=precision == "bf16",  # autocast (on the CPU too: accelerate's bf16 mixed precision)
             dataloader_num_workers=0,
             train_sampling_strategy="sequential",  # the order is the run's (seeded, length-grouped)
+            **distributed.fsdp_arguments(sharding, model, self.trainer_checkpointing(params)),
         )
         model, lora = self.attach_lora(model, params)
         callback = make_callback(job)
         trainer_class = full_logits_on_cpu(SFTTrainer)
+        if sharding != "none":
+            trainer_class = fsdp_on_cpu(trainer_class)
         if job.micro_batches is not None:
             trainer_class = planned_trainer(trainer_class, [len(batch) for batch in job.micro_batches])
-        trainer = trainer_class(model=model, args=config, train_dataset=to_dataset(job.train, job.order),
-                             eval_dataset=to_dataset(job.val) if job.val else None,
-                             processing_class=base.tokenizer, peft_config=lora, callbacks=[callback])
+        with out_of_memory_said(params):  # the trainer puts the model on the GPU
+            trainer = trainer_class(model=model, args=config, train_dataset=to_dataset(job.train, job.order),
+                                    eval_dataset=to_dataset(job.val) if job.val else None,
+                                    processing_class=base.tokenizer, peft_config=lora, callbacks=[callback])
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; our callback prints one line
         check_prepared(trainer.train_dataset, job.train, params.packing, job.order)
 
         # The step-0 point of the eval curve (LoRA B starts at zero, so this is the base). Not with several
-        # processes: accelerate marks a model prepared for evaluation as prepared, and train() would then
-        # skip the DDP wrapping, leaving each process to train on its own (measured: the ranks' weights
+        # processes or FSDP: accelerate marks a model prepared for evaluation as prepared, and train() would
+        # then skip the DDP wrapping, leaving each process to train on its own (measured: the ranks' weights
         # part after one step). The base's loss is then taken after training, with the adapter disabled.
-        if job.resume_from is None and job.val and distributed.world_size() == 1:
+        if job.resume_from is None and job.val and distributed.world_size() == 1 and sharding == "none":
             trainer.evaluate()
         t_train = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+        with out_of_memory_said(params, trainer.state):
+            trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
         train_seconds = time.perf_counter() - t_train
         callback.recording = False
         fitted = Fitted(model=trainer.model, steps=trainer.state.global_step,
                         train_loss=final_train_loss(trainer.state.log_history),
                         tokens_seen=trainer.state.num_input_tokens_seen, train_seconds=train_seconds,
-                        device="cuda" if cuda else "cpu", precision=precision)
+                        device="cuda" if cuda else "cpu", precision=precision,
+                        peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
         if job.val:
             # Each evaluation is a pass over the val rows (~15 s for 32 rows of SmolLM2 on 2 cores): reuse
             # the ones already logged. LoRA's B starts at zero, so the step-0 point is the base's loss.
@@ -318,6 +375,8 @@ class HfBackend(Backend):
             if fitted.base_val_loss is None:
                 with trainer.model.disable_adapter():
                     fitted.base_val_loss = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+        if trainer.is_fsdp_enabled:  # every process takes part; rank 0 writes what they gather
+            fitted.adapter_state = distributed.gathered_trainables(trainer.model)
         if callback.live is not None:
             callback.live.end()
         return fitted

@@ -202,3 +202,53 @@ def test_on_a_cpu_the_loss_comes_from_full_logits_and_equals_trls_fused_loss(tok
                                                 ignore_index=-100, reduction="sum") / n_supervised
     assert ours.item() == pytest.approx(by_hand.item(), rel=1e-5)
     assert ours.item() == pytest.approx(trls.item(), rel=1e-5)
+
+
+# --- FSDP (train.hf.sharding; the 2-process runs are tests/stages/test_train_distributed.py) --------
+
+
+def test_fsdp_shards_by_the_models_decoder_layer_and_uses_fsdps_own_checkpointing():
+    from webtune.training.distributed import fsdp_arguments
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    assert fsdp_arguments("none", model, activation_checkpointing=True) == {}
+    args = fsdp_arguments("fsdp_offload", model, activation_checkpointing=True)
+    assert args["fsdp"] is True
+    assert {k: args["fsdp_config"][k] for k in ("version", "transformer_layer_cls_to_wrap", "cpu_offload",
+                                                "activation_checkpointing", "state_dict_type")} == {
+        "version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "cpu_offload": True,
+        "activation_checkpointing": True, "state_dict_type": "FULL_STATE_DICT"}
+    sharded = fsdp_arguments("fsdp", model, activation_checkpointing=False)
+    assert sharded["fsdp_config"]["cpu_offload"] is False
+    model._no_split_modules = None
+    with pytest.raises(TrainError) as e:
+        fsdp_arguments("fsdp", model, activation_checkpointing=False)
+    assert str(e.value) == ("train.hf.sharding fsdp: LlamaForCausalLM names no decoder layer class to "
+                            "shard by (_no_split_modules); use sharding: none")
+
+
+def test_fsdp_offload_on_a_cpu_is_refused_before_any_step(tiny_base, tmp_path):
+    defaults = small_params()
+    params = dataclasses.replace(defaults, hf=dataclasses.replace(defaults.hf, sharding="fsdp_offload"))
+    with pytest.raises(TrainError) as e:
+        run_train(tmp_path, tiny_base, params, n_train=8, n_val=4)
+    assert str(e.value) == ("train.hf.sharding fsdp_offload offloads a GPU's shards to the CPU; on a CPU "
+                            "use fsdp (or none)")
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_running_out_of_gpu_memory_is_one_line_naming_the_step_and_knobs(tiny_base, tmp_path, monkeypatch):
+    import transformers
+
+    def out_of_memory(self, *args, **kwargs):
+        self.state.global_step = 7
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transformers.Trainer, "train", out_of_memory)
+    with pytest.raises(TrainError) as e:
+        run_train(tmp_path, tiny_base, small_params(), n_train=8, n_val=4)
+    assert str(e.value) == ("out of GPU memory at step 7 (train.hf.sharding none, 1 processes): lower "
+                            "train.batch_size or train.hf.batch_tokens, or shard the base (train.hf.sharding "
+                            "fsdp over more processes, or fsdp_offload)")
+    assert not (tmp_path / "adapter").exists()
