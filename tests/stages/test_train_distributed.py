@@ -7,6 +7,7 @@ run killed with SIGKILL leaves no process behind and resumes to the same adapter
 line.
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from safetensors.torch import load_file
@@ -124,6 +126,30 @@ def test_a_killed_two_process_run_leaves_no_process_and_resumes_to_the_same_adap
     assert json.loads((tmp_path / "metrics.json").read_text())["resumed_from_step"] == 3
     uninterrupted, resumed = adapter(runs[name][0]), adapter(tmp_path)
     assert all(uninterrupted[k].equal(resumed[k]) for k in uninterrupted)  # bit for bit
+
+
+def test_under_an_outside_torchrun_rank_0_takes_the_lock_and_trains_the_same_adapter(runs, tiny_base, rows,
+                                                                                    tmp_path):
+    """`torchrun --nproc_per_node 2 -m stages.train ...`: the stage does not launch again, and rank 0
+    (a child of torchrun's agent) holds the checkpoint lock while it trains."""
+    params = params_file(tmp_path / "params.yaml", processes=2, batch_size=2)
+    cmd = command(tmp_path, tiny_base, rows, params)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                *cmd[1:]]
+    run = subprocess.Popen(torchrun, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker, t0 = tmp_path / "checkpoints" / "checkpoint-3" / "COMPLETE", time.monotonic()
+    while not marker.exists() and run.poll() is None and time.monotonic() - t0 < 240:
+        time.sleep(0.05)
+    with open(tmp_path / "checkpoints.lock") as lock:  # held while it trains, by one of torchrun's children
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder = int(lock.read())
+    assert holder != run.pid and psutil.Process(holder).parent().pid == run.pid
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    assert sum(line.startswith(f"train: {STEPS} steps done") for line in stderr.splitlines()) == 1
+    ours, stage_launched = adapter(tmp_path), adapter(runs["two"][0])
+    assert all(ours[k].equal(stage_launched[k]) for k in ours)
 
 
 def test_bad_input_is_one_line_from_rank_0_and_one_from_the_launcher(tiny_base, rows, tmp_path):
