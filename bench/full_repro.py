@@ -29,6 +29,16 @@ REPO = Path(__file__).resolve().parent.parent
 GOALS = {"full_repro_s": 540.0, "noop_repro_s": 1.0}
 
 
+def cpu_model() -> str:
+    """The CPU's name (Linux), since timings and bf16 results differ from one model to the next."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else "unknown CPU"
+
+
 def env() -> dict:
     return os.environ | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -81,7 +91,7 @@ def main() -> None:
         evaluate = json.loads((project / "metrics/evaluate.json").read_text())
 
     results = {
-        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "forced": args.force,
         "full_repro_s": round(full_s, 1),
         "stage_s": stages,
