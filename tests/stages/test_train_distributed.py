@@ -67,8 +67,10 @@ def runs(tiny_base, rows, tmp_path_factory) -> dict:
                                                   ("fsdp", 2, 2, "fsdp")):
         folder = tmp_path_factory.mktemp(name)
         params = params_file(folder / "params.yaml", processes, batch_size, sharding)
+        temp = folder / "tmp"  # the run's temp dir: the launcher's leftovers would show here
+        temp.mkdir()
         done = subprocess.run(command(folder, tiny_base, rows, params), cwd=REPO, capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=300, env={**os.environ, "TMPDIR": str(temp)})
         assert done.returncode == 0, done.stderr[-3000:]
         out[name] = (folder, done.stderr)
     return out
@@ -96,6 +98,7 @@ def test_only_rank_0_writes_and_reports(runs, name, says):
     assert sum(line.startswith(f"train: step {STEPS}/{STEPS}  loss") for line in lines) == 1
     assert f"train: cpu, fp32, 1 threads, 2 processes{says}" in lines
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["run.json"]
+    assert list((folder / "tmp").iterdir()) == []  # the launcher's log folder went with the run
     curve = (folder / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in curve[1:]] == [str(s) for s in range(1, STEPS + 1)]  # one writer
     assert (folder / "mask.md").read_text().startswith("# Train: supervision mask")

@@ -22,6 +22,7 @@ adapter, the card and the metrics. The others wait where it writes (a broadcast 
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from webtune.training import TrainError
@@ -98,12 +99,16 @@ def launch(processes: int, argv: Sequence[str]) -> None:
     Each process reports its own error in one line (webtune.errors); this adds the launcher's one line
     instead of its traceback summary.
     """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # the launcher's per-rank error files go in a folder of its own making that it never removes (a
+    # torchelastic_* folder in the temp dir per run): this one is removed when the run ends
+    logs = tempfile.TemporaryDirectory(prefix="webtune-train-")
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id="webtune-train",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          start_method="spawn")
+                          start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=logs.name))
     # the launcher logs each failure with its own file paths; the processes' lines and ours say it
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ[LOCK_HELD] = "1"  # the processes inherit both
@@ -116,6 +121,7 @@ def launch(processes: int, argv: Sequence[str]) -> None:
                          f"{', '.join(map(str, failed))}); the error is above") from None
     finally:
         del os.environ[LOCK_HELD], os.environ[LAUNCHER_PID]
+        logs.cleanup()
 
 
 def die_with_launcher() -> None:
