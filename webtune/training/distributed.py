@@ -10,8 +10,9 @@ step of N processes with `batch_size` rows each trains exactly the rows of a one
 
 `train.hf.sharding` says what each process holds. `none` (DDP): the whole base, the right choice while it
 fits one GPU. `fsdp`: 1/N of every decoder layer's weights (torch's FSDP2 through accelerate), gathered
-layer by layer as the forward and backward passes reach it, for a base too large for one GPU (or N copies
-too large for a CPU's RAM); `fsdp_offload` also keeps the shards in CPU memory between uses (GPU only).
+layer by layer as the forward and backward passes reach it, for a base too large for one GPU (each
+process still reads the whole base into CPU memory before it is sharded); `fsdp_offload` also keeps the
+shards in CPU memory between uses (GPU only).
 The data order, and so the adapter, is the same either way; FSDP is always launched, even as one process,
 since accelerate applies it only inside a process group.
 
