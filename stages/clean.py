@@ -9,7 +9,9 @@ Unicode normalisation, boilerplate lines removed, secrets and e-mails masked, ch
 neutralised; length bounds -> too_short / too_long / empty_after_extraction; a dedup key and a MinHash;
 then the document's pairs (webtune.cleaning.pairs).
 Then in this process, in input order (filter second): exact_duplicate, near_duplicate (MinHash LSH,
-verified by estimated Jaccard >= clean.near_dup_threshold), and duplicate_instruction among the pairs.
+verified by estimated Jaccard >= clean.near_dup_threshold), then duplicate_instruction and
+duplicate_response among the pairs (a section two pages share: CPython's docs repeat whole sections
+under several topics, and one answer in two splits is a test answer the adapter trained on).
 Work is streamed in record batches with a bounded number in flight, so memory does not grow with the
 corpus except for the dedup indexes, which must see every kept document: ~4 kB per kept doc (rensa's
 LSH entry 1.4 kB, its MinHash 0.6 kB, digests and ids; bench/data_stages.py measured 357 -> 669 MB
@@ -68,7 +70,8 @@ class Cleaned:
 def clean(batches: Iterable[list[dict] | pa.RecordBatch], params: CleanParams) -> Iterator[Cleaned]:
     """Raw-row batches (lists of RAW_DOCS rows, or record batches) -> one Cleaned per batch, in order."""
     dedup = Deduplicator(params)
-    instructions: dict[bytes, str] = {}
+    instructions: dict[bytes, str] = {}  # dedup key -> the first pair's id
+    responses: dict[bytes, str] = {}
     for scored_batch in ordered_map(score_and_pair, batches, params.workers, params):
         out = Cleaned([], [], [])
         for s in scored_batch:
@@ -85,14 +88,16 @@ def clean(batches: Iterable[list[dict] | pa.RecordBatch], params: CleanParams) -
             if not s["pairs"]:
                 out.stats["docs_without_pairs"] += 1
             for pair in s["pairs"]:
-                key = dedup_key(pair["instruction"])
-                if key in instructions:
-                    out.dropped.append(schema.dropped_row(
-                        pair, stage=STAGE, reason="duplicate_instruction",
-                        detail=f"same instruction as pair {instructions[key]}", row_id=pair["pair_id"]))
-                    continue
-                instructions[key] = pair["pair_id"]
-                out.pairs.append(pair)
+                key, answer = dedup_key(pair["instruction"]), dedup_key(pair["response"])
+                for seen, column, k in ((instructions, "instruction", key), (responses, "response", answer)):
+                    if k in seen:
+                        out.dropped.append(schema.dropped_row(
+                            pair, stage=STAGE, reason=f"duplicate_{column}",
+                            detail=f"same {column} as pair {seen[k]}", row_id=pair["pair_id"]))
+                        break
+                else:
+                    instructions[key], responses[answer] = pair["pair_id"], pair["pair_id"]
+                    out.pairs.append(pair)
         yield out
 
 

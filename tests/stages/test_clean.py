@@ -12,6 +12,7 @@ import yaml
 
 from stages import clean as C
 from tests.webtune.cleaning.test_text import HTML_PAGE, prose
+from webtune.cleaning.text import dedup_key
 from webtune.errors import InputError
 from webtune.schema import CLEAN_DOCS, DROPPED, PAIRS, RAW_DOCS
 from webtune.sources import HTML, MARKDOWN, TEXT, failed_row, raw_row
@@ -152,6 +153,21 @@ def test_duplicate_instructions_across_docs_are_dropped(params, tmp_path):
     assert drop["detail"] == f"same instruction as pair {pairs.column('pair_id')[0].as_py()}"
     assert drop["row_id"] != drop["doc_id"]
     assert metrics["dropped"] == {"duplicate_instruction": 1}
+
+
+def test_the_same_section_under_two_pages_is_dropped_as_a_duplicate_response(params, tmp_path):
+    """CPython's docs repeat whole sections under several topics, each asked about in its own words."""
+    section = "## Augmented assignment\n\n" + prose(15)
+    a = "# Assignment statements\n\n" + prose(16) + "\n\n" + section
+    b = "# Augmented assignment statements\n\n" + prose(17) + "\n\n" + section
+    _, dropped, pairs, metrics = run([doc("a", a, title="A"), doc("b", b, title="B")], params, tmp_path)
+    kept = pairs.to_pylist()
+    answer = next(p for p in kept if p["url"] == "a" and "Augmented" in p["instruction"])
+    [drop] = dropped.to_pylist()
+    assert (drop["reason"], drop["url"]) == ("duplicate_response", "b")
+    assert drop["detail"] == f"same response as pair {answer['pair_id']}"
+    assert metrics["dropped"] == {"duplicate_response": 1}
+    assert len({dedup_key(p["response"]) for p in kept}) == len(kept)
 
 
 def test_two_workers_give_the_same_result_as_one(load, tmp_path):

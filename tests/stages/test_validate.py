@@ -68,6 +68,14 @@ def test_duplicate_instruction_fails_naming_both_pair_ids(suite):
     assert failed.sample_ids == ("p01", "p04")
 
 
+def test_duplicate_response_fails_naming_both_pair_ids(suite):
+    rows = good_rows()
+    rows[5]["response"] = rows[0]["response"]
+    [failed] = validate(table(rows), suite, min_rows=MIN_ROWS, samples=5).failed
+    assert (failed.type, failed.kwargs["column"]) == ("expect_column_values_to_be_unique", "response")
+    assert failed.sample_ids == ("p00", "p05")
+
+
 def test_short_response_fails_naming_its_pair_id(suite):
     rows = good_rows()
     rows[2]["response"] = "x" * 20  # the seed drops responses of <= 20 chars
@@ -104,7 +112,7 @@ def test_a_dataset_whose_pairs_all_fail_names_every_failing_expectation(suite):
         "instruction": "short|>",
         "response": "tiny <|end|>",
     }
-    rows = [pair(0, **bad), pair(0, **bad)]  # same pair_id and instruction twice: both uniqueness checks fail
+    rows = [pair(0, **bad), pair(0, **bad)]  # the same pair twice: every uniqueness check fails
     result = validate(table(rows), suite, min_rows=MIN_ROWS, samples=5)
     failed = {r.name for r in result.failed}
     assert failed == {
@@ -113,6 +121,7 @@ def test_a_dataset_whose_pairs_all_fail_names_every_failing_expectation(suite):
         "expect_column_values_to_match_regex[content_sha256]",
         "expect_column_values_to_be_unique[pair_id]",
         "expect_column_values_to_be_unique[instruction]",
+        "expect_column_values_to_be_unique[response]",
         "expect_column_values_to_be_in_set[task]",
         "expect_column_value_lengths_to_be_between[instruction]",
         "expect_column_value_lengths_to_be_between[response]",
@@ -169,7 +178,7 @@ def test_main_writes_validated_pairs_report_and_metrics_on_success(tmp_path):
     assert "**PASSED**" in report.read_text()
     m = json.loads(metrics.read_text())
     assert (m["rows"], m["failed"], m["success"]) == (6, 0, True)
-    assert m["expectations"] == len(m["results"]) == 21
+    assert m["expectations"] == len(m["results"]) == 22
     assert m["results"]["expect_column_values_to_be_unique[instruction]"] == {
         "success": True, "unexpected_count": 0}
 
@@ -188,7 +197,7 @@ def test_main_exits_1_naming_the_failures_and_removes_a_stale_out(tmp_path, caps
 
     assert capsys.readouterr().err == (
         f"validate: {tmp_path / PAIRS_FILE} failed {SUITE_PATH}:\n"
-        "2 of 21 expectations failed (suite pairs, 6 rows)\n"
+        "2 of 22 expectations failed (suite pairs, 6 rows)\n"
         "  expect_column_values_to_be_unique(column=instruction): 2 of 6 rows unexpected; "
         "sample pair_id: p00, p05\n"
         "  expect_column_value_lengths_to_be_between(column=response, min_value=21, max_value=1500): "
@@ -197,7 +206,7 @@ def test_main_exits_1_naming_the_failures_and_removes_a_stale_out(tmp_path, caps
     )
 
     report = (tmp_path / REPORT_FILE).read_text()
-    assert "**FAILED**: 2 of 21 expectations failed on 6 rows" in report
+    assert "**FAILED**: 2 of 22 expectations failed on 6 rows" in report
     assert ("| **FAIL** | `expect_column_values_to_be_unique` | `column=instruction` "
             "| 2 of 6 rows unexpected | p00, p05 |") in report
     m = json.loads((tmp_path / "metrics" / "validate.json").read_text())
