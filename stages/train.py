@@ -199,10 +199,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        client=client)
             io.write_json(metrics, args.metrics)
             return
-        if params.backend == "hf" and distributed.needs_launch(params.hf) and not distributed.launched():
+        processes = backend.processes_to_launch(params)
+        if processes and not distributed.launched():
             # this process only starts the others (each runs main again, launched) and waits for them
             with runs.exclusive_lock(lock_path):
-                distributed.launch(params.hf.processes, sys.argv[1:] if argv is None else argv)
+                distributed.launch(processes, sys.argv[1:] if argv is None else argv)
             return
         backend.prepare()  # first: Unsloth must be imported before transformers
         lock = runs.exclusive_lock(lock_path) if distributed.takes_lock() else contextlib.nullcontext()

@@ -81,6 +81,11 @@ class Backend(abc.ABC):
 
         return load_base(base_dir)
 
+    def processes_to_launch(self, params) -> int:
+        """Training processes the train stage starts itself (webtune.training.distributed); 0: it trains
+        in its own process."""
+        return 0
+
     def batching(self, params) -> tuple[int, str]:
         """(tokens per micro-batch, 0 = train.batch_size rows; layout: auto | padded | padding_free)."""
         return 0, "padded"

@@ -145,6 +145,12 @@ def init() -> None:
     import torch.distributed as dist
 
     die_with_launcher()
+    if not is_main():
+        # the others' weight-loading bars would land in the middle of rank 0's lines (both write to the
+        # same stderr, a bar without a newline until it ends): only rank 0 reports
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     if launched() and not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:

@@ -252,6 +252,9 @@ def lora_config(params):
 class HfBackend(Backend):
     name = "hf"
 
+    def processes_to_launch(self, params) -> int:
+        return params.hf.processes if distributed.needs_launch(params.hf) else 0
+
     def attach_lora(self, model, params):
         """(model, peft_config for SFTTrainer): here the trainer attaches the LoRA itself."""
         return model, lora_config(params)
@@ -276,7 +279,8 @@ class HfBackend(Backend):
         precision = self.pick_precision(params, cuda)
         processes = distributed.world_size()
         threads = max(1, params.hf.threads // processes)  # a multi-process run shares the CPU's cores
-        sharding = params.hf.sharding
+        # train.hf's sharding, where this backend launches processes (not Unsloth, which shares this loop)
+        sharding = params.hf.sharding if self.processes_to_launch(params) else "none"
         if sharding == "fsdp_offload" and not cuda:
             raise TrainError("train.hf.sharding fsdp_offload offloads a GPU's shards to the CPU; on a CPU "
                              "use fsdp (or none)")

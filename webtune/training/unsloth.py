@@ -96,6 +96,9 @@ def peft_kwargs(params) -> dict:
 class UnslothBackend(HfBackend):
     name = "unsloth"
 
+    def processes_to_launch(self, params) -> int:
+        return 0  # train.hf.processes and sharding are the hf backend's: Unsloth trains in one process
+
     def prepare(self) -> None:
         """Unsloth patches transformers and trl as it is imported: before anything else imports them."""
         problems = version_problems()
