@@ -1,6 +1,6 @@
 """CPU training speed of the default base (SmolLM2-135M-Instruct, LoRA): tokens/s in fp32 and bf16 autocast,
 on 1 and 2 threads, with and without gradient checkpointing, and with TRL's fused LM head instead of the
-train stage's full-logits loss (webtune.training.hf.full_logits_on_cpu).
+train stage's full-logits loss (webtune.training.hf.full_logits_on_cpu_or_sharded).
 
     python bench/cpu_train_speed.py --base models/base --train data/format/train.parquet \
         --val data/format/val.parquet --steps 10 --out bench/cpu_train_speed.json
@@ -35,9 +35,9 @@ def run(args, precision: str, threads: int, checkpointing: bool, fused_head: boo
                                  hf=dataclasses.replace(params.hf, precision=precision, threads=threads,
                                                         gradient_checkpointing=checkpointing))
     lines = []
-    shipped = hf.full_logits_on_cpu
+    shipped = hf.full_logits_on_cpu_or_sharded
     if fused_head:  # the trainer as TRL ships it
-        hf.full_logits_on_cpu = lambda trainer_class: trainer_class
+        hf.full_logits_on_cpu_or_sharded = lambda trainer_class: trainer_class
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -47,7 +47,7 @@ def run(args, precision: str, threads: int, checkpointing: bool, fused_head: boo
                                   mask_report_path=tmp / "mask.md", live_dir=tmp / "live",
                                   progress=lines.append)
     finally:
-        hf.full_logits_on_cpu = shipped  # the next run measures the stage as it ships
+        hf.full_logits_on_cpu_or_sharded = shipped  # the next run measures the stage as it ships
     speed = next(float(m.group(1).replace(",", "")) for line in lines
                  if (m := re.search(r"([\d,]+) tokens/s", line)))
     print(f"{precision} x {threads} threads, gradient checkpointing {'on' if checkpointing else 'off'}, "

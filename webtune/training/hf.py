@@ -163,7 +163,7 @@ def planned_trainer(trainer_class, sizes):
     return PlannedTrainer
 
 
-def full_logits_on_cpu(trainer_class):
+def full_logits_on_cpu_or_sharded(trainer_class):
     """`trainer_class` computing the loss from the model's full logits when it trains on a CPU, or sharded.
 
     TRL's SFTTrainer (1.16) patches the model with a fused LM head that scores the supervised positions in
@@ -181,7 +181,7 @@ def full_logits_on_cpu(trainer_class):
     """
     from transformers import Trainer
 
-    class FullLogitsOnCpu(trainer_class):
+    class FullLogitsOnCpuOrSharded(trainer_class):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.args.device.type != "cpu" and not self.is_fsdp_enabled:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -190,7 +190,7 @@ def full_logits_on_cpu(trainer_class):
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
-    return FullLogitsOnCpu
+    return FullLogitsOnCpuOrSharded
 
 
 def fsdp_on_cpu(trainer_class):
@@ -340,7 +340,7 @@ class HfBackend(Backend):
         )
         model, lora = self.attach_lora(model, params)
         callback = make_callback(job)
-        trainer_class = full_logits_on_cpu(SFTTrainer)
+        trainer_class = full_logits_on_cpu_or_sharded(SFTTrainer)
         if sharding != "none":
             trainer_class = fsdp_on_cpu(trainer_class)
         if job.micro_batches is not None:

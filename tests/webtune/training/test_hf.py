@@ -168,20 +168,20 @@ def test_the_trainer_checkpoints_activations_only_when_told(tiny_base, tmp_path,
 
 def test_on_a_cpu_the_loss_comes_from_full_logits_and_equals_trls_fused_loss(tok, encoded, tmp_path,
                                                                                monkeypatch):
-    """TRL's fused LM head is slow on a CPU (webtune.training.hf.full_logits_on_cpu); the replacement
-    must train on the same number: the supervised tokens' cross-entropy, summed over the batch and
+    """TRL's fused LM head is slow on a CPU (webtune.training.hf.full_logits_on_cpu_or_sharded); the
+    replacement must train on the same number: the supervised tokens' cross-entropy, summed over the batch and
     divided by its supervised-token count, and the fused head must not run."""
     from trl import SFTConfig, SFTTrainer
     from trl.kernels import chunked_logprob
 
-    from webtune.training.hf import full_logits_on_cpu
+    from webtune.training.hf import full_logits_on_cpu_or_sharded
 
     torch.manual_seed(0)
     model = toy_llama(tok)
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=3,
                      assistant_only_loss=False, max_length=None)
-    trainer = full_logits_on_cpu(SFTTrainer)(model=model, args=args, train_dataset=to_dataset(encoded),
-                                             processing_class=tok)
+    trainer_class = full_logits_on_cpu_or_sharded(SFTTrainer)
+    trainer = trainer_class(model=model, args=args, train_dataset=to_dataset(encoded), processing_class=tok)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     labels = batch["labels"]
     n_supervised = int((labels[:, 1:] != -100).sum())
