@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from webtune import errors, io
-from webtune.models import TINY
+from webtune.models import TINY, BaseParams
 from webtune.models.packaged import PACKAGED
-from webtune.params import BaseParams, load_section
+from webtune.params import load_section
 
 STAGE = "base"
 

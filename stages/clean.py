@@ -28,11 +28,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from webtune import errors, io, schema
+from webtune.cleaning import CleanParams
 from webtune.cleaning.dedup import Deduplicator
 from webtune.cleaning.pairs import build_pairs
 from webtune.cleaning.text import dedup_key, score_batch
 from webtune.parallel import ordered_map
-from webtune.params import CleanParams, load_section
+from webtune.params import load_section
 
 STAGE = "clean"
 

@@ -33,6 +33,7 @@ import torch
 from webtune import errors, formats, io, secrets
 from webtune.evaluation import (
     MODELS,
+    EvaluateParams,
     chrf_ratios,
     compare_csv,
     generation_metrics,
@@ -43,7 +44,8 @@ from webtune.evaluation import (
 from webtune.models import KEY_ENV, read_hosted
 from webtune.models.hosted import HostedChat
 from webtune.models.inference import ChatModel, Sampling
-from webtune.params import EvaluateParams, TrainParams, load_section
+from webtune.params import load_section
+from webtune.training import TrainParams
 
 STAGE = "evaluate"
 

@@ -21,7 +21,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -32,19 +31,11 @@ import pyarrow as pa
 
 from webtune import errors, expectations, formats, io, schema
 from webtune.parallel import ordered_map
-from webtune.params import FormatParams, load_section
+from webtune.params import load_section
+from webtune.splits import SPLITS, FormatParams, split_of
 
 STAGE = "format"
-SPLITS = ("train", "val", "test")
 ROW_PATTERN = "expect_column_values_to_match_regex"
-
-
-def split_of(pair_id: str, *, seed: str, train_ratio: float, val_ratio: float) -> str:
-    """Deterministic split from a salted hash of the pair id (uniform in [0, 1))."""
-    u = int(hashlib.sha256(f"{seed}\0{pair_id}".encode()).hexdigest()[:15], 16) / 16**15
-    if u < train_ratio:
-        return "train"
-    return "val" if u < train_ratio + val_ratio else "test"
 
 
 def to_messages(pair: dict, system_prompt: str = "") -> list[dict]:

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from webtune import errors, io, schema, secrets
-from webtune.params import ScrapeParams, load_section
-from webtune.sources import EmptySourceError, SourceError, get_fetch, token_env, utc_now
+from webtune.params import load_section
+from webtune.sources import EmptySourceError, ScrapeParams, SourceError, get_fetch, token_env, utc_now
 from webtune.sources.ledger import Ledger
 
 STAGE = "scrape"

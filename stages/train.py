@@ -30,11 +30,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from webtune import errors, io
-from webtune.params import TrainParams, load_section
-from webtune.training import AUTO, FitJob, TrainError, batching, distributed, get_backend, resolve
+from webtune.params import load_section
+from webtune.training import (
+    AUTO,
+    FitJob,
+    TrainError,
+    TrainParams,
+    batching,
+    distributed,
+    get_backend,
+)
 from webtune.training import run as runs
 from webtune.training.card import canonical_adapter_config, model_card
 from webtune.training.supervision import encode_rows, mask_report, render_mask_report
+from webtune.training.unsloth import resolve
 
 STAGE = "train"
 

@@ -14,12 +14,25 @@ to the adapter's answer lengths: chrF2 weighs recall above precision, so it pays
 Scraped text is data: every table cell goes through `cell`.
 """
 
+import dataclasses
 import html
 import re
 from collections import Counter
 from collections.abc import Sequence
 
 from webtune.models.inference import Answer
+from webtune.params import at_least, knob
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    samples: int = knob(at_least(0))
+    max_new_tokens: int = knob(at_least(1))
+    repetition_penalty: float = knob(at_least(1.0))  # below 1 would reward repeats
+    no_repeat_ngram_size: int = knob(at_least(0))
+    batch_size: int = knob(at_least(1))
+    threads: int = knob(at_least(1))
+
 
 MODELS = ("base", "adapter")
 PLOT_METRICS = ("loss", "perplexity", "chrf", "stop_rate", "answer_tokens", "loop_rate")

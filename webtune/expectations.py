@@ -34,6 +34,14 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 
 from webtune import io  # noqa: E402
 from webtune.errors import GateFailed, InputError  # noqa: E402
+from webtune.params import at_least, knob  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateParams:
+    min_rows: int = knob(at_least(0))
+    report_samples: int = knob(at_least(0), report=True)
+    batch_rows: int = knob(at_least(1))
 
 
 class ExpectationsFailed(GateFailed):

@@ -9,26 +9,40 @@ object is immutable and hashable.
 Knobs marked `report=True` change only what a report shows (how many sample rows it lists), never an
 output a later stage reads: the run fingerprint and the model card leave them out, so changing one
 re-runs its own stage and nothing after it.
+
+This module is the loader only. Each section's dataclass lives beside the code it configures
+(`webtune.registry.SECTIONS` says where), and each variant (a source, a backend) owns its own section's
+dataclass as its module's `PARAMS`: a section with variants declares one `Variants` field naming a
+registry, and the loader builds `scrape.pydoc`, `train.hf`, ... from those modules. It imports no section
+module itself (only by name, when loading), so nothing that imports it can form a cycle through it.
 """
 
 import dataclasses
+import importlib
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import yaml
 
 from webtune.errors import ParamsError
+from webtune.registry import SECTIONS
 
 Check = Callable[[object], str | None]  # a value -> None when fine, else what is wrong with it
 
 
-def knob(check: Check | None = None, *, report: bool = False, variant_of: str | None = None):
-    """A params field with an optional range check; `report`: the knob only shapes a report;
-    `variant_of`: the field is one variant's section (train.hf), which counts only while the section's
-    selector field (train.backend) names it."""
-    return dataclasses.field(metadata={"check": check, "report": report, "variant_of": variant_of})
+def knob(check: Check | None = None, *, report: bool = False):
+    """A params field with an optional range check; `report`: the knob only shapes a report."""
+    return dataclasses.field(metadata={"check": check, "report": report})
+
+
+def variant_sections(registry: Mapping[str, str], selector: str | None = None):
+    """The field holding one sub-section per name in `registry` (name -> module path; the module's
+    `PARAMS` is the sub-section's dataclass). In params.yaml each sub-section sits in the section itself
+    (`train.hf`, `train.openai`); `selector` names the field that picks one (train.backend): the others
+    are checked at load time but are not part of what a run is a function of (without_report_knobs)."""
+    return dataclasses.field(metadata={"variants": dict(registry), "selector": selector})
 
 
 def at_least(low) -> Check:
@@ -47,44 +61,6 @@ def one_of(*allowed) -> Check:
     return lambda v: None if v in allowed else f"{v!r} is not one of {', '.join(map(str, allowed))}"
 
 
-def _source_names() -> tuple[str, ...]:
-    from webtune.sources import SOURCES
-
-    return tuple(SOURCES)
-
-
-def _backend_names() -> tuple[str, ...]:
-    from webtune.training import CHOICES
-
-    return CHOICES
-
-
-@dataclasses.dataclass(frozen=True)
-class PydocParams:
-    topics: bool = knob()
-    modules: tuple[str, ...] = knob()
-
-
-@dataclasses.dataclass(frozen=True)
-class FilesParams:
-    patterns: tuple[str, ...] = knob()
-
-
-@dataclasses.dataclass(frozen=True)
-class HttpParams:
-    urls: tuple[str, ...] = knob()
-    timeout_s: float = knob(positive)
-    retries: int = knob(at_least(0))
-    backoff_s: float = knob(at_least(0))
-    user_agent: str = knob()
-
-
-def zone_name(v) -> str | None:
-    """Bright Data zone names are ASCII letters, digits, '_' and '-'."""
-    ok = bool(v) and v.isascii() and all(c.isalnum() or c in "_-" for c in v)
-    return None if ok else f"{v!r} is not a zone name (letters, digits, _ and - only)"
-
-
 def api_url(v) -> str | None:
     """An http(s) base URL without credentials in it (tokens come from the environment)."""
     import urllib.parse
@@ -97,257 +73,59 @@ def api_url(v) -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class UnlockerParams:
-    urls: tuple[str, ...] = knob()
-    zone: str = knob(zone_name)
-    country: str = knob()
-    api_url: str = knob(api_url)
-    requests_per_period: int = knob(at_least(1))
-    period_s: float = knob(positive)
-    concurrency: int = knob(between(1, 30))
-    timeout_s: float = knob(positive)
-    retries: int = knob(at_least(0))
-    backoff_s: float = knob(at_least(0))
-    stop_at_429s: int = knob(between(1, 24))
-    retry_failed: bool = knob()
-    refresh: int = knob(at_least(0))
+class Variants(Mapping):
+    """The variant sub-sections of one section (name -> frozen dataclass): immutable and hashable."""
+
+    def __init__(self, sections: Mapping[str, object]):
+        self._sections = dict(sections)
+
+    def __getitem__(self, name: str):
+        return self._sections[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sections)
+
+    def __len__(self) -> int:
+        return len(self._sections)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._sections.items()))
+
+    def __repr__(self) -> str:
+        return f"Variants({self._sections!r})"
+
+    def replace(self, **sections) -> "Variants":
+        """A copy with some sub-sections replaced (for tests and benchmarks)."""
+        unknown = sorted(set(sections) - set(self._sections))
+        if unknown:
+            raise KeyError(f"no variant section {unknown[0]!r} (known: {', '.join(self._sections)})")
+        return Variants({**self._sections, **sections})
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetParams:
-    dataset_id: str = knob(lambda v: None if v.startswith("gd_") else f"{v!r} is not a dataset id (gd_...)")
-    discover_by: str = knob(one_of("", "keyword", "category_url", "best_sellers_url"))
-    inputs: tuple[str, ...] = knob()
-    limit_per_input: int = knob(at_least(0))
-    api_url: str = knob(api_url)
-    poll_interval_s: float = knob(positive)
-    poll_timeout_s: float = knob(positive)
-    timeout_s: float = knob(positive)
-    retries: int = knob(at_least(0))
-    backoff_s: float = knob(at_least(0))
-    stop_at_429s: int = knob(between(1, 24))
-    part_records: int = knob(lambda v: None if v == 0 or v >= 1000 else f"must be 0 or >= 1000, got {v!r}")
-    refresh: int = knob(at_least(0))
+class Sectioned:
+    """Mixin for a section with a Variants field: a sub-section reads as an attribute
+    (`params.hf` is `params.variants["hf"]`), as it is spelt in params.yaml (train.hf)."""
+
+    def __getattr__(self, name: str):
+        # only called when normal lookup fails; private names (pickle's probes) never reach the variants
+        if not name.startswith("_") and name != "variants":
+            variants = self.variants
+            if name in variants:
+                return variants[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-@dataclasses.dataclass(frozen=True)
-class ScrapeParams:
-    source: str = knob(lambda v: one_of(*_source_names())(v))
-    max_doc_bytes: int = knob(at_least(1))
-    pydoc: PydocParams = knob()
-    files: FilesParams = knob()
-    http: HttpParams = knob()
-    brightdata_unlocker: UnlockerParams = knob()
-    brightdata_dataset: DatasetParams = knob()
+def variant_params(module: str) -> type:
+    """The params dataclass of the variant module `module` (its `PARAMS`)."""
+    return importlib.import_module(module).PARAMS
 
 
-@dataclasses.dataclass(frozen=True)
-class PairsParams:
-    task: str = knob(one_of("doc_qa", "product_copy"))
-    doc_question: str = knob()
-    section_question: str = knob()
-    min_answer_chars: int = knob(at_least(1))
-    max_instruction_chars: int = knob(at_least(10))
-    max_answer_chars: int = knob(at_least(1))
-    product_system_prompt: str = knob()
-    product_max_description_chars: int = knob(at_least(1))
-
-
-@dataclasses.dataclass(frozen=True)
-class CleanParams:
-    unicode_form: str = knob(one_of("NFC", "NFKC", "NFD", "NFKD"))
-    max_bad_char_ratio: float = knob(between(0, 1))
-    min_chars: int = knob(at_least(0))
-    max_chars: int = knob(at_least(1))
-    boilerplate_max_words: int = knob(at_least(0))
-    boilerplate_patterns: tuple[str, ...] = knob()
-    mask_emails: bool = knob()
-    mask_secrets: bool = knob()
-    near_dup_threshold: float = knob(between(0, 1))
-    minhash_permutations: int = knob(at_least(1))
-    minhash_bands: int = knob(at_least(1))
-    shingle_words: int = knob(at_least(1))
-    seed: int = knob()
-    workers: int = knob(at_least(1))
-    batch_docs: int = knob(at_least(1))
-    pairs: PairsParams = knob()
-
-    def problems(self):
-        if self.minhash_permutations % self.minhash_bands:
-            yield "minhash_bands", (f"must divide clean.minhash_permutations ({self.minhash_permutations}), "
-                                    f"got {self.minhash_bands}")
-        if self.min_chars > self.max_chars:
-            yield "min_chars", f"{self.min_chars} is above clean.max_chars ({self.max_chars})"
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidateParams:
-    min_rows: int = knob(at_least(0))
-    report_samples: int = knob(at_least(0), report=True)
-    batch_rows: int = knob(at_least(1))
-
-
-@dataclasses.dataclass(frozen=True)
-class TinyParams:
-    """base.tiny: the recipe of the tiny gpt-oss (webtune.models.tiny); read only when base.model is it."""
-
-    vocab_size: int = knob(at_least(64))
-    hidden_size: int = knob(at_least(1))
-    num_layers: int = knob(at_least(1))
-    num_heads: int = knob(at_least(1))
-    num_kv_heads: int = knob(at_least(1))
-    num_experts: int = knob(at_least(1))
-    experts_per_token: int = knob(at_least(1))
-    max_position_embeddings: int = knob(at_least(1))
-    warmup_steps: int = knob(at_least(0))
-    warmup_batch_size: int = knob(at_least(1))
-    warmup_seq_len: int = knob(at_least(2))
-    warmup_lr: float = knob(positive)
-    seed: int = knob()
-    threads: int = knob(at_least(1))
-
-    def problems(self):
-        if self.hidden_size % self.num_heads:
-            yield "hidden_size", (f"{self.hidden_size} is not divisible by base.tiny.num_heads "
-                                  f"({self.num_heads})")
-        if self.num_heads % self.num_kv_heads:
-            yield "num_kv_heads", (f"{self.num_kv_heads} does not divide base.tiny.num_heads "
-                                   f"({self.num_heads})")
-        if self.experts_per_token > self.num_experts:
-            yield "experts_per_token", (f"{self.experts_per_token} is above base.tiny.num_experts "
-                                        f"({self.num_experts})")
-
-
-@dataclasses.dataclass(frozen=True)
-class BaseParams:
-    model: str = knob()
-    revision: str = knob()
-    tiny: TinyParams = knob()
-
-
-@dataclasses.dataclass(frozen=True)
-class FormatParams:
-    max_length: int = knob(at_least(1))
-    train_ratio: float = knob(between(0, 1))
-    val_ratio: float = knob(between(0, 1))
-    split_seed: str = knob()
-    batch_rows: int = knob(at_least(1))
-    workers: int = knob(at_least(1))
-    report_samples: int = knob(at_least(0), report=True)
-    system_prompt: str = knob()
-
-    def problems(self):
-        if self.train_ratio + self.val_ratio > 1:
-            yield "val_ratio", ("format.train_ratio + format.val_ratio is "
-                                f"{self.train_ratio + self.val_ratio}, above 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraParams:
-    r: int = knob(at_least(1))
-    alpha: int = knob(at_least(1))
-    dropout: float = knob(between(0, 1))
-    target_modules: tuple[str, ...] = knob()
-    target_parameters: tuple[str, ...] = knob()
-    modules_to_save: tuple[str, ...] = knob()
-
-    def problems(self):
-        if not self.target_modules and not self.target_parameters:
-            yield "target_modules", ("and train.lora.target_parameters are both empty: "
-                                     "LoRA would train nothing")
-
-
-# train.<backend>.batch_layout: padded rows, rows end to end (where the packing probe passes), or either
-BATCH_LAYOUTS = ("auto", "padded", "padding_free")
-# train.hf.sharding: each process holds the whole base (DDP) or a shard of it (FSDP; training/distributed.py)
-SHARDINGS = ("none", "fsdp", "fsdp_offload")
-
-
-@dataclasses.dataclass(frozen=True)
-class HfParams:
-    threads: int = knob(at_least(1))
-    precision: str = knob(one_of("auto", "bf16", "fp32"))
-    batch_tokens: int = knob(at_least(0))
-    batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
-    processes: int = knob(at_least(1))
-    sharding: str = knob(one_of(*SHARDINGS))
-    gradient_checkpointing: bool = knob()
-
-
-@dataclasses.dataclass(frozen=True)
-class UnslothParams:
-    load_in_4bit: bool = knob()
-    gradient_checkpointing: str = knob(one_of("unsloth", "transformers", "off"))
-    batch_tokens: int = knob(at_least(0))
-    batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
-
-
-@dataclasses.dataclass(frozen=True)
-class OpenAIParams:
-    model: str = knob(lambda v: None if v.strip() else "must name a model")
-    n_epochs: int = knob(between(0, 50))
-    batch_size: int = knob(at_least(0))
-    learning_rate_multiplier: float = knob(at_least(0))
-    suffix: str = knob(lambda v: None if len(v) <= 64 else f"at most 64 characters, got {len(v)}")
-    base_url: str = knob(lambda v: None if v == "" else api_url(v))
-    max_example_tokens: int = knob(at_least(1))
-    poll_interval_s: float = knob(positive)
-    poll_timeout_s: float = knob(positive)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainParams:
-    backend: str = knob(lambda v: one_of(*_backend_names())(v))
-    seed: int = knob()
-    max_steps: int = knob(at_least(0))
-    epochs: float = knob(at_least(0))
-    batch_size: int = knob(at_least(1))
-    grad_accum: int = knob(at_least(1))
-    learning_rate: float = knob(positive)
-    lr_schedule: str = knob(one_of("linear", "cosine", "constant", "constant_with_warmup"))
-    warmup_ratio: float = knob(between(0, 0.999))
-    weight_decay: float = knob(at_least(0))
-    max_grad_norm: float = knob(positive)
-    packing: bool = knob()
-    channels: tuple[str, ...] = knob()
-    assistant_turns: str = knob(one_of("all", "last"))
-    eval_steps: int = knob(at_least(1))
-    eval_rows: int = knob(at_least(0))
-    save_steps: int = knob(at_least(1))
-    logging_steps: int = knob(at_least(1))
-    mask_report_rows: int = knob(at_least(0), report=True)
-    lora: LoraParams = knob()
-    hf: HfParams = knob(variant_of="backend")
-    unsloth: UnslothParams = knob(variant_of="backend")
-    openai: OpenAIParams = knob(variant_of="backend")
-
-    def problems(self):
-        if self.max_steps == 0 and self.epochs == 0:
-            yield "max_steps", "and train.epochs are both 0: nothing to train"
-        if not self.channels:
-            yield "channels", "is empty: no assistant token would be trained"
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateParams:
-    samples: int = knob(at_least(0))
-    max_new_tokens: int = knob(at_least(1))
-    repetition_penalty: float = knob(at_least(1.0))  # below 1 would reward repeats
-    no_repeat_ngram_size: int = knob(at_least(0))
-    batch_size: int = knob(at_least(1))
-    threads: int = knob(at_least(1))
-
-
-SECTIONS: dict[str, type] = {
-    "scrape": ScrapeParams,
-    "clean": CleanParams,
-    "validate": ValidateParams,
-    "base": BaseParams,
-    "format": FormatParams,
-    "train": TrainParams,
-    "evaluate": EvaluateParams,
-}
+def section_params(section: str) -> type:
+    """The dataclass of params.yaml section `section` (webtune.registry.SECTIONS)."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown params section {section!r} (known: {', '.join(SECTIONS)})")
+    module, name = SECTIONS[section].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _convert(value, annotation, where: str):
@@ -375,13 +153,20 @@ def _convert(value, annotation, where: str):
     return value
 
 
+def _variants_field(cls) -> dataclasses.Field | None:
+    return next((f for f in dataclasses.fields(cls) if "variants" in f.metadata), None)
+
+
 def from_dict(cls, data: dict, where: str):
     """Build dataclass `cls` from `data`; `where` is the dotted path used in error messages."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields.keys())
+    variants_field = _variants_field(cls)
+    registry = variants_field.metadata["variants"] if variants_field else {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f is not variants_field}
+    known = fields.keys() | registry.keys()
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ParamsError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
-    missing = [n for n in sorted(fields) if n not in data]
+        raise ParamsError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    missing = [n for n in sorted(known) if n not in data]
     if missing:
         raise ParamsError(f"{where}.{missing[0]}: missing key")
     hints = typing.get_type_hints(cls)
@@ -391,6 +176,10 @@ def from_dict(cls, data: dict, where: str):
         check = field.metadata.get("check")
         if check is not None and (problem := check(values[name])):
             raise ParamsError(f"{where}.{name}: {problem}")
+    if variants_field:
+        values[variants_field.name] = Variants({
+            name: _convert(data[name], variant_params(module), f"{where}.{name}")
+            for name, module in registry.items()})
     params = cls(**values)
     for key, problem in getattr(params, "problems", lambda: ())():
         raise ParamsError(f"{where}.{key}: {problem}")
@@ -398,21 +187,37 @@ def from_dict(cls, data: dict, where: str):
 
 
 def load_section(section: str, path: str | Path = "params.yaml"):
-    """Load one section of params.yaml as its frozen dataclass."""
-    if section not in SECTIONS:
-        raise ValueError(f"unknown params section {section!r} (known: {', '.join(SECTIONS)})")
+    """Load one section of params.yaml as its frozen dataclass (webtune.registry.SECTIONS names it)."""
+    cls = section_params(section)
     try:
         all_params = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if section not in all_params:
         raise ParamsError(f"{section}: missing section in {path}")
-    return from_dict(SECTIONS[section], all_params[section], section)
+    return from_dict(cls, all_params[section], section)
+
+
+def replace(params, **changes):
+    """dataclasses.replace that also takes variant sub-sections by name (`replace(train, hf=...)`)."""
+    field = _variants_field(type(params))
+    if field is not None:
+        sections = {name: changes.pop(name) for name in list(changes) if name in field.metadata["variants"]}
+        if sections:
+            changes[field.name] = getattr(params, field.name).replace(**sections)
+    return dataclasses.replace(params, **changes)
 
 
 def as_dict(params) -> dict:
-    """Params back to plain dicts/lists (for metrics files and model cards)."""
-    return dataclasses.asdict(params)
+    """Params back to plain dicts, as params.yaml spells them (for metrics files and model cards)."""
+    out = {}
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        if isinstance(value, Variants):
+            out.update((name, as_dict(section)) for name, section in value.items())
+        else:
+            out[field.name] = as_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def without_report_knobs(params) -> dict:
@@ -422,9 +227,11 @@ def without_report_knobs(params) -> dict:
     for field in dataclasses.fields(params):
         if field.metadata.get("report"):
             continue
-        selector = field.metadata.get("variant_of")
-        if selector is not None and getattr(params, selector) != field.name:
-            continue
         value = getattr(params, field.name)
-        out[field.name] = without_report_knobs(value) if dataclasses.is_dataclass(value) else value
+        if isinstance(value, Variants):
+            selector = field.metadata.get("selector")
+            out.update((name, without_report_knobs(section)) for name, section in value.items()
+                       if selector is None or getattr(params, selector) == name)
+        else:
+            out[field.name] = without_report_knobs(value) if dataclasses.is_dataclass(value) else value
     return out

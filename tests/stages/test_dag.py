@@ -10,12 +10,9 @@ import pytest
 import yaml
 
 from webtune import params as P
-from webtune.sources import SOURCES
-from webtune.training import BACKENDS
+from webtune.registry import BACKENDS, SECTIONS, SOURCES
 
 STAGES = ["scrape", "clean", "validate", "base", "format", "train", "evaluate"]
-# Read by every stage but shaping no output: editing them must not re-run the DAG (params are listed by key).
-NOT_DEPS = {"webtune/__init__.py", "webtune/errors.py", "webtune/params.py"}
 # Knobs a stage reads from another stage's section (its own section is checked in full).
 BORROWED = {"evaluate": {"train.channels", "train.assistant_turns"}, "train": {"format.max_length"}}
 
@@ -53,11 +50,22 @@ def module_file(repo: Path, module: str) -> Path | None:
     return None
 
 
-def webtune_closure(repo: Path, start: Path) -> set[str]:
-    """The webtune/ files `start` runs: its imports, their imports, and so on."""
+def loaded_modules(section: str) -> set[str]:
+    """The modules webtune.params imports by name to load `section`: the section's own module and, for a
+    section with variants (scrape.<source>, train.<backend>, base.tiny), every variant's module."""
+    cls = P.section_params(section)
+    modules = {SECTIONS[section].split(":")[0]}
+    for field in dataclasses.fields(cls):
+        modules |= set(field.metadata.get("variants", {}).values())
+    return modules
+
+
+def webtune_closure(repo: Path, start: Path, also: set[str] = frozenset()) -> set[str]:
+    """The webtune/ files `start` runs: its imports (and the modules in `also`), their imports, and so on."""
     seen, todo = set(), [start]
+    pending = set(also)
     while todo:
-        for module in imports_of(todo.pop()):
+        for module in imports_of(todo.pop()) | pending:
             if module.split(".")[0] != "webtune":
                 continue
             parts = module.split(".")
@@ -66,9 +74,13 @@ def webtune_closure(repo: Path, start: Path) -> set[str]:
                 rel = str(path.relative_to(repo)) if path is not None else None
                 if rel is not None and rel not in seen:
                     seen.add(rel)
-                    if rel not in NOT_DEPS:  # params imports the registries lazily, only to check names
-                        todo.append(path)
+                    todo.append(path)
+        pending = set()
     return seen
+
+
+def sections_loaded_by(name: str) -> set[str]:
+    return {name} | {key.split(".")[0] for key in BORROWED.get(name, ())}
 
 
 @pytest.mark.parametrize("name", STAGES)
@@ -79,7 +91,8 @@ def test_each_stage_runs_its_module_and_depends_on_the_code_it_runs(repo, dag, n
     imported = imports_of(repo / "stages" / f"{name}.py")
     assert not any(m.startswith("stages") for m in imported), f"stages/{name}.py imports another stage"
     deps = [d.rstrip("/") for d in stage["deps"]]
-    for path in sorted(webtune_closure(repo, repo / "stages" / f"{name}.py") - NOT_DEPS):
+    loaded = set().union(*(loaded_modules(section) for section in sections_loaded_by(name)))
+    for path in sorted(webtune_closure(repo, repo / "stages" / f"{name}.py", loaded)):
         assert any(path == d or path.startswith(d + "/") for d in deps), (
             f"stage {name} runs {path} but does not depend on it (editing it would not re-run the stage)")
 
@@ -104,6 +117,10 @@ def test_every_path_in_a_command_is_a_declared_dep_or_output(dag, name):
 
 
 def leaves(obj, prefix: str) -> set[str]:
+    """The dotted keys of every knob under `obj`, spelt as in params.yaml (variant sections included)."""
+    if isinstance(obj, P.Variants):
+        return set().union(*(leaves(section, f"{prefix[: prefix.rindex('.')]}.{name}")
+                             for name, section in obj.items()))
     if dataclasses.is_dataclass(obj):
         return set().union(*(leaves(getattr(obj, f.name), f"{prefix}.{f.name}")
                              for f in dataclasses.fields(obj)))

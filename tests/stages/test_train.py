@@ -16,14 +16,15 @@ import pytest
 
 from stages import train
 from tests.toys import TEXTS, TINY_LORA
+from webtune import params as P
 from webtune.errors import InputError
 from webtune.formats.harmony import FORMAT
 from webtune.io import read_chat_rows
 from webtune.models import base_info, load_adapter, load_base
 from webtune.models.inference import ChatModel
-from webtune.params import TrainParams, load_section
+from webtune.params import load_section
 from webtune.schema import CHAT_ROWS
-from webtune.training import TrainError
+from webtune.training import TrainError, TrainParams
 from webtune.training import run as runs
 
 MAX_LENGTH = 512  # format.max_length (train.max_length is gone)
@@ -237,7 +238,7 @@ def llama_base(tiny_base, tmp_path_factory) -> Path:
 def token_budget_params(layout: str) -> TrainParams:
     params = small_params(max_steps=6, save_steps=3, logging_steps=1, eval_steps=100, learning_rate=0.01)
     budget = dataclasses.replace(params.hf, batch_tokens=256, batch_layout=layout)
-    return dataclasses.replace(params, hf=budget)
+    return P.replace(params, hf=budget)
 
 
 class Killed(Exception):

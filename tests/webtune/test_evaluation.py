@@ -8,8 +8,8 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 from webtune import evaluation as V
+from webtune.evaluation import EvaluateParams
 from webtune.models.inference import Answer
-from webtune.params import EvaluateParams
 
 # --- loops ---------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """params.yaml loads strictly into frozen dataclasses: every bad key or value is named by its dotted key."""
 
 import dataclasses
+import json
 import re
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 
 from webtune import params as P
 from webtune.errors import ParamsError
+from webtune.registry import BACKENDS, BASES, SECTIONS, SOURCES
 
 
 def write_with(tmp_path, repo, section: str, *keys_and_value):
@@ -25,10 +27,38 @@ def write_with(tmp_path, repo, section: str, *keys_and_value):
 
 def test_every_params_section_loads(repo):
     raw = yaml.safe_load((repo / "params.yaml").read_text())
-    assert set(P.SECTIONS) <= set(raw), "params.yaml lacks a section the code defines"
-    for section in P.SECTIONS:
+    assert set(SECTIONS) <= set(raw), "params.yaml lacks a section the code defines"
+    for section in SECTIONS:
         loaded = P.load_section(section, repo / "params.yaml")
-        assert isinstance(loaded, P.SECTIONS[section])
+        assert isinstance(loaded, P.section_params(section))
+
+
+@pytest.mark.parametrize("registry", [SOURCES, BACKENDS, BASES], ids=["sources", "backends", "bases"])
+def test_each_variant_module_owns_its_section_dataclass(registry):
+    for name, module in registry.items():
+        cls = P.variant_params(module)
+        assert dataclasses.is_dataclass(cls) and cls.__module__ == module, (name, cls)
+
+
+def test_a_variant_section_reads_as_an_attribute_and_round_trips_as_params_yaml_spells_it(repo):
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    train = P.load_section("train", repo / "params.yaml")
+    assert train.hf is train.variants["hf"] and train.hf.threads == raw["train"]["hf"]["threads"]
+    assert json.loads(json.dumps(P.as_dict(train))) == raw["train"]
+    assert list(P.as_dict(train))[-3:] == list(BACKENDS)
+    # the run is a function of the selected backend's section only
+    assert set(P.without_report_knobs(train)) & set(BACKENDS) == {train.backend}
+    with pytest.raises(AttributeError, match="no attribute 'jax'"):
+        train.jax  # noqa: B018
+
+
+def test_a_variant_section_can_be_replaced_and_stays_hashable(load):
+    train = load("train")
+    faster = P.replace(train, hf=dataclasses.replace(train.hf, threads=7), seed=train.seed + 1)
+    assert faster.hf.threads == 7 and train.hf.threads != 7 and faster.seed == train.seed + 1
+    assert hash(faster) != hash(train) and faster != train
+    with pytest.raises(KeyError, match="no variant section 'jax'"):
+        train.variants.replace(jax=None)
 
 
 def test_a_misspelt_key_is_named(tmp_path, repo):
@@ -79,8 +109,6 @@ def test_an_unknown_backend_names_the_known_ones(tmp_path, repo):
 
 
 def test_an_unknown_source_names_the_known_ones(tmp_path, repo):
-    from webtune.sources import SOURCES
-
     path = write_with(tmp_path, repo, "scrape", "source", "ftp")
     with pytest.raises(ParamsError) as err:
         P.load_section("scrape", path)
@@ -123,13 +151,15 @@ def test_report_only_comments_in_params_yaml_match_the_report_knobs(repo):
 
     def walk(cls, prefix):
         for field in dataclasses.fields(cls):
+            for name, module in field.metadata.get("variants", {}).items():
+                walk(P.variant_params(module), f"{prefix}{name}.")
             if dataclasses.is_dataclass(field.type):
                 walk(field.type, f"{prefix}{field.name}.")
             elif field.metadata.get("report"):
                 marked.add(f"{prefix}{field.name}")
 
-    for section, cls in P.SECTIONS.items():
-        walk(cls, f"{section}.")
+    for section in SECTIONS:
+        walk(P.section_params(section), f"{section}.")
     said, path = set(), []
     for line in (repo / "params.yaml").read_text().splitlines():
         m = re.match(r"^( *)(\w+):(.*)$", line)

@@ -2,7 +2,7 @@
 
 from rensa import RMinHash, RMinHashLSH
 
-from webtune.params import CleanParams
+from webtune.cleaning import CleanParams
 
 
 class Deduplicator:

@@ -13,8 +13,21 @@ import dataclasses
 import json
 import re
 
-from webtune.params import PairsParams
+from webtune.params import at_least, knob, one_of
 from webtune.schema import provenance, short_hash
+
+
+@dataclasses.dataclass(frozen=True)
+class PairsParams:
+    task: str = knob(one_of("doc_qa", "product_copy"))
+    doc_question: str = knob()
+    section_question: str = knob()
+    min_answer_chars: int = knob(at_least(1))
+    max_instruction_chars: int = knob(at_least(10))
+    max_answer_chars: int = knob(at_least(1))
+    product_system_prompt: str = knob()
+    product_max_description_chars: int = knob(at_least(1))
+
 
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 # reST section adornments, and the heading level each gets (pydoc topics use * for titles, = and - below).

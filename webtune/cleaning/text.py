@@ -23,8 +23,8 @@ from rensa import RMinHash
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.html import HTMLTree
 
+from webtune.cleaning import CleanParams
 from webtune.formats import count_control_tags, neutralise
-from webtune.params import CleanParams
 from webtune.sources import HTML, MARKDOWN, RECORD
 
 EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")

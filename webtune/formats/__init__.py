@@ -19,12 +19,8 @@ import abc
 import importlib
 from collections.abc import Sequence
 
-# Format name -> module (imported on first use). Adding a format is adding one module and one line here.
-FORMATS = {
-    "harmony": "webtune.formats.harmony",  # gpt-oss
-    "chatml": "webtune.formats.chatml",  # SmolLM2, Qwen
-    "llama3": "webtune.formats.llama3",  # Llama 3.x
-}
+from webtune.registry import FORMATS  # name -> module, imported on first use
+
 ROLES = ("system", "developer", "user", "assistant")
 TURNS = ("all", "last")  # which assistant turns are supervised
 

@@ -16,6 +16,7 @@ format, train, evaluate and the chat commands all load through here (`webtune.mo
 generates with the format's stop tokens).
 """
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +26,16 @@ from typing import Any
 from webtune import formats
 from webtune.errors import UserError, one_line
 from webtune.formats import ChatFormat
+from webtune.params import Sectioned, Variants, knob, variant_sections
+from webtune.registry import BASES
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseParams(Sectioned):
+    model: str = knob()
+    revision: str = knob()
+    variants: Variants = variant_sections(BASES)  # base.tiny: webtune.models.tiny's recipe
+
 
 MODEL_DIR, TOKENIZER_DIR = "model", "tokenizer"
 INFO_FILE = "base.json"  # in MODEL_DIR

@@ -8,6 +8,7 @@ adapter beats the base" trivially true). `build_tiny_base` saves both into a bas
 (webtune.models), with base.json recording the recipe's hash.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,7 +24,41 @@ from webtune import io
 from webtune.errors import UserError
 from webtune.formats import harmony, neutralise
 from webtune.models import INFO_FILE, MODEL_DIR, TINY, TOKENIZER_DIR, save_tokenizer
-from webtune.params import TinyParams, as_dict
+from webtune.params import as_dict, at_least, knob, positive
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyParams:
+    """base.tiny: the recipe of the tiny gpt-oss (webtune.models.tiny); read only when base.model is it."""
+
+    vocab_size: int = knob(at_least(64))
+    hidden_size: int = knob(at_least(1))
+    num_layers: int = knob(at_least(1))
+    num_heads: int = knob(at_least(1))
+    num_kv_heads: int = knob(at_least(1))
+    num_experts: int = knob(at_least(1))
+    experts_per_token: int = knob(at_least(1))
+    max_position_embeddings: int = knob(at_least(1))
+    warmup_steps: int = knob(at_least(0))
+    warmup_batch_size: int = knob(at_least(1))
+    warmup_seq_len: int = knob(at_least(2))
+    warmup_lr: float = knob(positive)
+    seed: int = knob()
+    threads: int = knob(at_least(1))
+
+    def problems(self):
+        if self.hidden_size % self.num_heads:
+            yield "hidden_size", (f"{self.hidden_size} is not divisible by base.tiny.num_heads "
+                                  f"({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            yield "num_kv_heads", (f"{self.num_kv_heads} does not divide base.tiny.num_heads "
+                                   f"({self.num_heads})")
+        if self.experts_per_token > self.num_experts:
+            yield "experts_per_token", (f"{self.experts_per_token} is above base.tiny.num_experts "
+                                        f"({self.num_experts})")
+
+
+PARAMS = TinyParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 # gpt-oss alternates a sliding-window layer with a full-attention layer. 128 tokens (gpt-oss's own
 # window) is half of warmup_seq_len, so the sliding layers really do slide during warm-up.
@@ -251,7 +286,6 @@ def recipe_sha256(params: TinyParams, corpus_sha256: str) -> str:
     """What a tiny base is a function of: its params and its corpus (canonical JSON, hashed)."""
     recipe = {"params": as_dict(params), "corpus_sha256": corpus_sha256}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 
 def warmup_corpus() -> list[str]:

@@ -1,7 +1,8 @@
 """Sources: where raw documents come from. Adding a source is adding one module here, one line in
-SOURCES, and its section under `scrape:` in params.yaml (the scrape stage lists only the selected one).
+webtune.registry.SOURCES, and its section under `scrape:` in params.yaml (the scrape stage lists only the
+selected one).
 
-A source module exposes
+A source module exposes its section's dataclass as `PARAMS` and
 
     def fetch(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str]) -> Iterator[dict]
 
@@ -17,6 +18,7 @@ run's time for a document whose bytes did not change, so re-scraping identical c
 output and re-runs nothing downstream.
 """
 
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib
@@ -27,18 +29,22 @@ from types import ModuleType
 
 from webtune.errors import UserError
 from webtune.io import decode_bytes
+from webtune.params import Sectioned, Variants, at_least, knob, one_of, variant_sections
+from webtune.registry import SOURCES
 from webtune.schema import doc_id
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrapeParams(Sectioned):
+    """scrape: the selected source, the size cap, and each source's own section (its module's PARAMS)."""
+
+    source: str = knob(one_of(*SOURCES))
+    max_doc_bytes: int = knob(at_least(1))
+    variants: Variants = variant_sections(SOURCES, selector="source")  # scrape.pydoc, scrape.http, ...
+
 
 Fetch = Callable[..., Iterator[dict]]
 
-# Source name (scrape.source) -> module.
-SOURCES = {
-    "pydoc": "webtune.sources.pydoc",
-    "files": "webtune.sources.files",
-    "http": "webtune.sources.http",
-    "brightdata_unlocker": "webtune.sources.brightdata_unlocker",
-    "brightdata_dataset": "webtune.sources.brightdata_dataset",
-}
 
 # content_type values the pipeline understands.
 HTML, MARKDOWN, TEXT, RECORD = "text/html", "text/markdown", "text/plain", "application/x-record+json"

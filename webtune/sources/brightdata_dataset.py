@@ -37,12 +37,32 @@ import requests
 
 from webtune import secrets
 from webtune.errors import UserError
-from webtune.params import DatasetParams, ScrapeParams
-from webtune.sources import EmptySourceError, SourceError, record_row
+from webtune.params import api_url, at_least, between, knob, one_of, positive
+from webtune.sources import EmptySourceError, ScrapeParams, SourceError, record_row
 from webtune.sources.brightdata_unlocker import TOKEN_ENV, AuthRefusedError, one_line
 from webtune.sources.http import parse_retry_after, url_problem
 from webtune.sources.ledger import Ledger, Snapshot
 from webtune.sources.ratelimit import BACKOFF_429_S, RateLimitFuse
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetParams:
+    dataset_id: str = knob(lambda v: None if v.startswith("gd_") else f"{v!r} is not a dataset id (gd_...)")
+    discover_by: str = knob(one_of("", "keyword", "category_url", "best_sellers_url"))
+    inputs: tuple[str, ...] = knob()
+    limit_per_input: int = knob(at_least(0))
+    api_url: str = knob(api_url)
+    poll_interval_s: float = knob(positive)
+    poll_timeout_s: float = knob(positive)
+    timeout_s: float = knob(positive)
+    retries: int = knob(at_least(0))
+    backoff_s: float = knob(at_least(0))
+    stop_at_429s: int = knob(between(1, 24))
+    part_records: int = knob(lambda v: None if v == 0 or v >= 1000 else f"must be 0 or >= 1000, got {v!r}")
+    refresh: int = knob(at_least(0))
+
+
+PARAMS = DatasetParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 SOURCE = "brightdata_dataset"
 FUSE_WINDOW_S = 300.0

@@ -33,6 +33,7 @@ per `period_s`). Finished pages go to the ledger as they arrive, so a killed run
 the missing URLs; rows are yielded in URL-list order once all are done.
 """
 
+import dataclasses
 import sys
 import threading
 import time
@@ -45,11 +46,37 @@ from tqdm import tqdm
 
 from webtune import secrets
 from webtune.errors import UserError
-from webtune.params import ScrapeParams, UnlockerParams
-from webtune.sources import MARKDOWN, EmptySourceError, SourceError, failed_row, raw_row
+from webtune.params import api_url, at_least, between, knob, positive
+from webtune.sources import MARKDOWN, EmptySourceError, ScrapeParams, SourceError, failed_row, raw_row
 from webtune.sources.http import parse_retry_after, title_for, url_problem
 from webtune.sources.ledger import Fetch, Ledger, normalise_url
 from webtune.sources.ratelimit import BACKOFF_429_S, RateLimiter, RateLimitFuse
+
+
+def zone_name(v) -> str | None:
+    """Bright Data zone names are ASCII letters, digits, '_' and '-'."""
+    ok = bool(v) and v.isascii() and all(c.isalnum() or c in "_-" for c in v)
+    return None if ok else f"{v!r} is not a zone name (letters, digits, _ and - only)"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlockerParams:
+    urls: tuple[str, ...] = knob()
+    zone: str = knob(zone_name)
+    country: str = knob()
+    api_url: str = knob(api_url)
+    requests_per_period: int = knob(at_least(1))
+    period_s: float = knob(positive)
+    concurrency: int = knob(between(1, 30))
+    timeout_s: float = knob(positive)
+    retries: int = knob(at_least(0))
+    backoff_s: float = knob(at_least(0))
+    stop_at_429s: int = knob(between(1, 24))
+    retry_failed: bool = knob()
+    refresh: int = knob(at_least(0))
+
+
+PARAMS = UnlockerParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 SOURCE = "brightdata_unlocker"
 TOKEN_ENV = "BRIGHTDATA_API_TOKEN"

@@ -13,13 +13,22 @@ recorded as too_large from its size alone, never read.
 """
 
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from webtune.params import ScrapeParams
-from webtune.sources import HTML, MARKDOWN, TEXT, SourceError, failed_row, raw_row, record_row
+from webtune.params import knob
+from webtune.sources import HTML, MARKDOWN, TEXT, ScrapeParams, SourceError, failed_row, raw_row, record_row
+
+
+@dataclasses.dataclass(frozen=True)
+class FilesParams:
+    patterns: tuple[str, ...] = knob()
+
+
+PARAMS = FilesParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 SOURCE = "files"
 DOCUMENT_SUFFIXES = {".html": HTML, ".htm": HTML, ".md": MARKDOWN, ".markdown": MARKDOWN, ".txt": TEXT}

@@ -18,6 +18,7 @@ Content-Encoding is undone) and decoded by raw_row with the pipeline's single UT
 charset the server declares, so content_sha256 is the hash of what was served.
 """
 
+import dataclasses
 import math
 import sys
 import time
@@ -29,8 +30,29 @@ from pathlib import Path
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
-from webtune.params import HttpParams, ScrapeParams
-from webtune.sources import HTML, MARKDOWN, TEXT, EmptySourceError, SourceError, failed_row, raw_row
+from webtune.params import at_least, knob, positive
+from webtune.sources import (
+    HTML,
+    MARKDOWN,
+    TEXT,
+    EmptySourceError,
+    ScrapeParams,
+    SourceError,
+    failed_row,
+    raw_row,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpParams:
+    urls: tuple[str, ...] = knob()
+    timeout_s: float = knob(positive)
+    retries: int = knob(at_least(0))
+    backoff_s: float = knob(at_least(0))
+    user_agent: str = knob()
+
+
+PARAMS = HttpParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 SOURCE = "http"
 

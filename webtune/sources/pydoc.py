@@ -11,6 +11,7 @@ interpreter's build time (when these pages were made), not the wall clock: on th
 clone's scrape is byte-identical to the committed one, so every later stage's output hash repeats too.
 """
 
+import dataclasses
 import datetime as dt
 import importlib
 import inspect
@@ -21,8 +22,17 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from webtune.params import ScrapeParams
-from webtune.sources import MARKDOWN, TEXT, EmptySourceError, raw_row
+from webtune.params import knob
+from webtune.sources import MARKDOWN, TEXT, EmptySourceError, ScrapeParams, raw_row
+
+
+@dataclasses.dataclass(frozen=True)
+class PydocParams:
+    topics: bool = knob()
+    modules: tuple[str, ...] = knob()
+
+
+PARAMS = PydocParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 SOURCE = "pydoc"
 # Reprs of default values such as `<built-in method match of re.Pattern object at 0x7f...>` change with

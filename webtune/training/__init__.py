@@ -8,13 +8,15 @@ adapter's model card) and hands a backend a loaded base and the checked, ordered
     base = backend.load(base_dir, params)          # default: webtune.models.load_base
     fitted = backend.fit(base, job)                # -> Fitted(model, metrics)
 
-A backend is one module holding `BACKEND`, with its own section under `train:` in params.yaml
-(`train.hf`, `train.unsloth`, `train.openai`). `unsloth` swaps only loading and the LoRA attach: the
-loop is hf's TRL loop. `auto` is not a module: `resolve` makes it unsloth where CUDA and a compatible
-Unsloth are present, hf otherwise, before the run's fingerprint is taken.
+A backend is one module holding `BACKEND` and `PARAMS` (the dataclass of its own section under `train:`
+in params.yaml: `train.hf`, `train.unsloth`, `train.openai`), and one line in webtune.registry.BACKENDS.
+`unsloth` swaps only loading and the LoRA attach: the loop is hf's TRL loop. `auto` is not a module:
+`unsloth.resolve` makes it unsloth where CUDA and a compatible Unsloth are present, hf otherwise, before the
+run's fingerprint is taken.
 """
 
 import abc
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +24,58 @@ from pathlib import Path
 from typing import Any
 
 from webtune.errors import UserError
+from webtune.params import Sectioned, Variants, at_least, between, knob, one_of, positive, variant_sections
+from webtune.registry import AUTO, BACKEND_CHOICES, BACKENDS  # noqa: F401 -- AUTO is re-exported
 
-# Backend name (train.backend) -> module.
-BACKENDS = {"hf": "webtune.training.hf", "unsloth": "webtune.training.unsloth",
-            "openai": "webtune.training.openai"}
-AUTO = "auto"  # unsloth on a CUDA GPU with Unsloth installed, hf elsewhere
-CHOICES = (*BACKENDS, AUTO)
+
+@dataclasses.dataclass(frozen=True)
+class LoraParams:
+    r: int = knob(at_least(1))
+    alpha: int = knob(at_least(1))
+    dropout: float = knob(between(0, 1))
+    target_modules: tuple[str, ...] = knob()
+    target_parameters: tuple[str, ...] = knob()
+    modules_to_save: tuple[str, ...] = knob()
+
+    def problems(self):
+        if not self.target_modules and not self.target_parameters:
+            yield "target_modules", ("and train.lora.target_parameters are both empty: "
+                                     "LoRA would train nothing")
+
+
+# train.<backend>.batch_layout: padded rows, rows end to end (where the packing probe passes), or either
+BATCH_LAYOUTS = ("auto", "padded", "padding_free")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams(Sectioned):
+    backend: str = knob(one_of(*BACKEND_CHOICES))
+    seed: int = knob()
+    max_steps: int = knob(at_least(0))
+    epochs: float = knob(at_least(0))
+    batch_size: int = knob(at_least(1))
+    grad_accum: int = knob(at_least(1))
+    learning_rate: float = knob(positive)
+    lr_schedule: str = knob(one_of("linear", "cosine", "constant", "constant_with_warmup"))
+    warmup_ratio: float = knob(between(0, 0.999))
+    weight_decay: float = knob(at_least(0))
+    max_grad_norm: float = knob(positive)
+    packing: bool = knob()
+    channels: tuple[str, ...] = knob()
+    assistant_turns: str = knob(one_of("all", "last"))
+    eval_steps: int = knob(at_least(1))
+    eval_rows: int = knob(at_least(0))
+    save_steps: int = knob(at_least(1))
+    logging_steps: int = knob(at_least(1))
+    mask_report_rows: int = knob(at_least(0), report=True)
+    lora: LoraParams = knob()
+    variants: Variants = variant_sections(BACKENDS, selector="backend")  # train.hf, train.openai, ...
+
+    def problems(self):
+        if self.max_steps == 0 and self.epochs == 0:
+            yield "max_steps", "and train.epochs are both 0: nothing to train"
+        if not self.channels:
+            yield "channels", "is empty: no assistant token would be trained"
 
 
 class TrainError(UserError):
@@ -43,7 +91,7 @@ class FitJob:
     order: list[int]  # row index for every row the run trains on, in order (run.row_order)
     total_steps: int
     max_length: int  # tokens per row at most (format.max_length); rows are checked, never cut
-    params: Any  # webtune.params.TrainParams
+    params: TrainParams
     checkpoints: Path  # the persistent checkpoint folder (webtune.training.run)
     resume_from: Path | None  # the last complete checkpoint of this run, or None
     live_dir: Path  # dvclive folder: per-step curves
@@ -101,15 +149,8 @@ class Backend(abc.ABC):
         """Train a LoRA on base.model; checkpoint into job.checkpoints, resuming from job.resume_from."""
 
 
-def resolve(name: str, cuda: bool | None = None, progress=None) -> str:
-    """train.backend as it will run (`auto` -> unsloth or hf)."""
-    from webtune.training.unsloth import resolve_backend
-
-    return resolve_backend(name, cuda, progress)
-
-
 def get_backend(name: str) -> Backend:
     """The backend module's BACKEND; `auto` must be resolved first (the run's fingerprint names it)."""
     if name not in BACKENDS:
-        raise TrainError(f"train.backend: unknown backend {name!r} (known: {', '.join(CHOICES)})")
+        raise TrainError(f"train.backend: unknown backend {name!r} (known: {', '.join(BACKEND_CHOICES)})")
     return importlib.import_module(BACKENDS[name]).BACKEND

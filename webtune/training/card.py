@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from webtune.formats import ChatFormat
-from webtune.params import TrainParams, without_report_knobs
+from webtune.params import without_report_knobs
+from webtune.training import TrainParams
 
 USAGE = """```python
 from webtune.models.inference import ChatModel

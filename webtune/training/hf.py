@@ -6,6 +6,7 @@ checked ones before the first step. Its own section is `train.hf` in params.yaml
 """
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -15,9 +16,27 @@ import torch
 
 from webtune.models import prepare_for_lora
 from webtune.models.packing import check_packing
-from webtune.training import Backend, FitJob, Fitted, TrainError, distributed
+from webtune.params import at_least, knob, one_of
+from webtune.training import BATCH_LAYOUTS, Backend, FitJob, Fitted, TrainError, distributed
 from webtune.training.run import mark_complete
 from webtune.training.supervision import IGNORE, Encoded
+
+# train.hf.sharding: each process holds the whole base (DDP) or a shard of it (FSDP; training/distributed.py)
+SHARDINGS = ("none", "fsdp", "fsdp_offload")
+
+
+@dataclasses.dataclass(frozen=True)
+class HfParams:
+    threads: int = knob(at_least(1))
+    precision: str = knob(one_of("auto", "bf16", "fp32"))
+    batch_tokens: int = knob(at_least(0))
+    batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
+    processes: int = knob(at_least(1))
+    sharding: str = knob(one_of(*SHARDINGS))
+    gradient_checkpointing: bool = knob()
+
+
+PARAMS = HfParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 
 def check_prepared(prepared, encoded: Encoded, packing: bool, order: Sequence[int] | None = None) -> None:

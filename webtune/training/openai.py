@@ -25,6 +25,7 @@ draw, so `dvc plots` shows it.
 """
 
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import io as stdio
@@ -36,7 +37,24 @@ from pathlib import Path
 
 from webtune import io, secrets
 from webtune.models import KEY_ENV
+from webtune.params import api_url, at_least, between, knob, positive
 from webtune.training import TrainError
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenAIParams:
+    model: str = knob(lambda v: None if v.strip() else "must name a model")
+    n_epochs: int = knob(between(0, 50))
+    batch_size: int = knob(at_least(0))
+    learning_rate_multiplier: float = knob(at_least(0))
+    suffix: str = knob(lambda v: None if len(v) <= 64 else f"at most 64 characters, got {len(v)}")
+    base_url: str = knob(lambda v: None if v == "" else api_url(v))
+    max_example_tokens: int = knob(at_least(1))
+    poll_interval_s: float = knob(positive)
+    poll_timeout_s: float = knob(positive)
+
+
+PARAMS = OpenAIParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 STATE_FILE = "openai-job.json"
 ROLES = ("system", "user", "assistant")

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from webtune.io import stderr, write_json
-from webtune.params import TrainParams, without_report_knobs
-from webtune.training import TrainError
+from webtune.params import without_report_knobs
+from webtune.training import TrainError, TrainParams
 
 RUN_FILE = "run.json"  # in the checkpoints folder: which run its checkpoints belong to
 COMPLETE = "COMPLETE"  # written into a checkpoint folder after the trainer has finished saving it
@@ -34,8 +34,6 @@ def file_md5(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
 
 
 def run_fingerprint(params: TrainParams, base_info: dict, data_md5: dict, max_length: int) -> str:

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from webtune import formats
-from webtune.params import TrainParams
-from webtune.training import TrainError
+from webtune.training import TrainError, TrainParams
 
 IGNORE = -100  # the label of a token that is not trained (transformers' and torch's ignore_index)
 
@@ -93,7 +92,6 @@ class MaskReport:
                 f"{', '.join(self.outside_rows[:10])}"
             )
         return "; ".join(lines) or None
-
 
 
 def _spans(flags: Sequence[bool]) -> list[tuple[int, int]]:

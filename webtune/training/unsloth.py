@@ -10,11 +10,25 @@ otherwise; metrics/train.json's `backend` says which ran.
 The adapter is a plain PEFT adapter: `PeftModel.from_pretrained` loads it on a transformers base.
 """
 
+import dataclasses
 import importlib.metadata
 from pathlib import Path
 
-from webtune.training import TrainError
+from webtune.params import at_least, knob, one_of
+from webtune.registry import AUTO
+from webtune.training import BATCH_LAYOUTS, TrainError
 from webtune.training.hf import HfBackend
+
+
+@dataclasses.dataclass(frozen=True)
+class UnslothParams:
+    load_in_4bit: bool = knob()
+    gradient_checkpointing: str = knob(one_of("unsloth", "transformers", "off"))
+    batch_tokens: int = knob(at_least(0))
+    batch_layout: str = knob(one_of(*BATCH_LAYOUTS))
+
+
+PARAMS = UnslothParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 # What unsloth 2026.10.x accepts (its own metadata pins; a newer trl or transformers fails inside its
 # patches with errors that do not name the version). Checked before anything loads.
@@ -55,10 +69,8 @@ def unsloth_usable(cuda: bool | None = None) -> tuple[bool, str]:
     return (not problems), "; ".join(problems)
 
 
-def resolve_backend(name: str, cuda: bool | None = None, progress=None) -> str:
+def resolve(name: str, cuda: bool | None = None, progress=None) -> str:
     """train.backend as it will run: `auto` becomes unsloth or hf; anything else is itself."""
-    from webtune.training import AUTO
-
     if name != AUTO:
         return name
     usable, why = unsloth_usable(cuda)

@@ -15,7 +15,7 @@ from webtune.errors import UserError
 from webtune.formats import harmony
 from webtune.models import load_base, load_tokenizer
 from webtune.models import tiny as T
-from webtune.params import TinyParams
+from webtune.models.tiny import TinyParams
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.stages.test_train import run_train, small_params
+from webtune import params as P
 from webtune.errors import UserError
 from webtune.formats.harmony import FORMAT
 from webtune.models import INFO_FILE, MODEL_DIR, TOKENIZER_DIR, load_base
@@ -157,7 +158,7 @@ def test_the_trainer_checkpoints_activations_only_when_told(tiny_base, tmp_path,
 
     monkeypatch.setattr(transformers.Trainer, "training_step", recording_step)
     defaults = small_params(max_steps=2, eval_steps=10, save_steps=10)
-    params = dataclasses.replace(defaults, hf=dataclasses.replace(defaults.hf,
+    params = P.replace(defaults, hf=dataclasses.replace(defaults.hf,
                                                                   gradient_checkpointing=checkpointing))
     run_train(tmp_path, tiny_base, params, n_train=8, n_val=4)
     assert seen == [checkpointing, checkpointing]
@@ -230,7 +231,7 @@ def test_fsdp_shards_by_the_models_decoder_layer_and_uses_fsdps_own_checkpointin
 
 def test_fsdp_offload_on_a_cpu_is_refused_before_any_step(tiny_base, tmp_path):
     defaults = small_params()
-    params = dataclasses.replace(defaults, hf=dataclasses.replace(defaults.hf, sharding="fsdp_offload"))
+    params = P.replace(defaults, hf=dataclasses.replace(defaults.hf, sharding="fsdp_offload"))
     with pytest.raises(TrainError) as e:
         run_train(tmp_path, tiny_base, params, n_train=8, n_val=4)
     assert str(e.value) == ("train.hf.sharding fsdp_offload offloads a GPU's shards to the CPU; on a CPU "

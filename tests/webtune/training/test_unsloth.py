@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from webtune import params as P
 from webtune.params import ParamsError, load_section
-from webtune.training import TrainError, get_backend, resolve, unsloth
+from webtune.training import TrainError, get_backend, unsloth
 from webtune.training import run as runs
+from webtune.training.unsloth import resolve
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -98,7 +100,7 @@ def test_each_backend_batches_by_its_own_section(params):
 
     assert HF.batching(params) == (0, "padded")  # a CPU's: batch_size rows
     assert unsloth.BACKEND.batching(params) == (4096, "auto")
-    changed = dataclasses.replace(params, unsloth=dataclasses.replace(params.unsloth, batch_tokens=16384))
+    changed = P.replace(params, unsloth=dataclasses.replace(params.unsloth, batch_tokens=16384))
     assert (HF.batching(changed), unsloth.BACKEND.batching(changed)) == ((0, "padded"), (16384, "auto"))
 
 
