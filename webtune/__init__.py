@@ -1,17 +1,27 @@
 """webtune: the library under the DAG. `stages/` holds one thin module per dvc.yaml stage; everything a stage
 or a user command uses lives here, each variant one module behind one small seam.
 
+    registry.py      names of sources, chat formats and backends -> their modules; imports nothing
     schema.py        column names and Arrow schemas of every table; provenance and dropped-row builders
-    params.py        params.yaml as frozen dataclasses, range-checked at load time
+    params.py        params.yaml as frozen dataclasses, range-checked at load time (load_section)
     errors.py        the one error path: `stage: message`, exit 1
     io.py            atomic files and folders, Parquet inputs, the byte-decoding policy
-    parallel.py      order-preserving worker-process map
+    parallel.py      order-preserving worker-process map with bounded memory
+    secrets.py       API tokens from the environment or a git-ignored .env; redaction of messages
     expectations.py  the Great Expectations gate (validate, format)
     evaluation.py    evaluate's scores (chrF, stops, loops, lengths) and its side-by-side report
-    sources/         where raw documents come from: pydoc (embedded default), files, http
-    cleaning/        per-document cleaning steps, dedup, pairs
-    formats/         chat formats: harmony (gpt-oss), chatml (SmolLM2, Qwen), llama3
-    models/          bases (packaged SmolLM2, tiny from a config, hub at a commit), the chat model
-    training/        supervision gate, run bookkeeping, model card, backends: hf (TRL)
-    cli/             user commands: remote (S3 remote, all-or-nothing pull)
+    sources/         where raw documents come from: the source contract (__init__), pydoc (embedded
+                     default), files, http, brightdata_unlocker (Web Unlocker), brightdata_dataset (Web
+                     Scraper API); ledger (what paid sources already fetched), ratelimit (pacing, 429 fuse)
+    cleaning/        text (per-document steps), dedup (exact and near duplicates), pairs (doc_qa,
+                     product_copy)
+    formats/         the ChatFormat seam (__init__); harmony (gpt-oss), chatml (SmolLM2, Qwen), llama3
+    models/          loading a base, its tokenizer and format, an adapter (__init__); packaged (the default
+                     SmolLM2), tiny (tiny-gpt-oss), hub (a Hub id at a commit); inference (ChatModel),
+                     hosted (a chat-completions model behind the same calls); packing (the packing probe)
+    training/        the Backend seam (__init__); supervision (mask and gate), run (fingerprint, lock,
+                     resume, data order), batching (token-budget micro-batches), card (model card);
+                     backends hf (TRL), unsloth, openai (hosted); distributed (DDP and FSDP processes)
+    cli/             user commands: chat, serve (OpenAI-compatible API), export (merged model), remote (S3
+                     remote, all-or-nothing pull)
 """
