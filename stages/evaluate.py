@@ -14,9 +14,10 @@ Two measurements, each for the base and for the base + adapter (webtune.models.i
   against the reference answer, the share that stopped on their own, their mean length in tokens and the
   share caught in a loop.
 
-One model is in memory: the base numbers come from the same PeftModel with its adapter disabled. For a
-hosted fine-tune (train.backend openai: the adapter folder holds hosted.json) the base model and the
-`ft:` model answer through chat completions instead, scored the same way; loss is local-only.
+One model is in memory: the base numbers come from the same PeftModel with its adapter disabled. A
+hosted fine-tune (train.backend openai: the adapter folder holds hosted.json) is the same calls on
+webtune.models.hosted.HostedChat: the `ft:` model and its base model answer through chat completions,
+scored the same way; it declares it cannot score a loss (can_score_loss), so loss is local-only.
 Outputs appear only when everything has been computed (each is written atomically).
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from webtune import errors, formats, io, secrets
+from webtune import errors, io, secrets
 from webtune.evaluation import (
     MODELS,
     EvaluateParams,
@@ -41,81 +42,64 @@ from webtune.evaluation import (
     sample_records,
     samples_report,
 )
-from webtune.models import KEY_ENV, read_hosted
-from webtune.models.hosted import HostedChat
-from webtune.models.inference import ChatModel, Sampling
+from webtune.models import KEY_ENV
+from webtune.models.hosted import load_chat
+from webtune.models.inference import Chat
 from webtune.params import load_section
 from webtune.training import TrainParams
 
 STAGE = "evaluate"
+LOSS_NOTE = "loss is local-only: a hosted model returns text, not logits over the base's tokens"
 
 
-def evaluate(chat: ChatModel, *, pair_ids: list[str], rows: list[list[dict]], params: EvaluateParams,
+def evaluate(chat: Chat, *, pair_ids: list[str], rows: list[list[dict]], params: EvaluateParams,
              supervised: TrainParams, progress=io.stderr) -> tuple[dict, list[dict]]:
     """(metrics, sample records) for base and adapter on `rows`; writes nothing.
 
-    `supervised` is the train section: its channels and assistant turns are the tokens scored.
+    `supervised` is the train section: its channels and assistant turns are the tokens scored. A chat
+    model that cannot score a loss (chat.can_score_loss: a hosted one) gets no loss and perplexity (None)
+    and LOSS_NOTE saying why; its answers are scored the same way.
     """
-    losses, answers = {}, {}
-    n_samples = min(params.samples, len(rows))
+    losses, answers = dict.fromkeys(MODELS), {}
+    n_tokens, n_samples, scored = 0, min(params.samples, len(rows)), chat.can_score_loss
     for name in MODELS:
         with chat.base_only() if name == "base" else contextlib.nullcontext():
-            losses[name], n_tokens = chat.assistant_loss(rows, params.batch_size, supervised.channels,
-                                                         supervised.assistant_turns)
-            if not math.isfinite(losses[name]):
-                raise errors.UserError(f"the {name} loss on {len(rows)} test rows is {losses[name]}: "
-                                       f"check the {name}'s weights")
-            progress(f"evaluate: {name} loss {losses[name]:.4f} on {n_tokens:,} tokens; generating")
+            if scored:
+                losses[name], n_tokens = chat.assistant_loss(rows, params.batch_size, supervised.channels,
+                                                             supervised.assistant_turns)
+                if not math.isfinite(losses[name]):
+                    raise errors.UserError(f"the {name} loss on {len(rows)} test rows is {losses[name]}: "
+                                           f"check the {name}'s weights")
+                progress(f"evaluate: {name} loss {losses[name]:.4f} on {n_tokens:,} tokens; generating")
             answers[name] = chat.generate(
                 rows[:n_samples], params.max_new_tokens, params.batch_size,
                 progress=lambda line, name=name: progress(f"evaluate: {name} {line}"),
                 repetition_penalty=params.repetition_penalty,
                 no_repeat_ngram_size=params.no_repeat_ngram_size)
-    progress(f"evaluate: loss base {losses['base']:.4f} adapter {losses['adapter']:.4f} ({len(rows)} rows)")
+    if scored:
+        progress(f"evaluate: loss base {losses['base']:.4f} adapter {losses['adapter']:.4f} "
+                 f"({len(rows)} rows)")
 
     references = [m[-1]["content"] for m in rows[:n_samples]]
     scores = {name: generation_metrics(answers[name], references) for name in MODELS}
     metrics = {
         name: {
             "loss": round6(losses[name]),
-            "perplexity": round6(math.exp(losses[name])),
+            "perplexity": round6(math.exp(losses[name])) if scored else None,
             **{k: round6(scores[name][k]) for k in ("chrf", "stop_rate", "answer_tokens", "loop_rate")},
         }
         for name in MODELS
     }
     metrics |= {
-        "loss_ratio": round6(losses["adapter"] / losses["base"]),
+        "loss_ratio": round6(losses["adapter"] / losses["base"]) if scored else None,
+        **({} if scored else {"loss_note": LOSS_NOTE}),
         **chrf_ratios(answers, references, scores),
         "test_rows": len(rows),
         "supervised_tokens": n_tokens,
         "samples": n_samples,
     }
-    return metrics, sample_records(pair_ids[:n_samples], rows[:n_samples], answers, scores)
-
-
-LOSS_NOTE = "loss is local-only: a hosted model returns text, not logits over the base's tokens"
-
-
-def evaluate_hosted(base, adapter, *, pair_ids: list[str], rows: list[list[dict]],
-                    params: EvaluateParams, progress=io.stderr) -> tuple[dict, list[dict]]:
-    """evaluate() for a hosted fine-tune: the base model and the `ft:` model answer the same test prompts
-    through chat completions (greedy: temperature 0), scored the same way; no loss (LOSS_NOTE)."""
-    n_samples = min(params.samples, len(rows))
-    prompts = [formats.prompt_messages(m) for m in rows[:n_samples]]
-    greedy = Sampling(max_new_tokens=params.max_new_tokens, temperature=0)
-    answers = {}
-    for name, model in (("base", base), ("adapter", adapter)):
-        progress(f"evaluate: {name} ({model.model}): {n_samples} answers through chat completions")
-        answers[name] = model.reply(prompts, greedy)
-    references = [m[-1]["content"] for m in rows[:n_samples]]
-    scores = {name: generation_metrics(answers[name], references) for name in MODELS}
-    generated = ("chrf", "stop_rate", "answer_tokens", "loop_rate")
-    metrics = {name: {"loss": None, "perplexity": None, **{k: round6(scores[name][k]) for k in generated}}
-               for name in MODELS}
-    metrics |= {"loss_ratio": None, "loss_note": LOSS_NOTE,
-                **chrf_ratios(answers, references, scores),
-                "test_rows": len(rows), "supervised_tokens": 0, "samples": n_samples,
-                "hosted": {"base": base.model, "adapter": adapter.model}}
+    if chat.hosted_models:  # which models on the host answered (the samples report names them)
+        metrics["hosted"] = chat.hosted_models
     return metrics, sample_records(pair_ids[:n_samples], rows[:n_samples], answers, scores)
 
 
@@ -140,18 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         start = time.perf_counter()
         torch.set_num_threads(params.threads)
         torch.manual_seed(0)
-        hosted = read_hosted(args.adapter)
-        if hosted is not None:  # train.backend openai: the adapter folder names a hosted model
-            key = secrets.require(KEY_ENV, needed_by=f"evaluate of hosted {hosted['fine_tuned_model']}")
-            url = None if hosted["base_url"] == "https://api.openai.com/v1" else hosted["base_url"]
-            metrics, samples = evaluate_hosted(
-                HostedChat.connect(hosted["base_model"], api_key=key, base_url=url),
-                HostedChat.connect(hosted["fine_tuned_model"], api_key=key, base_url=url),
-                pair_ids=pair_ids, rows=rows, params=params)
-        else:
-            chat = ChatModel.load(args.base, args.adapter)
-            metrics, samples = evaluate(chat, pair_ids=pair_ids, rows=rows, params=params,
-                                        supervised=supervised)
+        # a local adapter, or a hosted fine-tune and its base model (hosted.json: train.backend openai)
+        chat = load_chat(args.base, args.adapter, api_key=lambda model: secrets.require(
+            KEY_ENV, needed_by=f"evaluate of hosted {model}"))
+        metrics, samples = evaluate(chat, pair_ids=pair_ids, rows=rows, params=params, supervised=supervised)
         report = samples_report(metrics, samples, params)
         with io.text_writer(args.samples) as f:
             for record in samples:

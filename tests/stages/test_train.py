@@ -156,7 +156,8 @@ def test_a_split_that_is_not_chat_rows_is_refused_naming_the_file(tmp_path, tiny
 
 def test_main_with_the_openai_backend_writes_a_hosted_adapter_and_its_curve(tmp_path, monkeypatch):
     """train.backend openai through the stage's main against the OpenAI emulator: no base is loaded, the
-    adapter folder names the ft: model, the job's loss curve is the dvclive curve, and no key is written."""
+    adapter folder names the ft: model, the job's loss curve is the dvclive curve, a re-run resumes the
+    same job to the same folder, and no key is written."""
     import yaml
 
     from tests.emulators.openai import OpenAIEmulator
@@ -173,17 +174,25 @@ def test_main_with_the_openai_backend_writes_a_hosted_adapter_and_its_curve(tmp_
         params["train"]["openai"] |= {"base_url": f"{api.url}/v1", "poll_interval_s": 0.01}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         monkeypatch.setenv("OPENAI_API_KEY", key)
-        train.main(["--base", str(tmp_path / "no-base"), "--train", str(tmp_path / "unused.parquet"),
-                    "--val", str(tmp_path / "unused.parquet"), "--checkpoints", str(tmp_path / "checkpoints"),
-                    "--out", str(tmp_path / "adapter"), "--mask-report", str(tmp_path / "mask.md"),
-                    "--live-dir", str(tmp_path / "live"), "--openai-dir", str(openai_dir),
-                    "--metrics", str(tmp_path / "metrics.json"), "--params", str(tmp_path / "params.yaml")])
+        argv = ["--base", str(tmp_path / "no-base"), "--train", str(tmp_path / "unused.parquet"),
+                "--val", str(tmp_path / "unused.parquet"), "--checkpoints", str(tmp_path / "checkpoints"),
+                "--out", str(tmp_path / "adapter"), "--mask-report", str(tmp_path / "mask.md"),
+                "--live-dir", str(tmp_path / "live"), "--openai-dir", str(openai_dir),
+                "--metrics", str(tmp_path / "metrics.json"), "--params", str(tmp_path / "params.yaml")]
+        train.main(argv)
+        first = {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()}
+        train.main(argv)  # a re-run (the state file in checkpoints) resumes the job: nothing is paid twice
+        assert len(api.calls("POST", "/v1/fine_tuning/jobs")) == 1
+        assert len(api.calls("POST", "/v1/files")) == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()} == first
     hosted = json.loads((tmp_path / "adapter" / "hosted.json").read_text())
     assert hosted["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18:emulated:webtune:")
     assert hosted["base_model"] == "gpt-4o-mini-2024-07-18" and hosted["trained_tokens"] == 12345
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["train_loss"] == pytest.approx(0.6667)
     assert metrics["device"] == "hosted"
+    assert "the host trains every assistant message of" in (tmp_path / "mask.md").read_text()
+    assert f"python -m webtune.cli.chat --hosted {hosted['fine_tuned_model']}" in first["README.md"].decode()
     curve = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert curve[0].split("\t") == ["step", "loss"]
     assert [c.split("\t")[0] for c in curve[1:]] == ["1", "2", "3"]

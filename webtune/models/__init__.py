@@ -141,6 +141,7 @@ def prepare_for_lora(model) -> None:
 
 
 KEY_ENV = "OPENAI_API_KEY"
+OPENAI_URL = "https://api.openai.com/v1"  # the API's own endpoint: where train.openai.base_url "" goes
 HOSTED_FILE = "hosted.json"  # in the adapter folder of a hosted fine-tune: the model it names
 
 

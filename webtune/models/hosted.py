@@ -1,21 +1,29 @@
 """A hosted chat model (an OpenAI `ft:` model, or anything speaking the chat completions API) behind the
-same `reply` / `stream` calls as the local ChatModel, so chat and evaluate treat both alike.
+same calls as the local ChatModel (webtune.models.inference.Chat), so chat, evaluate and serve treat both
+alike.
 
-    hosted = HostedChat.connect("ft:gpt-4o-mini-2024-07-18:org:webtune:abc123", api_key=key)
+    hosted = HostedChat.connect("ft:gpt-4o-mini-2024-07-18:org:webtune:abc123", api_key=key,
+                                base_model="gpt-4o-mini-2024-07-18")
     hosted.reply([conversation], Sampling(temperature=0, max_new_tokens=128))
     for piece in hosted.stream(conversation, Sampling()): ...
+    answers = hosted.generate(rows, max_new_tokens=128, batch_size=8)   # greedy, as evaluate asks
+    with hosted.base_only(): ...                                         # the model it was tuned from
+    chat = load_chat("models/base", "models/adapter", api_key)           # either, as the folder says
 
 `base_url` reaches any endpoint with the same API (Azure OpenAI's v1 endpoint, a local emulator, or
-webtune's own `serve`). There is no loss here: a hosted model returns text, not logits over our tokens.
-Chat completions are safe to retry (nothing is created or billed twice by a repeat), so the client keeps
-its default retries, which honour Retry-After on a 429.
+webtune's own `serve`). There is no loss here (can_score_loss is False): a hosted model returns text,
+not logits over our tokens. Chat completions are safe to retry (nothing is created or billed twice by a
+repeat), so the client keeps its default retries, which honour Retry-After on a 429.
 """
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
+from webtune import formats
 from webtune.errors import UserError
-from webtune.models import HOSTED_FILE, KEY_ENV, read_hosted  # noqa: F401 -- re-exported: hosted things in one place
-from webtune.models.inference import Answer, Sampling
+from webtune.models import HOSTED_FILE, KEY_ENV, OPENAI_URL, read_hosted  # noqa: F401 -- re-exported: hosted things in one place
+from webtune.models.inference import Answer, ChatModel, Sampling
 
 
 class HostedError(UserError):
@@ -23,14 +31,55 @@ class HostedError(UserError):
 
 
 class HostedChat:
-    def __init__(self, client, model: str):
-        self.client, self.model = client, model
+    can_score_loss = False  # text comes back, not logits over the base's tokens
+
+    def __init__(self, client, model: str, base_model: str | None = None):
+        self.client, self.model, self.base_model = client, model, base_model
+        self.tuned = model  # self.model is the base's inside base_only
 
     @classmethod
-    def connect(cls, model: str, *, api_key: str, base_url: str | None = None) -> "HostedChat":
+    def connect(cls, model: str, *, api_key: str, base_url: str | None = None,
+                base_model: str | None = None) -> "HostedChat":
         import openai
 
-        return cls(openai.OpenAI(api_key=api_key, base_url=base_url or None), model)
+        return cls(openai.OpenAI(api_key=api_key, base_url=base_url or None), model, base_model)
+
+    @property
+    def hosted_models(self) -> dict:
+        """The host's ids of the two models compared (metrics/evaluate.json's `hosted`)."""
+        return {"base": self.base_model, "adapter": self.tuned}
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """The base's answers: the same calls to the model the fine-tune started from."""
+        if self.base_model is None:
+            raise HostedError(f"{self.tuned}: no base model to compare with (connect(base_model=...))")
+        self.model = self.base_model
+        try:
+            yield
+        finally:
+            self.model = self.tuned
+
+    def assistant_loss(self, rows, batch_size: int, channels, turns) -> tuple[float, int]:
+        raise HostedError(f"{self.model}: no loss: a hosted model returns text, not logits over the base's "
+                          "tokens (can_score_loss is False)")
+
+    def generate(self, rows: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int,
+                 progress: Callable[[str], None] | None = None, *, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> list[Answer]:
+        """Greedy answers (temperature 0) to each row's prompt (the row less its final answer), in row order.
+
+        The chat completions API has neither transformers' repetition penalty nor its n-gram ban, so those
+        two knobs are not sent (the samples report says how hosted answers were decoded).
+        """
+        greedy = Sampling(max_new_tokens=max_new_tokens, temperature=0)
+        answers = []
+        for start in range(0, len(rows), batch_size):
+            answers += self.reply([formats.prompt_messages(m) for m in rows[start : start + batch_size]],
+                                  greedy)
+            if progress:
+                progress(f"generated {len(answers)}/{len(rows)}")
+        return answers
 
     def _request(self, conversation: Sequence[dict], sampling: Sampling) -> dict:
         if sampling.reasoning is not None:
@@ -79,3 +128,20 @@ class HostedChat:
             raise HostedError(f"{self.model}: HTTP {e.status_code}: {message or e.message}") from None
         except openai.APIConnectionError as e:
             raise HostedError(f"{self.model}: cannot reach the API ({type(e).__name__}: {e})") from None
+
+
+def load_chat(base_dir: str | Path, adapter_dir: str | Path,
+              api_key: Callable[[str], str]) -> "ChatModel | HostedChat":
+    """The chat model an adapter folder names, able to answer as its base too (base_only).
+
+    A local adapter: the base's weights with the adapter (ChatModel.load). A hosted fine-tune (hosted.json,
+    written by train.backend openai): the `ft:` model paired with its base model, at the endpoint it was
+    trained on. `api_key(model)` is asked only for a hosted one: the caller's main reads the secret.
+    """
+    record = read_hosted(adapter_dir)
+    if record is None:
+        return ChatModel.load(base_dir, adapter_dir)
+    tuned = record["fine_tuned_model"]
+    # OpenAI's own endpoint goes as None: the client's default, as for chat --hosted
+    url = None if record["base_url"] == OPENAI_URL else record["base_url"]
+    return HostedChat.connect(tuned, api_key=api_key(tuned), base_url=url, base_model=record["base_model"])

@@ -9,7 +9,9 @@
     for piece in chat.stream(conversation, Sampling()): print(piece, end="")
 
 Prompts, stops and supervised tokens all come from the base's chat format, so every caller agrees on
-where an answer starts, which tokens count and when generation stops.
+where an answer starts, which tokens count and when generation stops. `Chat` is the interface a hosted
+model (webtune.models.hosted.HostedChat) shares with it; what one cannot compute it declares
+(`can_score_loss`).
 """
 
 import contextlib
@@ -17,7 +19,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -102,7 +104,31 @@ def cut_answer(tokenizer, new_ids: Sequence[int], stops: Sequence[int]) -> Answe
     return Answer(tokenizer.decode(kept, skip_special_tokens=True), end is not None, len(kept))
 
 
+class Chat(Protocol):
+    """What evaluate, chat and serve call on a chat model, local (ChatModel) or hosted (HostedChat)."""
+
+    can_score_loss: bool  # assistant_loss works (a hosted model returns text, not logits)
+    hosted_models: dict | None  # the host's ids of the base and the adapter model; None: local weights
+
+    def base_only(self) -> contextlib.AbstractContextManager: ...
+
+    def generate(self, rows: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int,
+                 progress: Callable[[str], None] | None = None, *, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> list[Answer]: ...
+
+    def assistant_loss(self, rows: Sequence[Sequence[dict]], batch_size: int, channels: Sequence[str],
+                       turns: str) -> tuple[float, int]: ...
+
+    def reply(self, conversations: Sequence[Sequence[dict]], sampling: Sampling) -> list[Answer]: ...
+
+    def stream(self, conversation: Sequence[dict], sampling: Sampling,
+               done: Callable[[Answer], None] | None = None) -> Iterator[str]: ...
+
+
 class ChatModel:
+    can_score_loss = True
+    hosted_models = None  # local weights: the base and adapter folders name them
+
     def __init__(self, model, tokenizer, chat_format: ChatFormat):
         self.model, self.tokenizer, self.chat_format = model, tokenizer, chat_format
 

@@ -1,25 +1,28 @@
-"""Training backends: what fits a LoRA on the base, behind one small seam.
-
-The train stage owns everything a backend shares (webtune.training.supervision: the mask and its gate;
-webtune.training.run: the run fingerprint, the checkpoint lock and resume, the data order; card.py: the
-adapter's model card) and hands a backend a loaded base and the checked, ordered rows:
+"""Training backends: what fits a LoRA, behind one small seam the train stage drives the same way for all.
 
     backend = get_backend(params.backend)          # train.backend: one of BACKENDS
-    base = backend.load(base_dir, params)          # default: webtune.models.load_base
-    fitted = backend.fit(base, job)                # -> Fitted(model, metrics)
+    backend.prepare(); api_key = backend.secret()  # the stage's main: fail fast, before any work
+    job = backend.job(params, inputs, progress)    # the data checked (its mask report written), state found
+    fitted = backend.fit(job)                      # -> Fitted (steps, losses, the trained model)
+    metrics = backend.metrics(job, fitted)         # metrics/train.json; TrainError for a non-finite loss
+    backend.save(job, fitted, metrics, folder)     # the adapter folder's files (renamed into place)
+    backend.finish(job, fitted)                    # after the rename: e.g. clear the checkpoints
 
 A backend is one module holding `BACKEND` and `PARAMS` (the dataclass of its own section under `train:`
 in params.yaml: `train.hf`, `train.unsloth`, `train.openai`), and one line in webtune.registry.BACKENDS.
-`unsloth` swaps only loading and the LoRA attach: the loop is hf's TRL loop. `auto` is not a module:
-`unsloth.resolve` makes it unsloth where CUDA and a compatible Unsloth are present, hf otherwise, before the
-run's fingerprint is taken.
+The local backends (webtune.training.local: `hf`, and `unsloth`, which swaps only loading and the LoRA
+attach under hf's TRL loop) load the base and fit on its tokenized, gated rows
+(webtune.training.supervision, run, batching, card). `openai` fine-tunes on the host from the format
+stage's JSONL: it has no base to load, and its job ids live in the same persistent checkpoints folder.
+`auto` is not a module: `unsloth.resolve` makes it unsloth where CUDA and a compatible Unsloth are
+present, hf otherwise, before the run's fingerprint is taken.
 """
 
 import abc
 import dataclasses
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +85,28 @@ class TrainError(UserError):
     """Training cannot start or cannot go on; the message says which rows or knobs, and what to do."""
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What the train stage hands every backend: dvc.yaml's paths, format.max_length and the API key its
+    main read (Backend.secret). A backend reads what it trains on and ignores the rest."""
+
+    base_dir: Path  # the base stage's folder
+    train_path: Path  # the format stage's train split (Parquet)
+    val_path: Path  # its val split (held-out loss)
+    jsonl_dir: Path | None  # the format stage's OpenAI-format JSONL folder (train.jsonl, val.jsonl)
+    checkpoints: Path  # the persistent folder: checkpoints, or a hosted job's ids (never pay twice)
+    mask_report: Path  # Markdown: what is supervised
+    live_dir: Path  # dvclive folder: per-step curves
+    max_length: int  # tokens per row at most (format.max_length)
+    api_key: str | None = field(default=None, repr=False)  # never printed, never written
+
+
 @dataclass
 class FitJob:
-    """What a backend fits: checked rows in the run's order, and where the run keeps its state."""
+    """What a local backend fits: the loaded base, checked rows in the run's order, and where the run
+    keeps its state (webtune.training.local builds it)."""
 
+    base: Any  # webtune.models.Base, from the backend's own load
     train: Any  # supervision.Encoded
     val: Any  # supervision.Encoded, or None without a validation split
     order: list[int]  # row index for every row the run trains on, in order (run.row_order)
@@ -99,17 +120,22 @@ class FitJob:
     # token-budget micro-batches (webtune.training.batching), row indices each, in order; None: fixed rows
     micro_batches: list[list[int]] | None = None
     padding_free: bool = False  # rows laid end to end in each micro-batch (the packing probe passed)
+    # what the run's outputs record: the run's fingerprint (run.run_fingerprint), the splits' md5 (the
+    # model card) and the train split's mask report (supervision.MaskReport: supervised tokens)
+    fingerprint: str = ""
+    data_md5: dict = field(default_factory=dict)
+    supervision: Any = None
 
 
 @dataclass
 class Fitted:
-    model: Any  # the trained PeftModel: save_pretrained writes the adapter
+    model: Any  # the trained PeftModel (save_pretrained writes the adapter), or a hosted model's id
     steps: int
-    train_loss: float
+    train_loss: float | None  # None only where a host reports no loss
     tokens_seen: int
-    train_seconds: float
-    device: str  # "cuda" | "cpu"
-    precision: str  # "bf16" (autocast) | "fp32": what ran, whatever train.hf.precision asked for
+    train_seconds: float  # 0 where nothing was timed here (a hosted job)
+    device: str  # "cuda" | "cpu" | "hosted"
+    precision: str  # "bf16" (autocast) | "fp32": what ran, whatever train.hf.precision asked; "hosted"
     val_loss: float | None = None
     base_val_loss: float | None = None
     peak_gpu_gib: float | None = None  # the most GPU memory the run's tensors held (this process's GPU)
@@ -123,30 +149,34 @@ class Backend(abc.ABC):
     def prepare(self) -> None:  # noqa: B027 (a hook: most backends need nothing here)
         """Called first, before the data is read: fail fast on a missing environment (default: nothing)."""
 
-    def load(self, base_dir: Path, params, max_length: int | None = None):
-        """The base to train on (model, tokenizer, chat format); max_length: format.max_length."""
-        from webtune.models import load_base
-
-        return load_base(base_dir)
+    def secret(self) -> str | None:
+        """The API key this backend needs, from the environment or .env; called by the stage's main before
+        any work, so a missing key fails first (default: none)."""
+        return None
 
     def processes_to_launch(self, params) -> int:
         """Training processes the train stage starts itself (webtune.training.distributed); 0: it trains
         in its own process."""
         return 0
 
-    def batching(self, params) -> tuple[int, str]:
-        """(tokens per micro-batch, 0 = train.batch_size rows; layout: auto | padded | padding_free)."""
-        return 0, "padded"
-
-    def packing_probe(self, base):
-        """webtune.models.packing.Probe: may rows be laid end to end in this model?"""
-        from webtune.models.packing import probe_packing
-
-        return probe_packing(base.model, base.tokenizer)
+    @abc.abstractmethod
+    def job(self, params, inputs: Inputs, progress: Callable[[str], None]):
+        """What fit trains on, checked, with the run's state found (a resume); writes the mask report."""
 
     @abc.abstractmethod
-    def fit(self, base, job: FitJob) -> Fitted:
-        """Train a LoRA on base.model; checkpoint into job.checkpoints, resuming from job.resume_from."""
+    def fit(self, job) -> Fitted:
+        """Train; checkpoint into the persistent folder, resuming where a killed run stopped."""
+
+    @abc.abstractmethod
+    def metrics(self, job, fitted: Fitted) -> dict:
+        """metrics/train.json; TrainError where a loss is not finite (nothing is written then)."""
+
+    @abc.abstractmethod
+    def save(self, job, fitted: Fitted, metrics: dict, folder: Path) -> None:
+        """Write the adapter folder's files into `folder` (the stage renames it into place)."""
+
+    def finish(self, job, fitted: Fitted) -> None:  # noqa: B027 (a hook: a hosted job keeps its state)
+        """Called once the adapter folder is in place (default: nothing)."""
 
 
 def get_backend(name: str) -> Backend:

@@ -17,7 +17,8 @@ import torch
 from webtune.models import prepare_for_lora
 from webtune.models.packing import check_packing
 from webtune.params import at_least, knob, one_of
-from webtune.training import BATCH_LAYOUTS, Backend, FitJob, Fitted, TrainError, distributed
+from webtune.training import BATCH_LAYOUTS, FitJob, Fitted, TrainError, distributed
+from webtune.training.local import LocalBackend
 from webtune.training.run import mark_complete
 from webtune.training.supervision import IGNORE, Encoded
 
@@ -268,7 +269,7 @@ def lora_config(params):
     )
 
 
-class HfBackend(Backend):
+class HfBackend(LocalBackend):
     name = "hf"
 
     def processes_to_launch(self, params) -> int:
@@ -288,13 +289,13 @@ class HfBackend(Backend):
         """SFTConfig.gradient_checkpointing: TRL defaults it to True, which on a CPU only costs time."""
         return params.hf.gradient_checkpointing
 
-    def fit(self, base, job: FitJob) -> Fitted:
+    def fit(self, job: FitJob) -> Fitted:
         import datasets
         from transformers.trainer_callback import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
         datasets.disable_progress_bars()  # per-map bars flood dvc's output; our progress lines say what runs
-        params, cuda = job.params, torch.cuda.is_available()
+        base, params, cuda = job.base, job.params, torch.cuda.is_available()
         precision = self.pick_precision(params, cuda)
         processes = distributed.world_size()
         threads = max(1, params.hf.threads // processes)  # a multi-process run shares the CPU's cores

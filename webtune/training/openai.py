@@ -1,12 +1,13 @@
-"""The hosted backend (flow A): a supervised fine-tune through the OpenAI API of the format stage's JSONL.
+"""Backend `openai`: a supervised fine-tune through the OpenAI API of the format stage's JSONL.
 
     train.backend: openai      # knobs: train.openai; key: OPENAI_API_KEY (environment or .env)
 
 check the JSONL -> upload train and val -> create the job -> poll it, with its events as progress -> the
-adapter folder names the `ft:` model. Before anything is sent the files are checked against the API's
-rules (>= 10 examples; roles; non-empty content; an assistant turn; `weight` only 0/1 and only on
-assistant messages; the model's per-example token limit), failing with the line number; the model's
-shutdown date is checked too.
+adapter folder names the `ft:` model. Nothing is loaded here: the base is the host's model. Before
+anything is sent the files are checked against the API's rules (webtune.training.openai_api: >= 10
+examples; roles; non-empty content; an assistant turn; `weight` only 0/1 and only on assistant messages;
+the model's per-example token limit), failing with the line number; the model's shutdown date is checked
+too.
 
 Never paying twice. The client sends no idempotency key, so `files.create` and `jobs.create` run with
 max_retries=0 (an automatic retry after a timeout could create a second job), and the run's state goes
@@ -21,24 +22,24 @@ is deleted on purpose.
 On success the adapter folder holds `hosted.json` (the fine-tuned model id, job id, trained tokens, the
 base model, the endpoint) and a model card; the loss curve from the job's result file (its metrics CSV,
 else the metrics events) becomes the same dvclive curve (`train/loss`, `eval/loss`) the local backends
-draw, so `dvc plots` shows it.
+draw, so `dvc plots` shows it. The mask report says what the host trains.
 """
 
-import csv
 import dataclasses
 import datetime as dt
 import hashlib
-import io as stdio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from webtune import io, secrets
-from webtune.models import KEY_ENV
+from webtune.models import HOSTED_FILE, KEY_ENV, OPENAI_URL
 from webtune.params import api_url, at_least, between, knob, positive
-from webtune.training import TrainError
+from webtune.training import Backend, Fitted, Inputs, TrainError
+from webtune.training.openai_api import MIN_EXAMPLES, Api, check_jsonl, check_model, client_for, result_curve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,69 +57,32 @@ class OpenAIParams:
 
 PARAMS = OpenAIParams  # this variant's section (webtune.registry; webtune.params builds it)
 
-STATE_FILE = "openai-job.json"
-ROLES = ("system", "user", "assistant")
-MESSAGE_KEYS = {"role", "content", "name", "weight"}
-MIN_EXAMPLES = 10
-DONE = ("succeeded", "failed", "cancelled")
-# Shutdown dates from OpenAI's deprecations page (checked 2026-12), used when the API's model object
-# does not say: the API's `shutdown_date` wins when present.
-KNOWN_SHUTDOWN = {
-    "gpt-4o-mini-2024-07-18": "2027-01-14",
-    "gpt-4o-2024-08-06": "2027-01-14",
-    "gpt-4.1-2025-04-14": "2027-01-14",
-    "gpt-4.1-mini-2025-04-14": "2027-01-14",
-}
-LAST_JOB_DAY = "2027-01-06"  # the last day any organisation can create a fine-tuning job
+STATE_FILE = "openai-job.json"  # in the checkpoints folder: this run's file ids and job id
 
 
-def check_jsonl(path: Path, *, max_example_tokens: int, min_examples: int) -> int:
-    """The number of examples in `path`; TrainError naming the first line that breaks the API's rules.
+@dataclass
+class HostedJob:
+    """What the hosted backend fits: the format stage's JSONL, the client, and where the job's ids live."""
 
-    Tokens are estimated without the model's tokenizer (not available offline): 4 bytes per token plus
-    4 tokens per message, the usual estimate for these models' byte-level BPE; a row over the limit by
-    that estimate is refused (the API would silently truncate it).
-    """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise TrainError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    n = 0
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            example = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TrainError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
-        messages = example.get("messages") if isinstance(example, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise TrainError(f"{where}: an example is an object with a non-empty messages list")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES:
-                role = m.get("role") if isinstance(m, dict) else None
-                raise TrainError(f"{where}: messages[{i}] has role {role!r} (one of {', '.join(ROLES)})")
-            if extra := set(m) - MESSAGE_KEYS:
-                raise TrainError(f"{where}: messages[{i}] has unsupported keys {sorted(extra)}")
-            if not isinstance(m.get("content"), str) or not m["content"].strip():
-                raise TrainError(f"{where}: messages[{i}] ({m['role']}) has empty or missing content")
-            if "weight" in m and (
-                m["role"] != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool)
-            ):
-                raise TrainError(f"{where}: messages[{i}]: weight is 0 or 1, on assistant messages only")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise TrainError(f"{where}: no assistant message: nothing to train on")
-        estimate = len(line.encode()) // 4 + 4 * len(messages)
-        if estimate > max_example_tokens:
-            raise TrainError(
-                f"{where}: ~{estimate:,} tokens, over the model's {max_example_tokens:,} per example "
-                "(train.openai.max_example_tokens): shorten it or lower format.max_length"
-            )
-        n += 1
-    if n < min_examples:
-        raise TrainError(f"{path}: {n} examples; the API needs at least {min_examples} (50-100 recommended)")
-    return n
+    params: Any  # webtune.params.TrainParams
+    train_jsonl: Path
+    val_jsonl: Path  # empty or missing: no validation file
+    checkpoints: Path  # the persistent folder holding STATE_FILE
+    live_dir: Path  # dvclive folder: the job's loss curve
+    client: Any  # openai.OpenAI
+    progress: Callable[[str], None]
+    sleep: Callable[[float], None] = time.sleep  # between polls
+    clock: Callable[[], float] = time.monotonic  # for train.openai.poll_timeout_s
+    today: dt.date | None = None  # the shutdown-date check's day; None: today (UTC)
+
+
+@dataclass
+class HostedFitted(Fitted):
+    """Fitted for a hosted job: `model` is the `ft:` model id, `steps` and the losses the curve's last."""
+
+    job_id: str = ""
+    trained_tokens: int | None = None  # as the API reports it (None when it does not)
+    curve: list[dict] = field(default_factory=list)  # {"step", "train_loss"?, "valid_loss"?} per step
 
 
 def run_tag(knobs, seed: int, file_md5: dict[str, str]) -> str:
@@ -134,34 +98,55 @@ def run_tag(knobs, seed: int, file_md5: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:20]
 
 
-@dataclass
-class HostedResult:
-    fine_tuned_model: str
-    job_id: str
-    trained_tokens: int | None
-    curve: list[dict]  # {"step", "train_loss", "valid_loss"?} from the result file or events
-    status: str = "succeeded"
+def read_state(path: Path, tag: str) -> dict:
+    """This run's persisted ids (upload file ids, job id); another tag's state is not this run's."""
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"tag": tag}
+    return state if state.get("tag") == tag else {"tag": tag}
 
 
-class OpenAIBackend:
+def write_state(path: Path, state: dict) -> None:
+    io.write_json(state, path)  # atomic: a kill leaves the old state or the new one
+
+
+class OpenAIBackend(Backend):
     name = "openai"
-    hosted = True  # the train stage hands it files, not a loaded base
 
-    def run(
-        self,
-        *,
-        params,
-        train_jsonl: Path,
-        val_jsonl: Path,
-        state_dir: Path,
-        client,
-        progress: Callable[[str], None],
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        today: dt.date | None = None,
-    ) -> HostedResult:
+    def secret(self) -> str:
+        return secrets.require(KEY_ENV, needed_by=f"train.backend {self.name}")
+
+    def job(self, params, inputs: Inputs, progress: Callable[[str], None]) -> HostedJob:
+        if inputs.jsonl_dir is None:
+            raise TrainError(f"train.backend {self.name} needs --openai-dir (format's JSONL)")
+        train_jsonl = inputs.jsonl_dir / "train.jsonl"
+        # The host tokenizes and masks on its own: there are no local tokens to gate, only this to say.
+        io.write_text(f"# train: what is supervised\n\nBackend {self.name}: the host trains every assistant "
+                      f"message of {train_jsonl} (weight 1; the format stage writes no weight 0). "
+                      "The local mask report applies to the local backends.\n", inputs.mask_report)
+        return HostedJob(params=params, train_jsonl=train_jsonl, val_jsonl=inputs.jsonl_dir / "val.jsonl",
+                         checkpoints=inputs.checkpoints, live_dir=inputs.live_dir,
+                         client=client_for(params.openai, inputs.api_key), progress=progress)
+
+    def fit(self, job: HostedJob) -> HostedFitted:
+        """The job for these files and knobs (created once, found again after a kill), polled to its end;
+        its loss curve becomes the dvclive curve."""
+        knobs, client = job.params.openai, job.client
+        api = Api(client, knobs.model)
+        job_id = self.create_or_resume(job, api)
+        fitted = self.poll(api, client, job_id, knobs, job.progress, job.sleep, job.clock)
+        write_curve(fitted.curve, job.live_dir)
+        job.progress(f"train: {fitted.model} ({fitted.trained_tokens or 0:,} trained tokens)")
+        return fitted
+
+    def create_or_resume(self, job: HostedJob, api: Api) -> str:
+        """The job id of this run: from the state file, else the job tagged with this run, else a new job
+        (uploads and create each recorded the moment their id exists)."""
+        params, client, progress = job.params, job.client, job.progress
         knobs = params.openai
-        check_model(client, knobs.model, today or dt.datetime.now(dt.UTC).date())
+        train_jsonl, val_jsonl = job.train_jsonl, job.val_jsonl
+        check_model(client, knobs.model, job.today or dt.datetime.now(dt.UTC).date())
         n_train = check_jsonl(
             train_jsonl, max_example_tokens=knobs.max_example_tokens, min_examples=MIN_EXAMPLES
         )
@@ -173,10 +158,9 @@ class OpenAIBackend:
             "val": hashlib.md5(val_jsonl.read_bytes()).hexdigest() if has_val else None,
         }
         tag = run_tag(knobs, params.seed, md5)
-        state_path = state_dir / STATE_FILE
+        state_path = job.checkpoints / STATE_FILE
         state = read_state(state_path, tag)
         once = client.with_options(max_retries=0)  # creating calls: never retried automatically
-        api = Api(client, knobs.model)
 
         if "job_id" not in state:
             found = api.call(lambda: client.fine_tuning.jobs.list(metadata={"webtune_run": tag}, limit=10))
@@ -202,7 +186,7 @@ class OpenAIBackend:
                 "batch_size": knobs.batch_size or "auto",
                 "learning_rate_multiplier": knobs.learning_rate_multiplier or "auto",
             }
-            job = api.call(
+            created = api.call(
                 lambda: once.fine_tuning.jobs.create(
                     model=knobs.model,
                     training_file=state["train_file"],
@@ -214,12 +198,12 @@ class OpenAIBackend:
                 ),
                 creating=True,
             )
-            state["job_id"] = job.id
+            state["job_id"] = created.id
             write_state(state_path, state)  # before the first poll
-            progress(f"train: created job {job.id} on {knobs.model} (tag {tag}); a re-run resumes it")
-        return self.poll(api, client, state["job_id"], knobs, progress, sleep, clock)
+            progress(f"train: created job {created.id} on {knobs.model} (tag {tag}); a re-run resumes it")
+        return state["job_id"]
 
-    def poll(self, api, client, job_id: str, knobs, progress, sleep, clock) -> HostedResult:
+    def poll(self, api, client, job_id: str, knobs, progress, sleep, clock) -> HostedFitted:
         deadline = clock() + knobs.poll_timeout_s
         seen_events: set[str] = set()
         events_curve: list[dict] = []
@@ -237,12 +221,13 @@ class OpenAIBackend:
                         {k: data[k] for k in ("step", "train_loss", "valid_loss") if k in data}
                     )
             if job.status == "succeeded":
-                return HostedResult(
-                    job.fine_tuned_model,
-                    job_id,
-                    job.trained_tokens,
-                    result_curve(api, client, job) or events_curve,
-                )
+                curve = result_curve(api, client, job) or events_curve
+                last = curve[-1] if curve else {}
+                return HostedFitted(model=job.fine_tuned_model, steps=last.get("step", 0),
+                                    train_loss=last.get("train_loss"), val_loss=last.get("valid_loss"),
+                                    tokens_seen=job.trained_tokens or 0, train_seconds=0.0,
+                                    device="hosted", precision="hosted", job_id=job_id,
+                                    trained_tokens=job.trained_tokens, curve=curve)
             if job.status == "failed":
                 error = job.error
                 why = f"{error.code}: {error.message}" if error else "no error given"
@@ -261,116 +246,46 @@ class OpenAIBackend:
                 )
             sleep(knobs.poll_interval_s)
 
+    def metrics(self, job: HostedJob, fitted: HostedFitted) -> dict:
+        return {"backend": self.name, "fine_tuned_model": fitted.model, "job_id": fitted.job_id,
+                "trained_tokens": fitted.trained_tokens, "steps": fitted.steps,
+                "train_loss": fitted.train_loss, "val_loss": fitted.val_loss, "device": fitted.device}
 
-class Api:
-    """One place that turns the client's errors into one-line TrainErrors."""
-
-    def __init__(self, client, model: str):
-        self.client, self.model = client, model
-
-    def call(self, make, creating: bool = False):
-        import openai
-
-        try:
-            return make()
-        except openai.PermissionDeniedError as e:
-            raise TrainError(
-                f"OpenAI refused (HTTP 403: {message(e)}): this organisation is not eligible for fine-tuning "
-                f"{self.model} (self-serve fine-tuning is closing: no new jobs after {LAST_JOB_DAY}); "
-                "not retried"
-            ) from None
-        except openai.AuthenticationError as e:
-            raise TrainError(f"OpenAI refused the key (HTTP 401: {message(e)}): check {KEY_ENV}") from None
-        except openai.RateLimitError as e:
-            what = (
-                "no job was created; run again (it looks for its tagged job first)"
-                if creating
-                else "retries spent"
-            )
-            raise TrainError(f"OpenAI rate limit (HTTP 429: {message(e)}): {what}") from None
-        except openai.APIStatusError as e:
-            raise TrainError(f"OpenAI API error (HTTP {e.status_code}: {message(e)})") from None
-        except openai.APIConnectionError as e:
-            hint = " (a job may have been created: a re-run looks for its tag first)" if creating else ""
-            raise TrainError(f"cannot reach the OpenAI API ({type(e).__name__}){hint}") from None
+    def save(self, job: HostedJob, fitted: HostedFitted, metrics: dict, folder: Path) -> None:
+        """hosted.json names the model (what evaluate and chat --hosted read); README.md is its card."""
+        knobs = job.params.openai
+        (folder / HOSTED_FILE).write_text(json.dumps(hosted_record(fitted, knobs), indent=2, sort_keys=True)
+                                          + "\n")
+        (folder / "README.md").write_text(
+            f"# {fitted.model}\n\nA hosted fine-tune of {knobs.model} ({self.name}), "
+            f"job {fitted.job_id}, {fitted.trained_tokens or 0:,} trained tokens. Chat with it:\n\n"
+            f"    python -m webtune.cli.chat --hosted {fitted.model}\n\n"
+            f"```json\n{json.dumps(metrics, indent=2, sort_keys=True)}\n```\n")
 
 
-def message(e) -> str:
-    body = e.body if isinstance(e.body, dict) else {}
-    return " ".join(str(body.get("message") or e.message).split())
-
-
-def check_model(client, model: str, today: dt.date) -> None:
-    """TrainError for a model past its shutdown date (the API's word, else KNOWN_SHUTDOWN) or past the
-    last day jobs can be created."""
-    api = Api(client, model)
-    info = api.call(lambda: client.models.retrieve(model))
-    shutdown = getattr(info, "shutdown_date", None) or KNOWN_SHUTDOWN.get(model)
-    if isinstance(shutdown, int | float):
-        shutdown = dt.datetime.fromtimestamp(shutdown, dt.UTC).date().isoformat()
-    if shutdown and today.isoformat() >= str(shutdown)[:10]:
-        raise TrainError(
-            f"train.openai.model {model} shut down on {str(shutdown)[:10]}: pick a current model"
-        )
-    host = str(getattr(getattr(client, "base_url", None), "host", "") or "")
-    if today.isoformat() > LAST_JOB_DAY and host.endswith(
-        "openai.com"
-    ):  # other endpoints keep their own rules
-        raise TrainError(f"OpenAI creates no fine-tuning jobs after {LAST_JOB_DAY}")
-
-
-def result_curve(api, client, job) -> list[dict]:
-    """The loss curve from the job's result file (a metrics CSV: step, train_loss, valid_loss, ...)."""
-    for file_id in job.result_files or []:
-        content = api.call(lambda f=file_id: client.files.content(f))
-        text = content.read().decode("utf-8", "replace") if hasattr(content, "read") else str(content)
-        rows = list(csv.DictReader(stdio.StringIO(text)))
-        curve = []
-        for row in rows:
-            point = {}
-            for key in ("step", "train_loss", "valid_loss"):
-                value = (row.get(key) or "").strip()
-                if value:
-                    point[key] = int(float(value)) if key == "step" else float(value)
-            if "step" in point:
-                curve.append(point)
-        if curve:
-            return curve
-    return []
-
-
-def read_state(path: Path, tag: str) -> dict:
-    """This run's persisted ids (upload file ids, job id); another tag's state is not this run's."""
-    try:
-        state = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"tag": tag}
-    return state if state.get("tag") == tag else {"tag": tag}
-
-
-def write_state(path: Path, state: dict) -> None:
-    io.write_json(state, path)  # atomic: a kill leaves the old state or the new one
-
-
-def client_for(knobs, api_key: str):
-    import openai
-
-    return openai.OpenAI(api_key=api_key, base_url=knobs.base_url or None)
-
-
-def require_key() -> str:
-    return secrets.require(KEY_ENV, needed_by="train.backend openai")
-
-
-def hosted_record(result: HostedResult, knobs) -> dict:
+def hosted_record(fitted: HostedFitted, knobs) -> dict:
+    """hosted.json: the model, its job, its base model and the endpoint that serves it."""
     return {
         "backend": "openai",
-        "fine_tuned_model": result.fine_tuned_model,
-        "job_id": result.job_id,
+        "fine_tuned_model": fitted.model,
+        "job_id": fitted.job_id,
         "base_model": knobs.model,
-        "trained_tokens": result.trained_tokens,
-        "base_url": knobs.base_url or "https://api.openai.com/v1",
+        "trained_tokens": fitted.trained_tokens,
+        "base_url": knobs.base_url or OPENAI_URL,
     }
+
+
+def write_curve(curve: list[dict], live_dir: Path) -> None:
+    """The job's loss curve as the dvclive curve the local backends draw (train/loss, eval/loss)."""
+    from dvclive import Live
+
+    live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None)
+    for point in curve:
+        live.step = point["step"]
+        for key, name in (("train_loss", "train/loss"), ("valid_loss", "eval/loss")):
+            if key in point:
+                live.log_metric(name, point[key])
+    live.make_summary()
 
 
 BACKEND = OpenAIBackend()

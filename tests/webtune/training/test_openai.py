@@ -9,8 +9,9 @@ import openai
 import pytest
 
 from tests.emulators.openai import Fault, OpenAIEmulator
-from webtune.training import TrainError
-from webtune.training.openai import BACKEND, STATE_FILE, check_jsonl
+from webtune.training import Inputs, TrainError
+from webtune.training.openai import BACKEND, STATE_FILE, HostedJob
+from webtune.training.openai_api import check_jsonl
 
 KEY = "sk-test-fake-0c9b2f"
 TODAY = dt.date(2026, 12, 2)
@@ -60,20 +61,23 @@ class Clock:
         return self.t
 
 
+def hosted_job(files, params, client, clock: Clock, lines=None) -> HostedJob:
+    return HostedJob(params=params, train_jsonl=files / "train.jsonl", val_jsonl=files / "val.jsonl",
+                     checkpoints=files / "checkpoints", live_dir=files / "live", client=client,
+                     progress=(lines.append if lines is not None else lambda _: None), sleep=clock.sleep,
+                     clock=clock.clock, today=TODAY)
+
+
 def run(api, params, files, clock=None, lines=None):
-    clock = clock or Clock()
     client = openai.OpenAI(api_key=KEY, base_url=f"{api.url}/v1")
-    return BACKEND.run(params=params, train_jsonl=files / "train.jsonl", val_jsonl=files / "val.jsonl",
-                       state_dir=files / "checkpoints", client=client,
-                       progress=(lines.append if lines is not None else lambda _: None), sleep=clock.sleep,
-                       clock=clock.clock, today=TODAY)
+    return BACKEND.fit(hosted_job(files, params, client, clock or Clock(), lines))
 
 
 def test_a_job_is_created_once_polled_to_success_and_its_curve_read(api, params, files):
     lines = []
     result = run(api, params, files, lines=lines)
-    assert result.fine_tuned_model.startswith("ft:gpt-4o-mini-2024-07-18:emulated:webtune:")
-    assert result.trained_tokens == 12345
+    assert result.model.startswith("ft:gpt-4o-mini-2024-07-18:emulated:webtune:")
+    assert result.trained_tokens == 12345 and result.steps == 3 and result.val_loss == round(2.2 / 3, 4)
     assert result.curve == [{"step": s, "train_loss": round(2.0 / s, 4), "valid_loss": round(2.2 / s, 4)}
                             for s in (1, 2, 3)]
     (create,) = api.calls("POST", "/v1/fine_tuning/jobs")
@@ -148,8 +152,22 @@ def test_a_model_past_its_shutdown_date_is_refused_before_any_upload(api, params
 def test_a_wrong_key_is_one_line(api, params, files):
     client = openai.OpenAI(api_key="sk-wrong", base_url=f"{api.url}/v1")
     with pytest.raises(TrainError, match=r"^OpenAI refused the key \(HTTP 401: .*check OPENAI_API_KEY"):
-        BACKEND.run(params=params, train_jsonl=files / "train.jsonl", val_jsonl=files / "val.jsonl",
-                    state_dir=files / "checkpoints", client=client, progress=lambda _: None, today=TODAY)
+        BACKEND.fit(hosted_job(files, params, client, Clock()))
+
+
+def test_the_job_writes_what_the_host_trains_and_needs_the_jsonl_folder(params, files):
+    inputs = Inputs(base_dir=files / "no-base", train_path=files / "unused", val_path=files / "unused",
+                    jsonl_dir=files, checkpoints=files / "checkpoints", mask_report=files / "mask.md",
+                    live_dir=files / "live", max_length=512, api_key=KEY)
+    job = BACKEND.job(params, inputs, lambda _: None)
+    assert (job.train_jsonl, job.val_jsonl, job.checkpoints) == (files / "train.jsonl", files / "val.jsonl",
+                                                                 files / "checkpoints")
+    assert (files / "mask.md").read_text() == (
+        f"# train: what is supervised\n\nBackend openai: the host trains every assistant message of "
+        f"{files / 'train.jsonl'} (weight 1; the format stage writes no weight 0). The local mask report "
+        "applies to the local backends.\n")
+    with pytest.raises(TrainError, match=r"^train.backend openai needs --openai-dir \(format's JSONL\)$"):
+        BACKEND.job(params, dataclasses.replace(inputs, jsonl_dir=None), lambda _: None)
 
 
 def line(*messages: dict) -> str:
