@@ -94,7 +94,7 @@ def test_the_rendered_rows_suite_passes_good_rows_and_names_a_broken_one(tok, pa
     df = pd.DataFrame(rows)
     assert expectations.run_suite(suite, df, id_column="pair_id", samples=5).success
     broken = df.copy()
-    # the seed's missing channel
+    # an assistant turn with no channel
     broken.loc[3, "text"] = broken.loc[3, "text"].replace("<|channel|>final", "")
     broken.loc[4, "n_special_ids"] += 1
     result = expectations.run_suite(suite, broken, id_column="pair_id", samples=5)

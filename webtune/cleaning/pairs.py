@@ -4,7 +4,7 @@
   titles underlined with `*** === --- ~~~`); the lead section answers a question about the document's
   title, every later section answers a question naming its heading. Answers are cut at a paragraph or
   sentence boundary below `max_answer_chars`; sections shorter than `min_answer_chars` are skipped.
-- product_copy: a product record (Bright Data Amazon snapshot shape) becomes the exact flow-A prompt.
+- product_copy: a product record (Bright Data Amazon snapshot shape) becomes the copywriter prompt.
 
 Pure functions: a doc dict in, pair dicts (or drop reasons) out.
 """
@@ -154,7 +154,7 @@ def doc_qa_pairs(doc: dict, params: PairsParams) -> tuple[list[dict], list[tuple
 
 
 def product_copy_pairs(doc: dict, params: PairsParams) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Flow A: one product record -> the copywriter prompt and its description."""
+    """One product record -> the copywriter prompt and its description (task product_copy)."""
     if doc["record"] is None:
         return [], [("not_a_record", doc["url"])]
     record = json.loads(doc["record"])

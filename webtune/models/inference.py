@@ -37,7 +37,8 @@ REASONING_EFFORTS = ("low", "medium", "high")
 class Sampling:
     """How chat and serve draw an answer (evaluate decodes greedily, its own way).
 
-    The defaults are the seed's test settings (temperature 0.7, top_p 0.9); temperature 0 is greedy.
+    The defaults are the original Unsloth recipe's test settings (temperature 0.7, top_p 0.9);
+    temperature 0 is greedy.
     `reasoning` is gpt-oss's reasoning effort (low / medium / high), written into the system turn the way
     gpt-oss's own template does; formats without reasoning refuse it.
     """

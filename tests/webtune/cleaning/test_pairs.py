@@ -1,4 +1,4 @@
-"""pairs: questions from headings, answers from sections; flow-A product prompts, exactly."""
+"""pairs: questions from headings, answers from sections; product copywriter prompts, exactly."""
 
 import dataclasses
 import json

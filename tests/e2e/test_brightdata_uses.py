@@ -1,9 +1,10 @@
-"""Both flows of the seeds through real `dvc repro`, against the Bright Data emulator over real HTTP.
+"""Both Bright Data uses through real `dvc repro`, against the Bright Data emulator over real HTTP.
 
 On copies of the built project (its tiny base is reused: a base depends on nothing scraped):
-- flow B: Web Unlocker markdown pages -> doc_qa pairs -> chat rows, one page spelling chat control tags;
-- flow A: an Amazon products snapshot (one dead page among the inputs) -> product_copy -> format -> train
-  -> evaluate; a forced re-scrape resumes from the ledger and triggers nothing; the token is nowhere.
+- web documentation: Web Unlocker markdown pages -> doc_qa pairs -> chat rows, one page spelling chat
+  control tags;
+- product listings: an Amazon products snapshot (one dead page among the inputs) -> product_copy -> format
+  -> train -> evaluate; a forced re-scrape resumes from the ledger and triggers nothing; the token is nowhere.
 """
 
 import json
@@ -46,7 +47,7 @@ def emulator():
 
 def test_flow_b_unlocker_markdown_becomes_doc_qa_chat_rows_with_control_tags_neutralised(
         built, tmp_path_factory, emulator):
-    project = copy_project(built, tmp_path_factory.mktemp("flow-b") / "project")
+    project = copy_project(built, tmp_path_factory.mktemp("docs") / "project")
     topics = ["scraping", "cleaning", "validation", "formatting", "training", "evaluation", "serving"]
     urls = [f"https://docs.example.test/{t}" for t in topics]
     emulator.pages |= {u: Page(markdown_page(t)) for u, t in zip(urls, topics, strict=True)}
@@ -72,7 +73,7 @@ def test_flow_b_unlocker_markdown_becomes_doc_qa_chat_rows_with_control_tags_neu
 
 def test_flow_a_an_amazon_snapshot_trains_and_evaluates_and_is_never_paid_twice(built, tmp_path_factory,
                                                                                   emulator):
-    project = copy_project(built, tmp_path_factory.mktemp("flow-a") / "project")
+    project = copy_project(built, tmp_path_factory.mktemp("products") / "project")
     inputs = [product(i)["url"] for i in range(40)] + ["https://www.amazon.com/dp/B0DEADPAGE"]
     emulator.products |= {product(i)["url"]: product(i) for i in range(40)}
     emulator.collection_script = {"progress": ["running", "digesting", "ready"], "building_replies": 1}
