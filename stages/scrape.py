@@ -41,13 +41,14 @@ def scrape(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str] = 
     """Run the configured source; return the RAW_DOCS table (failures included as rows).
 
     `first_seen` maps (doc_id, content_sha256) of an earlier scrape to its fetched_at, which a document
-    with the same bytes keeps. `ledger` and `token` go to a paid source (one that declares TOKEN_ENV).
+    with the same bytes keeps. `ledger`, `token` and `progress` go to a paid source (one that declares
+    TOKEN_ENV), which reports its requests and polls through `progress`.
     """
     fetch = get_fetch(params.source)
     paid = {}
     if token_env(params.source):
         assert ledger is not None and token, f"source {params.source} needs a ledger and a token"
-        paid = {"ledger": ledger, "token": token}
+        paid = {"ledger": ledger, "token": token, "progress": progress}
     first_seen = first_seen or {}
     rows, seen = [], {}
     for row in fetch(params, sources_dir=sources_dir, now=now, **paid):

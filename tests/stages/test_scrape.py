@@ -3,6 +3,7 @@ the paid Bright Data sources through main: the token check, a killed scrape resu
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import signal
@@ -239,6 +240,20 @@ def unlocker_params(repo, tmp_path, brightdata, urls, **knobs) -> Path:
     section = yaml.safe_load((repo / "params.yaml").read_text())["scrape"]["brightdata_unlocker"]
     section |= {"urls": urls, "api_url": brightdata.url, "backoff_s": 0.01, "period_s": 0.5} | knobs  # 200/s
     return write_params(repo, tmp_path, source="brightdata_unlocker", brightdata_unlocker=section)
+
+
+def test_the_stage_hands_its_progress_to_a_paid_source(load, brightdata, monkeypatch):
+    from webtune.sources.ledger import Ledger
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # no terminal (dvc, CI): progress lines, no bar
+    brightdata.pages["https://t.test/a"] = Page("# A")
+    p = load("scrape")
+    knobs = dataclasses.replace(p.brightdata_unlocker, urls=("https://t.test/a",), api_url=brightdata.url)
+    lines = []
+    S.scrape(dataclasses.replace(p, source="brightdata_unlocker", brightdata_unlocker=knobs),
+             sources_dir=Path("."), ledger=Ledger.open(":memory:"), token=FAKE_BRIGHTDATA_TOKEN,
+             progress=lines.append)
+    assert lines == ["scrape: 1/1 pages requested, 0 failed"]
 
 
 def test_a_paid_source_without_a_token_fails_in_one_line_before_any_request(repo, tmp_path, brightdata,

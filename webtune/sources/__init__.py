@@ -11,7 +11,7 @@ fetched is yielded as a failed row with a stable reason (`too_large`, `http_erro
 with that reason, so no failure disappears silently. A source that yields nothing is an error
 (`EmptySourceError`), not an empty dataset.
 
-A paid source also takes `ledger=` and `token=` (see `token_env`).
+A paid source also takes `ledger=`, `token=` and `progress=` (see `token_env`).
 
 `fetched_at` is when a document's content was first fetched: the scrape stage keeps the previous
 run's time for a document whose bytes did not change, so re-scraping identical content changes no
@@ -79,7 +79,7 @@ def token_env(name: str) -> str | None:
     """The environment variable holding source `name`'s API token; None for a source that needs none.
 
     A source that pays per request declares `TOKEN_ENV`; its `fetch` then also takes `ledger=` (what was
-    already paid for, webtune.sources.ledger) and `token=`.
+    already paid for, webtune.sources.ledger), `token=` and `progress=` (where its progress lines go).
     """
     return getattr(get_source(name), "TOKEN_ENV", None)
 

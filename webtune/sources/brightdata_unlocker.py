@@ -1,4 +1,4 @@
-"""Bright Data Web Unlocker source (flow B): a URL list -> one markdown page per URL.
+"""Bright Data Web Unlocker source: a URL list -> one markdown page per URL.
 
 Selected with `scrape.source: brightdata_unlocker`; its knobs are `scrape.brightdata_unlocker`, the
 token is BRIGHTDATA_API_TOKEN (environment or `.env`, webtune.secrets). Each URL is one
@@ -28,29 +28,33 @@ One failing URL never stops the run. Two things do, with one line and everything
 in the ledger: Bright Data refusing the token (401/403: every URL would fail), and the 429 fuse (too
 many 429s within 5 minutes, before Bright Data blocks the IP at 25).
 
-Requests run on `concurrency` threads behind one shared, evenly spaced limit (`requests_per_period`
-per `period_s`). Finished pages go to the ledger as they arrive, so a killed run resumes with only
-the missing URLs; rows are yielded in URL-list order once all are done.
+Requests run on `concurrency` threads (webtune.sources.pool) behind one shared, evenly spaced limit
+(`requests_per_period` per `period_s`); retries and the 429 policy are the shared client's
+(webtune.sources.brightdata_client). Finished pages go to the ledger as they arrive, so a killed run
+resumes with only the missing URLs; rows are yielded in URL-list order once all are done.
 """
 
 import dataclasses
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import NamedTuple
+from functools import partial
+from typing import Unpack
 
 import requests
-from tqdm import tqdm
 
-from webtune import secrets
-from webtune.errors import UserError
 from webtune.params import api_url, at_least, between, knob, positive
 from webtune.sources import MARKDOWN, EmptySourceError, ScrapeParams, SourceError, failed_row, raw_row
+from webtune.sources.brightdata_client import (
+    TOKEN_ENV,
+    AuthRefusedError,
+    BrightDataClient,
+    Hooks,
+    Verdict,
+    one_line,
+)
 from webtune.sources.http import parse_retry_after, title_for, url_problem
 from webtune.sources.ledger import Fetch, Ledger, normalise_url
-from webtune.sources.ratelimit import BACKOFF_429_S, RateLimiter, RateLimitFuse
+from webtune.sources.pool import Pool, Tally
 
 
 def zone_name(v) -> str | None:
@@ -79,54 +83,24 @@ class UnlockerParams:
 PARAMS = UnlockerParams  # this variant's section (webtune.registry; webtune.params builds it)
 
 SOURCE = "brightdata_unlocker"
-TOKEN_ENV = "BRIGHTDATA_API_TOKEN"
-FUSE_WINDOW_S = 300.0  # Bright Data counts 429s per IP over 5 minutes
 CHUNK_BYTES = 64 * 1024
 CONNECT_TIMEOUT_S = 10.0  # reaching api.brightdata.com; the rest of the deadline is the unlock itself
 ERROR_HEADERS = ("x-brd-error", "x-brd-error-code", "x-brd-err-code", "x-brd-err-msg")
 
 
-class AuthRefusedError(UserError):
-    """Bright Data refused the token or the zone for every request: stop instead of failing each URL."""
-
-
-class Verdict(NamedTuple):
-    """What one reply comes to."""
-
-    kind: str  # ok | failed | retry | rate_limited | auth
-    reason: str | None = None
-    detail: str = ""
-    retry_after_s: float | None = None
-
-
-def fetch(
-    params: ScrapeParams,
-    *,
-    sources_dir,
-    now: Callable[[], str],
-    ledger: Ledger,
-    token: str,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> Iterator[dict]:
+def fetch(params: ScrapeParams, *, sources_dir, now: Callable[[], str], ledger: Ledger, token: str,
+          **hooks: Unpack[Hooks]) -> Iterator[dict]:
     """Yield one RAW_DOCS row per URL of `scrape.brightdata_unlocker.urls`, in list order.
 
     URLs the ledger already holds (at this `refresh` generation) are not requested again; failed ones
-    are retried when `retry_failed` is on. The URL list is checked before any request.
+    are retried when `retry_failed` is on. The URL list is checked before any request. `hooks`: fake
+    time for tests, the stage's progress (brightdata_client.Hooks).
     """
     del sources_dir
     knobs = params.brightdata_unlocker
     keys = check_urls(knobs.urls)
-    return _fetch_all(
-        knobs,
-        keys,
-        max_doc_bytes=params.max_doc_bytes,
-        now=now,
-        ledger=ledger,
-        token=token,
-        sleep=sleep,
-        clock=clock,
-    )
+    client = BrightDataClient(token, knobs, rate=(knobs.requests_per_period, knobs.period_s), **hooks)
+    return _fetch_all(knobs, keys, client, max_doc_bytes=params.max_doc_bytes, now=now, ledger=ledger)
 
 
 def check_urls(urls: tuple[str, ...]) -> dict[str, str]:
@@ -151,190 +125,67 @@ def check_urls(urls: tuple[str, ...]) -> dict[str, str]:
 def _fetch_all(
     knobs: UnlockerParams,
     keys: dict[str, str],
+    client: BrightDataClient,
     *,
     max_doc_bytes: int,
-    now,
+    now: Callable[[], str],
     ledger: Ledger,
-    token: str,
-    sleep,
-    clock,
 ) -> Iterator[dict]:
+    pages = ledger.scope(SOURCE, generation=knobs.refresh)
+
     def reusable(key: str) -> bool:
-        done = ledger.fetched(SOURCE, key, generation=knobs.refresh)
+        done = pages.fetched(key)
         return done is not None and (done.ok or not knobs.retry_failed)
 
-    todo = [url for url, key in keys.items() if not reusable(key)]
-    ledger.counts["cached"] += len(keys) - len(todo)
-    if todo:
-        _run_pool(
-            knobs,
-            todo,
-            keys,
-            max_doc_bytes=max_doc_bytes,
-            now=now,
-            ledger=ledger,
-            token=token,
-            sleep=sleep,
-            clock=clock,
-        )
-    for url, key in keys.items():
-        yield to_row(url, ledger.fetched(SOURCE, key, generation=knobs.refresh))
-
-
-def _run_pool(
-    knobs: UnlockerParams,
-    todo: list[str],
-    keys: dict[str, str],
-    *,
-    max_doc_bytes,
-    now,
-    ledger: Ledger,
-    token: str,
-    sleep,
-    clock,
-) -> None:
-    """Fetch `todo` on `concurrency` threads; each result is committed to the ledger as it arrives (here,
-    on the calling thread: the SQLite connection is not shared)."""
-    limiter = RateLimiter(knobs.requests_per_period, knobs.period_s, clock=clock, sleep=sleep)
-    fuse = RateLimitFuse(knobs.stop_at_429s, FUSE_WINDOW_S, clock=clock)
-    stop = threading.Event()
-    local = threading.local()
-
-    def session() -> requests.Session:
-        if not hasattr(local, "session"):  # requests.Session is not thread-safe: one per worker
-            local.session = requests.Session()
-            local.session.headers["Authorization"] = f"Bearer {token}"
-        return local.session
-
-    def work(url: str) -> tuple[str, Fetch]:
-        try:
-            return url, fetch_page(
-                session(),
-                url,
-                knobs=knobs,
-                max_doc_bytes=max_doc_bytes,
-                token=token,
-                limiter=limiter,
-                fuse=fuse,
-                stop=stop,
-                sleep=sleep,
-                now=now,
-            )
-        except UserError:
-            stop.set()  # at once, on this thread: no other worker starts a request after a run-stopping reply
-            raise
-
-    def record(url: str, result: Fetch) -> bool:
-        ledger.record_fetch(SOURCE, keys[url], generation=knobs.refresh, fetch=result)
+    def commit(url: str, result: Fetch) -> bool:  # on this thread (pool.py says why)
+        pages.record_fetch(keys[url], result)
         ledger.counts["requested"] += 1  # pages asked of Bright Data this run, whatever came back
         ledger.counts["fetched"] += result.ok
         return result.ok
 
-    bar = tqdm(total=len(todo), desc=f"scrape {SOURCE}", unit="page", disable=None, file=sys.stderr)
-    every = max(1, len(todo) // 10)  # without a terminal (CI, dvc logs): a line per 10%
-    done = failed = 0
-    with ThreadPoolExecutor(max_workers=knobs.concurrency, thread_name_prefix="unlocker") as pool:
-        pending = {pool.submit(work, url) for url in todo}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                # The worker that stopped the run raised the reason; the others, StopRequested.
-                stopping = [
-                    f.exception()
-                    for f in finished
-                    if f.exception() is not None and not isinstance(f.exception(), StopRequested)
-                ]
-                for future in finished:
-                    if future.exception() is None:
-                        failed += not record(*future.result())
-                        done += 1
-                        bar.update()
-                        bar.set_postfix(failed=failed)
-                        if bar.disable and (done % every == 0 or done == len(todo)):
-                            print(
-                                f"scrape: {done}/{len(todo)} pages requested, {failed} failed",
-                                file=sys.stderr,
-                                flush=True,
-                            )
-                if stopping:
-                    raise stopping[0]
-        except BaseException:
-            stop.set()  # workers finish their current request and start no other
-            for future in pending:
-                future.cancel()
-            for future in pending:  # what finished before the stop is still paid for: keep it
-                if not future.cancelled() and future.exception() is None:
-                    record(*future.result())
-            raise
-        finally:
-            bar.close()
+    todo = [url for url, key in keys.items() if not reusable(key)]
+    ledger.counts["cached"] += len(keys) - len(todo)
+    if todo:
+        with client:
+            work = partial(fetch_page, client, knobs=knobs, max_doc_bytes=max_doc_bytes, now=now)
+            tally = Tally(len(todo), desc=f"scrape {SOURCE}", unit="page", progress=client.progress,
+                          line="scrape: {done}/{total} pages requested, {failed} failed")
+            Pool(work, commit, workers=knobs.concurrency, stop=client.stop, tally=tally).run(todo)
+    for url, key in keys.items():
+        yield to_row(url, pages.fetched(key))
 
 
 def fetch_page(
-    session: requests.Session,
+    client: BrightDataClient,
     url: str,
     *,
     knobs: UnlockerParams,
     max_doc_bytes: int,
-    token: str,
-    limiter: RateLimiter,
-    fuse: RateLimitFuse,
-    stop: threading.Event,
-    sleep: Callable[[float], None],
     now: Callable[[], str],
 ) -> Fetch:
-    """One URL through the unlocker, with retries; the Fetch the ledger keeps.
+    """One URL through the unlocker, retried by `client`; the Fetch the ledger keeps.
 
     5xx, timeouts and connection errors are retried `retries` times (backoff_s * 2**k); 429s follow the
     fuse's delays and pause every worker. Raises AuthRefusedError, RateLimitedError, or StopRequested
     once another worker has stopped the run.
     """
-    attempts = retries = rate_limits = 0
-    while True:
-        limiter.acquire()
-        if stop.is_set():  # checked after the wait: the run may have stopped while this worker queued
-            raise StopRequested(url)
-        attempts += 1
-        verdict, body = attempt(session, url, knobs=knobs, max_doc_bytes=max_doc_bytes)
-        detail = secrets.redact(verdict.detail, token)
-        if verdict.kind == "auth":
-            raise AuthRefusedError(
-                f"Bright Data refused the request for {url} ({detail}): check "
-                f"{TOKEN_ENV} and that zone {knobs.zone!r} belongs to that account"
-            )
-        if verdict.kind == "rate_limited" and rate_limits < len(BACKOFF_429_S):
-            delay = fuse.record(retry_after_s=verdict.retry_after_s, attempt=rate_limits, what=url)
-            rate_limits += 1
-            limiter.pause(delay)
-            continue
-        if verdict.kind == "retry" and retries < knobs.retries:
-            sleep(knobs.backoff_s * 2**retries)
-            retries += 1
-            continue
-        if verdict.kind == "ok":
-            return Fetch(
-                ok=True,
-                attempts=attempts,
-                reason=None,
-                detail="",
-                content_type=MARKDOWN,
-                body=body,
-                fetched_at=now(),
-            )
-        reason = "rate_limited" if verdict.kind == "rate_limited" else verdict.reason
-        return Fetch(
-            ok=False,
-            attempts=attempts,
-            reason=reason,
-            detail=detail,
-            content_type=MARKDOWN,
-            body=b"",
-            fetched_at=now(),
+    result = client.call(partial(attempt, url=url, knobs=knobs, max_doc_bytes=max_doc_bytes), what=url)
+    verdict, ok = result.verdict, result.verdict.kind == "ok"
+    detail = client.redact(verdict.detail)
+    if verdict.kind == "auth":
+        raise AuthRefusedError(
+            f"Bright Data refused the request for {url} ({detail}): check "
+            f"{TOKEN_ENV} and that zone {knobs.zone!r} belongs to that account"
         )
-
-
-class StopRequested(Exception):
-    """Another worker stopped the run (auth refused, the 429 fuse): this URL was not requested."""
+    return Fetch(
+        ok=ok,
+        attempts=result.attempts,
+        reason=verdict.reason,  # None when ok
+        detail=detail,
+        content_type=MARKDOWN,
+        body=result.value if ok else b"",
+        fetched_at=now(),
+    )
 
 
 def attempt(
@@ -396,11 +247,6 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Verdict:
     if not body.strip():
         return Verdict("failed", "empty_body", brd or "HTTP 200 with an empty body")
     return Verdict("ok")
-
-
-def one_line(body: bytes, limit: int = 200) -> str:
-    text = " ".join(body.decode("utf-8", "replace").split())
-    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def to_row(url: str, done: Fetch | None) -> dict:

@@ -3,6 +3,8 @@
     ledger = Ledger.open(path)               # created on first use; `Ledger.open(":memory:")` in tests
     done = ledger.fetched("brightdata_unlocker", key, generation=0)
     ledger.record_fetch("brightdata_unlocker", key, generation=0, fetch=Fetch(...))
+    pages = ledger.scope("brightdata_unlocker", generation=0)  # the same, for one source's run
+    pages.record_fetch(key, Fetch(...))
 
 One SQLite file. Every `record_*`/`save_*` call is one committed transaction (synchronous=FULL), so a
 run killed at any point leaves exactly the pages, snapshot ids and snapshot parts that had finished,
@@ -92,6 +94,10 @@ class Ledger:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def scope(self, source: str, *, generation: int) -> "Scope":
+        """The entries of `source` at `generation` (its `refresh`), keyed by `key` alone."""
+        return Scope(self, source, generation)
+
     def fetched(self, source: str, key: str, *, generation: int) -> Fetch | None:
         row = self.db.execute(
             "SELECT ok, attempts, reason, detail, content_type, body, fetched_at FROM fetches "
@@ -157,6 +163,27 @@ class Ledger:
     def forget_parts(self, snapshot_id: str) -> None:
         with self.db:
             self.db.execute("DELETE FROM snapshot_parts WHERE snapshot_id = ?", (snapshot_id,))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The ledger as one paid source sees it during one run: its own entries at its `refresh`."""
+
+    ledger: Ledger
+    source: str
+    generation: int
+
+    def fetched(self, key: str) -> Fetch | None:
+        return self.ledger.fetched(self.source, key, generation=self.generation)
+
+    def record_fetch(self, key: str, fetch: Fetch) -> None:
+        self.ledger.record_fetch(self.source, key, generation=self.generation, fetch=fetch)
+
+    def snapshot(self, key: str) -> Snapshot | None:
+        return self.ledger.snapshot(self.source, key, generation=self.generation)
+
+    def save_snapshot(self, key: str, snapshot: Snapshot) -> None:
+        self.ledger.save_snapshot(self.source, key, generation=self.generation, snapshot=snapshot)
 
 
 def normalise_url(url: str) -> str:

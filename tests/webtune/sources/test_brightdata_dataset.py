@@ -198,3 +198,25 @@ def test_bad_inputs_fail_before_any_request(brightdata, params):
     with pytest.raises(SourceError, match=r"inputs\[0\]: 'earbuds' is not an http or https URL"):
         scrape(params(["earbuds"]), Ledger.open(":memory:"))
     assert brightdata.seen == []
+
+
+def test_progress_reports_the_trigger_each_pending_poll_each_part_and_a_resume(brightdata, params,
+                                                                              tmp_path):
+    brightdata.products["kw"] = [dict(product(0), url=f"https://a.test/dp/P{i:05d}") for i in range(1500)]
+    brightdata.collection_script = {"progress": ["starting", "running", "ready"]}
+    knobs = params(["kw"], discover_by="keyword", part_records=1000)
+    lines, time_ = [], FakeTime()
+    for _ in range(2):
+        with Ledger.open(tmp_path / "l.sqlite") as ledger:
+            rows = list(D.fetch(knobs, sources_dir=None, now=lambda: "2026-12-01T00:00:00Z", ledger=ledger,
+                                token=TOKEN, sleep=time_.sleep, clock=time_.clock, progress=lines.append))
+            assert len(rows) == 1500
+    assert lines == [
+        "scrape: triggered gd_l7q7dkf244hwjntr0 for 1 inputs: snapshot s_emulated0001 (kept in the ledger; "
+        "a re-run resumes it)",
+        "scrape: snapshot s_emulated0001 starting",
+        "scrape: snapshot s_emulated0001 running",
+        "scrape: snapshot s_emulated0001 part 1/2",
+        "scrape: snapshot s_emulated0001 part 2/2",
+        "scrape: resuming snapshot s_emulated0001 (downloaded, triggered 2026-12-01T00:00:00Z)",
+    ]

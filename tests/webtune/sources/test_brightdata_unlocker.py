@@ -5,6 +5,7 @@ waits are asserted, never waited for; the HTTP itself is real.
 """
 
 import dataclasses
+import io
 import threading
 
 import pytest
@@ -223,3 +224,15 @@ def test_the_token_reaches_only_the_authorization_header(brightdata, params, tmp
     assert rows[1]["fetch_error"] == "unlocker_error" and "<redacted>" in rows[1]["fetch_detail"]
     assert TOKEN not in repr(rows)
     assert TOKEN.encode() not in b"".join(p.read_bytes() for p in tmp_path.iterdir())
+
+
+def test_progress_without_a_terminal_is_a_line_per_tenth_of_the_pages_requested(brightdata, params,
+                                                                               monkeypatch):
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # as under dvc or CI: lines, no tqdm bar
+    urls = [f"https://t.test/p{i}" for i in range(20)]
+    brightdata.pages |= {u: Page(f"# {u}") for u in urls[:15]}  # the last five: target_404
+    ledger, lines, time_ = Ledger.open(":memory:"), [], FakeTime()
+    rows = list(U.fetch(params(urls, concurrency=1), sources_dir=None, now=lambda: NOW, ledger=ledger,
+                        token=TOKEN, sleep=time_.sleep, clock=time_.clock, progress=lines.append))
+    assert len(rows) == 20
+    assert lines == [f"scrape: {n}/20 pages requested, {max(0, n - 15)} failed" for n in range(2, 21, 2)]
