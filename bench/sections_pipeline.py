@@ -141,7 +141,7 @@ def remote_table(records: list[dict]) -> list[str]:
              "dvc_pull": "`dvc pull`, empty cache",
              "make_pull": "`make pull`, empty cache (fetch, completeness check, checkout)"}
     return [f"{r['files']} files, {num(r['megabytes'], 2)} MB; median seconds of {r['runs']} runs:", "",
-            *table(("step", "seconds"), [(names[k], num(v, 2)) for k, v in r["median_seconds"].items()])]
+            *table(("step", "seconds"), [(names[k], num(r["median_seconds"][k], 2)) for k in names])]
 
 
 REMOTE_S3 = Section(
