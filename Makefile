@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup setup-dev repro test lint bench bench-repro bench-remote remote-s3 push pull
+.PHONY: setup setup-dev repro test lint bench bench-repro bench-remote bench-cpu-train bench-serve \
+	bench-brightdata bench-tests results remote-s3 push pull
 
 # requirements.lock pins every package (torch==2.13.0 included: a local CPU build here; an open range
 # pulls GBs of CUDA), so the resolver has nothing to search and every machine gets the same versions.
@@ -31,14 +32,36 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check stages webtune tests bench
 
+# Benchmarks (bench/README.md): each writes its record to bench/results/<bench>.json (commit, machine, date,
+# command and numbers); `make results` renders them all into docs/results.md. Each takes minutes.
+RESULTS := bench/results
+
 bench: setup
-	$(PY) bench/data_stages.py --pages 100000 --kind both
+	$(PY) bench/data_stages.py --pages 100000 --kind both --workers 2 --scaling-pages 20000 \
+		--out $(RESULTS)/data_stages.json
 
 bench-repro: setup
-	$(PY) bench/full_repro.py --out bench/full_repro.json
+	$(PY) bench/full_repro.py --force --noop-runs 10 --out $(RESULTS)/full_repro.json
 
 bench-remote: setup
-	$(PY) bench/remote_s3.py --out bench/remote_s3.json
+	$(PY) bench/remote_s3.py --out $(RESULTS)/remote_s3.json
+
+# needs make repro's outputs (the default base, data/format, the adapter)
+bench-cpu-train: setup
+	$(PY) bench/cpu_train_speed.py --steps 20 --out $(RESULTS)/cpu_train_speed.json
+
+bench-serve: setup
+	$(PY) bench/serve_latency.py --merge --out $(RESULTS)/serve_latency.json
+
+bench-brightdata: setup
+	$(PY) bench/brightdata_rate.py --out $(RESULTS)/brightdata_rate.json
+
+bench-tests: setup
+	$(PY) bench/suite_time.py --out $(RESULTS)/test_suite.json
+
+# docs/results.md from the committed bench/results/*.json (never edited by hand)
+results: setup
+	$(PY) bench/report.py
 
 # DVC remote storage. The default remote is ../webtune-dvc-storage (.dvc/config); switch to S3 with
 #   make remote-s3 S3_URL=s3://bucket/prefix [S3_REGION=eu-west-1] [S3_ENDPOINT=https://minio.example.com] [S3_PROFILE=name]

@@ -1,6 +1,8 @@
 """Web Unlocker pacing: 1,000 URLs against the local Bright Data emulator, 100 ms per reply, 20 requests/s.
 
-    python bench/brightdata_rate.py --urls 1000 --latency-s 0.1 --rate 20 --out bench/brightdata_rate.json
+    python bench/brightdata_rate.py --urls 1000 --latency-s 0.1 --rate 20 \
+        --out bench/results/brightdata_rate.json     # make bench-brightdata
+    python bench/brightdata_rate.py --smoke      # 30 URLs at 20/s, 10 ms per reply: under 2 s
 
 Runs the real source (webtune.sources.brightdata_unlocker.fetch, real HTTP, real clock) with
 `requests_per_period` = rate, `period_s` = 1 and params.yaml's concurrency, and reports
@@ -14,13 +16,13 @@ Runs the real source (webtune.sources.brightdata_unlocker.fetch, real HTTP, real
 import argparse
 import bisect
 import dataclasses
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from record import Recorder  # noqa: E402
 
 from tests.emulators.brightdata import BrightDataEmulator, Page  # noqa: E402
 from webtune.params import load_section  # noqa: E402
@@ -44,8 +46,12 @@ def main() -> None:
     parser.add_argument("--latency-s", type=float, default=0.1)
     parser.add_argument("--rate", type=int, default=20)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("bench/brightdata_rate.json"))
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (bench/record.py)")
+    parser.add_argument("--smoke", action="store_true", help="30 URLs at 20/s, 10 ms per reply")
     args = parser.parse_args()
+    recorder = Recorder("brightdata_rate", smoke=args.smoke)
+    if args.smoke:
+        args.urls, args.rate, args.latency_s = 30, 20, 0.01
 
     starts: list[float] = []  # client side: when the limiter let each request go
     acquire = ratelimit.RateLimiter.acquire
@@ -77,11 +83,8 @@ def main() -> None:
         "wall_s": round(wall, 2), "ideal_s": round(ideal, 2), "wall_vs_ideal": round(wall / ideal, 4),
         "max_starts_in_any_1s_client": max_in_window(starts, 1.0),
         "max_arrivals_in_any_1s_emulator": max_in_window(arrivals, 1.0),
-        "python": platform.python_version(), "machine": platform.machine(),
-        "command": " ".join(["python", *sys.argv]),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    recorder.save(args.out, result)
 
 
 if __name__ == "__main__":

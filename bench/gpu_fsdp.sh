@@ -4,10 +4,13 @@
 # FRACTION of the GPU (default 0.2, 28 GiB on an H200): unsharded it must run out of memory; FSDP with
 # its shards offloaded to the CPU must train. Each run is `python -m stages.train` (bench/train_multigpu.py).
 #   bash bench/gpu_fsdp.sh [FRACTION]
-# Needs .gpu_site.tgz (trl, datasets and a dvclive stand-in: bench/RESULTS.md) carried; writes into $OUT.
+# Needs .gpu_site.tgz (trl, datasets and a dvclive stand-in: bench/README.md) carried. Writes
+# $OUT/train_multigpu.json (the committed results, these runs' records replacing those of the same shape,
+# processes, sharding and cap): copy it over bench/results/train_multigpu.json, then `make results`.
 fraction=${1:-0.2}
 mkdir -p /tmp/site && tar -xzf .gpu_site.tgz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+cp bench/results/train_multigpu.json "$OUT/"
 dir=/tmp/fsdp-8b
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python bench/train_throughput.py build --shape llama-3.1-8b --dir "$dir" --rows 400 --fixed-length 128 \
@@ -16,7 +19,7 @@ runs=("none 0" "none $fraction" "fsdp_offload $fraction" "fsdp 0")
 for r in "${runs[@]}"; do
   set -- $r
   timeout "${PER_RUN_S:-240}" python bench/train_multigpu.py --dir "$dir" --processes 1 --sharding "$1" \
-    --memory-fraction "$2" --steps ${STEPS:-20} --warmup 5 --batch-size 4 --out "$OUT/train_multigpu.jsonl" \
+    --memory-fraction "$2" --steps ${STEPS:-40} --warmup 12 --batch-size 4 --out "$OUT/train_multigpu.json" \
     > "$OUT/run-$1-$2.log" 2>&1
   echo "$1 $2 rc=$?"; grep -v -i warn "$OUT/run-$1-$2.log" | tail -3
 done
