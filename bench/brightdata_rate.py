@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from record import Recorder  # noqa: E402
 
 from tests.emulators.brightdata import BrightDataEmulator, Page  # noqa: E402
+from webtune import params as P  # noqa: E402
 from webtune.params import load_section  # noqa: E402
 from webtune.sources import brightdata_unlocker as unlocker  # noqa: E402
 from webtune.sources import ratelimit  # noqa: E402
@@ -68,7 +69,7 @@ def main() -> None:
         emulator.pages |= {u: Page(f"# Page {i}\n\nSome text of page {i}.") for i, u in enumerate(urls)}
         knobs = dataclasses.replace(scrape.brightdata_unlocker, urls=tuple(urls), api_url=emulator.url,
                                     requests_per_period=args.rate, period_s=1.0)
-        params = dataclasses.replace(scrape, source=unlocker.SOURCE, brightdata_unlocker=knobs)
+        params = P.replace(scrape, source=unlocker.SOURCE, brightdata_unlocker=knobs)
         t0 = time.perf_counter()
         rows = list(unlocker.fetch(params, sources_dir=None, now=lambda: "", ledger=Ledger.open(":memory:"),
                                    token=TOKEN))

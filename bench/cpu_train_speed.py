@@ -29,13 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from record import Recorder, window  # noqa: E402
 
 from stages import train  # noqa: E402
+from webtune import params as P  # noqa: E402
 from webtune.params import load_section  # noqa: E402
 from webtune.training import hf  # noqa: E402
 
 
 def run(args, precision: str, threads: int, checkpointing: bool, fused_head: bool) -> dict:
     params = load_section("train", args.params)
-    params = dataclasses.replace(params, max_steps=args.steps, eval_steps=10**6, save_steps=10**6,
+    params = P.replace(params, max_steps=args.steps, eval_steps=10**6, save_steps=10**6,
                                  logging_steps=1, eval_rows=4,
                                  hf=dataclasses.replace(params.hf, precision=precision, threads=threads,
                                                         gradient_checkpointing=checkpointing))

@@ -97,6 +97,7 @@ def train_with(folder: Path, backend: str, four_bit: bool, rows: Path | None = N
         import unsloth  # noqa: F401  (first, as Unsloth asks)
     dvclive_stand_in()
     from stages import train
+    from webtune import params as P
     from webtune.params import load_section
 
     params = load_section("train", REPO / "params.yaml")
@@ -107,7 +108,7 @@ def train_with(folder: Path, backend: str, four_bit: bool, rows: Path | None = N
         params = dataclasses.replace(params, max_steps=steps, batch_size=8, learning_rate=1e-3,
                                      eval_steps=steps, save_steps=max(1, steps // 2), eval_rows=0,
                                      logging_steps=min(params.logging_steps, steps))  # a train loss to report
-    params = dataclasses.replace(params, backend=backend, unsloth=unsloth_knobs)
+    params = P.replace(params, backend=backend, unsloth=unsloth_knobs)
     rows = rows or folder
     name = backend + ("-4bit" if four_bit else "") + (f"-{batch_tokens}" if batch_tokens is not None else "")
     t0 = time.perf_counter()
@@ -130,11 +131,12 @@ def probe(folder: Path, backend: str, four_bit: bool) -> dict:
         import unsloth  # noqa: F401  (first, as Unsloth asks)
     import torch
 
+    from webtune import params as P
     from webtune.params import load_section
     from webtune.training import get_backend
 
     params = load_section("train", REPO / "params.yaml")
-    params = dataclasses.replace(params, backend=backend,
+    params = P.replace(params, backend=backend,
                                  unsloth=dataclasses.replace(params.unsloth, load_in_4bit=four_bit))
     chosen = get_backend(backend)
     base = chosen.load(folder / "base", params, max_length=512)

@@ -21,6 +21,7 @@ import yaml
 from stages import evaluate as E
 from tests.toys import SMALL, TEXTS
 from tests.webtune.models.test_inference import QA, ROWS, lora_config, make_adapter
+from webtune import params as P
 from webtune.errors import ParamsError
 from webtune.evaluation import loops
 from webtune.formats.harmony import FORMAT
@@ -80,7 +81,7 @@ def test_evaluate_decodes_both_models_with_the_params_knobs(tiny_base, adapters,
                                  repetition_penalty=1.0, no_repeat_ngram_size=0)
     knobs = dict(repetition_penalty=1.3, no_repeat_ngram_size=1)
     _, plain = E.evaluate(chat, params=params, **kw)
-    _, decoded = E.evaluate(chat, params=dataclasses.replace(params, **knobs), **kw)
+    _, decoded = E.evaluate(chat, params=P.replace(params, **knobs), **kw)
     with chat.base_only():
         base = chat.generate(ROWS[:2], 8, 2, **knobs)
     adapter = chat.generate(ROWS[:2], 8, 2, **knobs)

@@ -19,6 +19,7 @@ import yaml
 from stages import scrape as S
 from tests.conftest import FAKE_BRIGHTDATA_TOKEN
 from tests.emulators.brightdata import Fault, Page
+from webtune import params as P
 from webtune.schema import RAW_DOCS
 from webtune.sources import EmptySourceError, SourceError
 from webtune.sources.pydoc import build_time
@@ -29,7 +30,7 @@ OLD_TIME = "2020-01-01T00:00:00Z"
 
 def files_params(load, **overrides):
     p = load("scrape")
-    return dataclasses.replace(p, source="files", **overrides)
+    return P.replace(p, source="files", **overrides)
 
 
 def run(params, sources_dir, now=FIXED_TIME, first_seen=None):
@@ -250,7 +251,7 @@ def test_the_stage_hands_its_progress_to_a_paid_source(load, brightdata, monkeyp
     p = load("scrape")
     knobs = dataclasses.replace(p.brightdata_unlocker, urls=("https://t.test/a",), api_url=brightdata.url)
     lines = []
-    S.scrape(dataclasses.replace(p, source="brightdata_unlocker", brightdata_unlocker=knobs),
+    S.scrape(P.replace(p, source="brightdata_unlocker", brightdata_unlocker=knobs),
              sources_dir=Path("."), ledger=Ledger.open(":memory:"), token=FAKE_BRIGHTDATA_TOKEN,
              progress=lines.append)
     assert lines == ["scrape: 1/1 pages requested, 0 failed"]

@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 def small_params(**overrides) -> TrainParams:
     params = load_section("train", REPO / "params.yaml")
     knobs = dict(max_steps=30, batch_size=4, eval_steps=10, save_steps=10, logging_steps=5,
-                 learning_rate=0.005, eval_rows=0, lora=dataclasses.replace(params.lora, **TINY_LORA),
+                 learning_rate=0.005, eval_rows=0, lora=P.replace(params.lora, **TINY_LORA),
                  hf=dataclasses.replace(params.hf, threads=1))
-    return dataclasses.replace(params, **{**knobs, **overrides})
+    return P.replace(params, **{**knobs, **overrides})
 
 
 def write_rows(path: Path, n: int, seed: int) -> None:

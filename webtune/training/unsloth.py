@@ -152,7 +152,7 @@ class UnslothBackend(HfBackend):
 
     def trainer_checkpointing(self, params) -> bool:
         # Unsloth's trainer takes the kind get_peft_model set on the model and reads this flag only where
-        # none was set; True (TRL's default, what bench/RESULTS.md measured) unless it is off altogether.
+        # none was set; True (TRL's default, what the GPU benches measured) unless it is off altogether.
         return params.unsloth.gradient_checkpointing != "off"
 
     def packing_probe(self, base):

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import FAKE_BRIGHTDATA_TOKEN as TOKEN
 from tests.emulators.brightdata import Fault
 from tests.webtune.sources.test_brightdata_unlocker import FakeTime
+from webtune import params as P
 from webtune.sources import RECORD, EmptySourceError, SourceError
 from webtune.sources import brightdata_dataset as D
 from webtune.sources.ledger import Ledger
@@ -41,7 +42,7 @@ def params(load, brightdata):
             "retries": 2,
             "backoff_s": 1.0,
         } | knobs
-        return dataclasses.replace(
+        return P.replace(
             scrape,
             source=D.SOURCE,
             brightdata_dataset=dataclasses.replace(scrape.brightdata_dataset, inputs=tuple(inputs), **knobs),

@@ -13,6 +13,7 @@ from requests.structures import CaseInsensitiveDict
 
 from tests.conftest import FAKE_BRIGHTDATA_TOKEN as TOKEN
 from tests.emulators.brightdata import Fault, Page
+from webtune import params as P
 from webtune.errors import UserError
 from webtune.sources import MARKDOWN, SourceError
 from webtune.sources import brightdata_unlocker as U
@@ -47,7 +48,7 @@ def params(load, brightdata):
             "timeout_s": 5.0,
             "concurrency": 4,
         } | knobs
-        return dataclasses.replace(
+        return P.replace(
             scrape,
             source=U.SOURCE,
             brightdata_unlocker=dataclasses.replace(scrape.brightdata_unlocker, urls=tuple(urls), **knobs),

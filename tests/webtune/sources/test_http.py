@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from webtune import params as P
 from webtune.errors import UserError
 from webtune.params import load_section
 from webtune.schema import doc_id
@@ -227,7 +228,7 @@ class Sleeps(list):
 def make_params(urls, **http):
     scrape = load_section("scrape", PARAMS_YAML)  # the real section, so this also checks it still loads
     http = {"timeout_s": TIMEOUT_S, "retries": RETRIES, "backoff_s": BACKOFF_S} | http
-    return dataclasses.replace(
+    return P.replace(
         scrape,
         source="http",
         max_doc_bytes=MAX_DOC_BYTES,

@@ -146,7 +146,7 @@ def test_packing_on_gpt_oss_stops_the_run_before_any_step(tiny_base, tmp_path):
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_the_trainer_checkpoints_activations_only_when_told(tiny_base, tmp_path, monkeypatch, checkpointing):
     """TRL's SFTConfig turns gradient checkpointing on unless told: on a CPU that costs ~18% of the
-    speed for nothing (bench/cpu_train_speed.json), so train.hf.gradient_checkpointing decides."""
+    speed for nothing (bench/results/cpu_train_speed.json), so train.hf.gradient_checkpointing decides."""
     import transformers
 
     seen = []

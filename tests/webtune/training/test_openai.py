@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.emulators.openai import Fault, OpenAIEmulator
+from webtune import params as P
 from webtune.training import Inputs, TrainError
 from webtune.training.openai import BACKEND, STATE_FILE, HostedJob
 from webtune.training.openai_api import check_jsonl
@@ -43,7 +44,7 @@ def files(tmp_path):
 @pytest.fixture
 def params(load):
     train = load("train")
-    return dataclasses.replace(train, backend="openai", openai=dataclasses.replace(
+    return P.replace(train, backend="openai", openai=dataclasses.replace(
         train.openai, poll_interval_s=5.0, poll_timeout_s=600.0))
 
 

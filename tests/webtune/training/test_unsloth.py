@@ -1,6 +1,6 @@
 """Backend unsloth and `auto`, on the CPU: which backend runs, the environment check, and how our knobs map
 onto Unsloth's loading and LoRA calls. (Training with Unsloth needs CUDA: bench/train_throughput.py and
-the GPU notes in bench/RESULTS.md cover it.)"""
+the GPU runs in docs/results.md cover it.)"""
 
 import dataclasses
 from pathlib import Path
@@ -63,7 +63,7 @@ def test_knobs_map_onto_unsloths_calls(params):
     assert unsloth.load_kwargs(params, 1024) == {
         "max_seq_length": 1024, "dtype": torch.bfloat16, "load_in_4bit": True,
         "use_gradient_checkpointing": "unsloth", "random_state": 3407, "fix_tokenizer": False}
-    gpt_oss = dataclasses.replace(params, lora=dataclasses.replace(
+    gpt_oss = P.replace(params, lora=dataclasses.replace(
         params.lora, r=8, alpha=16, target_modules=("q_proj", "v_proj"),
         target_parameters=("mlp.experts.gate_up_proj",)),
         unsloth=dataclasses.replace(params.unsloth, gradient_checkpointing="off"))
@@ -88,7 +88,7 @@ def test_auto_settled_as_hf_is_the_same_run_as_hf(params):
     """The unsloth section never enters an hf run's fingerprint, so auto on a CPU resumes hf checkpoints."""
     base, data = {"kind": "tiny"}, {"train.parquet": "0" * 32}
     as_hf = runs.run_fingerprint(params, base, data, 512)
-    settled = dataclasses.replace(params, backend=resolve("auto", cuda=False),
+    settled = P.replace(params, backend=resolve("auto", cuda=False),
                                   unsloth=dataclasses.replace(params.unsloth, load_in_4bit=False))
     assert runs.run_fingerprint(settled, base, data, 512) == as_hf
     as_unsloth = dataclasses.replace(params, backend="unsloth")
