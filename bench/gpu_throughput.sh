@@ -1,6 +1,6 @@
 #!/bin/bash
 # bench/train_throughput.py on the GPU machine: one shape, then each configuration in its own process.
-#   bash bench/gpu_throughput.sh SHAPE "seed hf unsloth" [LAYERS] [STEPS]
+#   bash bench/gpu_throughput.sh SHAPE "recipe hf unsloth" [LAYERS] [STEPS]
 # Needs .gpu_site.tgz (the carried packages, bench/README.md) in the working tree. Writes
 # $OUT/train_throughput.json: the committed results with these runs' records replacing those of the same
 # shape, config and batch_tokens; copy it over bench/results/train_throughput.json, then `make results`.

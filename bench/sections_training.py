@@ -19,7 +19,7 @@ DEFAULT_RUN = "unsloth" + ("-4bit" if UNSLOTH["load_in_4bit"] else "")
 
 # ---------------------------------------------------------------- train_throughput
 
-CONFIGS = {"seed": "(a) original Unsloth recipe", "hf": "(b) hf backend", "unsloth": "(c) unsloth backend"}
+CONFIGS = {"recipe": "(a) original Unsloth recipe", "hf": "(b) hf backend", "unsloth": "(c) unsloth backend"}
 
 
 def _label(r: dict) -> str:
@@ -30,7 +30,7 @@ def _label(r: dict) -> str:
 
 
 def _micro_batch(r: dict) -> str:
-    if r["config"] == "seed":
+    if r["config"] == "recipe":
         return f"2 rows x 4 accumulated; {r['batch_layout']}"
     if r["config"] == "hf":
         return r["batch_layout"]
@@ -39,7 +39,7 @@ def _micro_batch(r: dict) -> str:
 
 
 def _by_shape(records: list[dict]) -> dict[str, list[dict]]:
-    order = {"seed": 0, "hf": 1, "unsloth": 2}
+    order = {"recipe": 0, "hf": 1, "unsloth": 2}
     shapes: dict[str, list[dict]] = {}
     for rec in sorted(records, key=lambda x: (order[x["results"]["config"]],
                                               x["results"].get("batch_tokens") or 0)):
@@ -101,7 +101,7 @@ THROUGHPUT = Section(
          "leave out the warm-up steps (compilation); MFU = 6 x active parameters x all tokens/s / the GPU's "
          "dense bf16 peak. A timed window whose first and last thirds differ by more than 10% is marked "
          "unstable: its rate still holds start-up cost.",
-    run="`bash bench/gpu_throughput.sh SHAPE \"seed hf unsloth\"` on a GPU machine", table=throughput_table,
+    run="`bash bench/gpu_throughput.sh SHAPE \"recipe hf unsloth\"` on a GPU machine", table=throughput_table,
     verdicts=throughput_verdicts, goals=("llama_speedup", "gpt_oss_speedup", "gpt_oss_peak_gib"),
     label=lambda r: f"{r['shape'].removesuffix('-shape')}, {_label(r).replace('**', '')}")
 

@@ -1,10 +1,11 @@
-"""Training throughput on one GPU: (a) the original Unsloth recipe exactly as written (config `seed`),
+"""Training throughput on one GPU: (a) the original Unsloth recipe exactly as written (config `recipe`),
 (b) our hf backend, (c) our unsloth backend as params.yaml configures it, on the same rows, each in its own
 process.
 
     python bench/train_throughput.py lengths --format-dir data/format --out bench/format_row_lengths.json
     python bench/train_throughput.py build --shape llama-3.1-8b --dir /tmp/tp          # base + rows
-    python bench/train_throughput.py run --config seed --dir /tmp/tp --out bench/results/train_throughput.json
+    python bench/train_throughput.py run --config recipe --dir /tmp/tp \
+        --out bench/results/train_throughput.json
     python bench/train_throughput.py run --config hf --dir /tmp/tp --out bench/results/train_throughput.json
     python bench/train_throughput.py run --config unsloth --dir /tmp/tp \
         --out bench/results/train_throughput.json
@@ -45,7 +46,7 @@ from record import Recorder, window  # noqa: E402  (bench/ is the script's folde
 from shapes import SHAPES, build, row_lengths  # noqa: E402
 
 H200_BF16_DENSE_FLOPS = 989e12  # NVIDIA's datasheet (H100/H200 SXM, dense)
-SEED_LORA = dict(r=8, alpha=16, dropout=0.0,
+RECIPE_LORA = dict(r=8, alpha=16, dropout=0.0,
                  target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
 # The original recipe's train_on_responses_only markers, per chat format (its gpt-oss ones, and Unsloth's
@@ -119,7 +120,7 @@ def active_params(config) -> int:
     return layers * (attention + mlp) + h * vocab
 
 
-def run_seed(folder: Path, steps: int) -> tuple[int, dict]:
+def run_recipe(folder: Path, steps: int) -> tuple[int, dict]:
     """The original Unsloth recipe's training cell, as written (its model swapped for the local shape)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -134,7 +135,7 @@ def run_seed(folder: Path, steps: int) -> tuple[int, dict]:
         model_name=str(folder / "base" / "model"), tokenizer_name=str(folder / "base" / "tokenizer"),
         max_seq_length=1024, load_in_4bit=True, dtype=None, local_files_only=True)
     model = FastLanguageModel.get_peft_model(
-        model, r=8, target_modules=list(SEED_LORA["target_modules"]), lora_alpha=16, lora_dropout=0,
+        model, r=8, target_modules=list(RECIPE_LORA["target_modules"]), lora_alpha=16, lora_dropout=0,
         bias="none", use_gradient_checkpointing="unsloth", random_state=3407)
     _, rows = read_chat_rows(folder / "train.parquet")
     dataset = Dataset.from_dict({"text": [tok.apply_chat_template(m, tokenize=False) for m in rows]})
@@ -156,7 +157,7 @@ def run_ours(folder: Path, backend: str, steps: int) -> tuple[int, dict]:
     params = load_section("train", REPO / "params.yaml")
     params = dataclasses.replace(params, backend=backend, max_steps=steps, learning_rate=2e-4,
                                  eval_steps=10_000, save_steps=10_000, logging_steps=1,
-                                 lora=dataclasses.replace(params.lora, **SEED_LORA, target_parameters=(),
+                                 lora=dataclasses.replace(params.lora, **RECIPE_LORA, target_parameters=(),
                                                           modules_to_save=()))
     said = []
     metrics = train.train(params=params, max_length=1024, base_dir=folder / "base",
@@ -173,7 +174,7 @@ def run_ours(folder: Path, backend: str, steps: int) -> tuple[int, dict]:
 
 
 def run(config_name: str, folder: Path, steps: int, warmup: int) -> dict:
-    if config_name in ("seed", "unsloth"):
+    if config_name in ("recipe", "unsloth"):
         import unsloth  # noqa: F401  (first, as Unsloth asks)
     from gpu_unsloth_smoke import dvclive_stand_in
 
@@ -184,8 +185,10 @@ def run(config_name: str, folder: Path, steps: int, warmup: int) -> dict:
     meter = Meter()
     meter.install()
     t0 = time.perf_counter()
-    grad_accum, batching = run_seed(folder, steps) if config_name == "seed" else run_ours(folder, config_name,
-                                                                                          steps)
+    if config_name == "recipe":
+        grad_accum, batching = run_recipe(folder, steps)
+    else:
+        grad_accum, batching = run_ours(folder, config_name, steps)
     result = {"config": config_name, "steps": steps, "warmup": warmup, **batching,
               **meter.summary(grad_accum, warmup),
               "micro_batches": len(meter.batches), "wall_s": round(time.perf_counter() - t0, 1)}
@@ -215,7 +218,7 @@ def main() -> None:
     parser.add_argument("--fixed-length", type=int, default=0,
                         help="rows of one question/answer length, not the format stage's histogram; the "
                         "toy tokenizer's count comes out ~1.6x higher (row_tokens.json has it) (build)")
-    parser.add_argument("--config", choices=["seed", "hf", "unsloth"], default="unsloth")
+    parser.add_argument("--config", choices=["recipe", "hf", "unsloth"], default="unsloth")
     parser.add_argument("--steps", type=int, default=40,
                         help="optimizer steps (the original recipe's max_steps is 60; 40 saves device time)")
     parser.add_argument("--warmup", type=int, default=12,
