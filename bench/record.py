@@ -70,13 +70,19 @@ def machine() -> dict:
 
 
 def git_state(repo: Path = REPO) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the code that runs, or (None, None) outside a git checkout (a copied tree)."""
+    """(commit, dirty) of the code that runs, or (None, None) outside a git checkout (a copied tree).
+
+    A tree copied without its .git (the working tree sent to a lent GPU machine) can be told what it is:
+    WEBTUNE_BENCH_COMMIT and WEBTUNE_BENCH_DIRTY (true/false), taken from the checkout it was copied from.
+    """
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
 
-    head = git("rev-parse", "HEAD")
-    if head.returncode != 0:
-        return None, None
+    head = git("rev-parse", "HEAD") if shutil.which("git") else None
+    if head is None or head.returncode != 0:
+        told = os.environ.get("WEBTUNE_BENCH_COMMIT")
+        dirty = os.environ.get("WEBTUNE_BENCH_DIRTY")
+        return told or None, None if dirty is None else dirty.lower() == "true"
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
                  ":!bench/results", ":!docs/results.md")
     return head.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None

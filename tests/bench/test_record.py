@@ -63,3 +63,12 @@ def test_dirty_means_changed_code_not_a_new_result(tmp_path):
     (tmp_path / "code.py").write_text("x = 2\n")
     assert record.git_state(tmp_path) == (head.stdout.strip(), True)
     assert record.git_state(tmp_path / "bench" / "results" / "nowhere") == (None, None)
+
+
+def test_a_copied_tree_without_git_takes_its_commit_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEBTUNE_BENCH_COMMIT", "abc123")
+    monkeypatch.setenv("WEBTUNE_BENCH_DIRTY", "false")
+    assert record.git_state(tmp_path) == ("abc123", False)
+    monkeypatch.delenv("WEBTUNE_BENCH_COMMIT")
+    monkeypatch.delenv("WEBTUNE_BENCH_DIRTY")
+    assert record.git_state(tmp_path) == (None, None)
