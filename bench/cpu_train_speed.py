@@ -1,6 +1,6 @@
 """CPU training speed of the default base (SmolLM2-135M-Instruct, LoRA): tokens/s in fp32 and bf16 autocast,
 on 1 and 2 threads, with and without gradient checkpointing, and with TRL's fused LM head instead of the
-train stage's full-logits loss (webtune.training.hf.full_logits_on_cpu_or_sharded).
+train stage's full-logits loss (webtune.training.trainer.full_logits_on_cpu_or_sharded).
 
     python bench/cpu_train_speed.py --base models/base --train data/format/train.parquet \
         --val data/format/val.parquet --steps 10 --out bench/cpu_train_speed.json
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stages import train  # noqa: E402
 from webtune.params import load_section  # noqa: E402
-from webtune.training import hf  # noqa: E402
+from webtune.training import device, trainer  # noqa: E402
 
 
 def run(args, precision: str, threads: int, checkpointing: bool, fused_head: bool) -> dict:
@@ -35,9 +35,9 @@ def run(args, precision: str, threads: int, checkpointing: bool, fused_head: boo
                                  hf=dataclasses.replace(params.hf, precision=precision, threads=threads,
                                                         gradient_checkpointing=checkpointing))
     lines = []
-    shipped = hf.full_logits_on_cpu_or_sharded
+    shipped = trainer.full_logits_on_cpu_or_sharded
     if fused_head:  # the trainer as TRL ships it
-        hf.full_logits_on_cpu_or_sharded = lambda trainer_class: trainer_class
+        trainer.full_logits_on_cpu_or_sharded = lambda trainer_class: trainer_class
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -47,7 +47,7 @@ def run(args, precision: str, threads: int, checkpointing: bool, fused_head: boo
                                   mask_report_path=tmp / "mask.md", live_dir=tmp / "live",
                                   progress=lines.append)
     finally:
-        hf.full_logits_on_cpu_or_sharded = shipped  # the next run measures the stage as it ships
+        trainer.full_logits_on_cpu_or_sharded = shipped  # the next run measures the stage as it ships
     speed = next(float(m.group(1).replace(",", "")) for line in lines
                  if (m := re.search(r"([\d,]+) tokens/s", line)))
     print(f"{precision} x {threads} threads, gradient checkpointing {'on' if checkpointing else 'off'}, "
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     specs = [r.split(":") for r in args.runs.split(",")]
     results = [run(args, spec[0], int(spec[1]), "gc" in spec[2:], "fused" in spec[2:]) for spec in specs]
-    report = {"cpu": platform.processor() or platform.machine(), "native_bf16": hf.native_cpu_bf16(),
+    report = {"cpu": platform.processor() or platform.machine(), "native_bf16": device.native_cpu_bf16(),
               "base": json.loads((args.base / "model" / "base.json").read_text())["model"], "runs": results}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
