@@ -4,6 +4,8 @@ nobody watches them.
     with quiet.ignoring(quiet.PEFT_READS_IS_GRADIENT_CHECKPOINTING):
         model = PeftModel.from_pretrained(base, adapter_dir)
     quiet.bars_for_terminal()    # before loading or saving weights
+    with quiet.tqdm_for_terminal("transformers.modeling_gguf_pytorch_utils"):   # a library's own tqdm
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
 
 A warning is ignored only around the call that raises it, by its exact message, category and the module
 that warns, and each entry names the library versions it was seen with: once a library fixes it, the filter
@@ -12,6 +14,8 @@ a terminal: with stderr a file or a pipe (a dvc log, a script reading `chat --on
 """
 
 import contextlib
+import functools
+import importlib
 import sys
 import warnings
 from dataclasses import dataclass
@@ -54,3 +58,26 @@ def bars_for_terminal(stream=None) -> bool:
 
     transformers_logging.disable_progress_bar()
     return False
+
+
+@contextlib.contextmanager
+def tqdm_for_terminal(module: str, stream=None):
+    """Inside the block, the tqdm bars that `module` draws itself are off unless `stream` (default: stderr)
+    is a terminal.
+
+    For bars past transformers' switch: transformers 5.23.0's GGUF reader (modeling_gguf_pytorch_utils,
+    "Converting and de-quantizing GGUF tensors...") calls `tqdm.auto.tqdm` directly, and tqdm has no
+    global switch (it reads TQDM_DISABLE once, when it is first imported). The module's `tqdm` name is
+    swapped for one with disable=True and put back after.
+    """
+    stream = sys.stderr if stream is None else stream
+    if stream.isatty():
+        yield
+        return
+    library = importlib.import_module(module)
+    shipped = library.tqdm
+    library.tqdm = functools.partial(shipped, disable=True)
+    try:
+        yield
+    finally:
+        library.tqdm = shipped

@@ -14,8 +14,9 @@ from webtune.sources import SOURCES
 from webtune.training import BACKENDS
 
 STAGES = ["scrape", "clean", "validate", "base", "format", "train", "evaluate"]
-# Read by every stage but shaping no output: editing them must not re-run the DAG (params are listed by key).
-NOT_DEPS = {"webtune/__init__.py", "webtune/errors.py", "webtune/params.py"}
+# Read by stages but shaping no output: editing them must not re-run the DAG (params are listed by key;
+# quiet.py only keeps library warnings and progress bars out of the logs).
+NOT_DEPS = {"webtune/__init__.py", "webtune/errors.py", "webtune/params.py", "webtune/quiet.py"}
 # Knobs a stage reads from another stage's section (its own section is checked in full).
 BORROWED = {"evaluate": {"train.channels", "train.assistant_turns"}, "train": {"format.max_length"}}
 

@@ -13,6 +13,7 @@ The adapter is a plain PEFT adapter: `PeftModel.from_pretrained` loads it on a t
 import importlib.metadata
 from pathlib import Path
 
+from webtune import quiet
 from webtune.training import TrainError
 from webtune.training.hf import HfBackend
 
@@ -117,6 +118,7 @@ class UnslothBackend(HfBackend):
         from webtune.models import MODEL_DIR, TOKENIZER_DIR, Base, base_info, load_tokenizer
 
         self.prepare()
+        quiet.bars_for_terminal()  # transformers' weight-loading bars, which Unsloth's loading draws too
         base_dir, info = Path(base_dir), base_info(base_dir)
         tokenizer, fmt = load_tokenizer(base_dir / TOKENIZER_DIR)
         where = ({"model_name": info["model"], "revision": info.get("revision")} if info.get("kind") == "hub"
