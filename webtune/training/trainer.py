@@ -76,11 +76,10 @@ def sft_config(job: FitJob, where: Placement, checkpointing: bool, model):
     from trl import SFTConfig
 
     params = job.params
-    # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing (the old name warns);
-    # the transformers 5.17 that Unsloth needs has only the old one
-    names = {field.name for field in dataclasses.fields(SFTConfig)}
-    checkpointing_key = "activation_checkpointing" if "activation_checkpointing" in names \
-        else "gradient_checkpointing"
+    # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing (the old name warns, and
+    # mirrors the new one for TRL and Unsloth to read); an older one (Unsloth's <= 5.17) takes the old name
+    renamed = "activation_checkpointing" in {field.name for field in dataclasses.fields(SFTConfig)}
+    checkpointing_key = "activation_checkpointing" if renamed else "gradient_checkpointing"
     return SFTConfig(
         output_dir=str(job.checkpoints),
         max_steps=-1,  # the dataset holds exactly total_steps batches, in the run's order
