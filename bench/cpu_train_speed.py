@@ -1,6 +1,6 @@
 """CPU training speed of the default base (SmolLM2-135M-Instruct, LoRA): tokens/s in fp32 and bf16 autocast,
 on 1 and 2 threads, with and without gradient checkpointing, and with TRL's fused LM head instead of the
-train stage's full-logits loss (webtune.training.hf.full_logits_on_cpu_or_sharded).
+train stage's full-logits loss (webtune.training.trainer.full_logits_on_cpu_or_sharded).
 
     python bench/cpu_train_speed.py --base models/base --train data/format/train.parquet \
         --val data/format/val.parquet --steps 20 --out bench/results/cpu_train_speed.json
@@ -31,7 +31,7 @@ from record import Recorder, window  # noqa: E402
 from stages import train  # noqa: E402
 from webtune import params as P  # noqa: E402
 from webtune.params import load_section  # noqa: E402
-from webtune.training import hf  # noqa: E402
+from webtune.training import device, trainer  # noqa: E402
 
 
 def run(args, precision: str, threads: int, checkpointing: bool, fused_head: bool) -> dict:
@@ -47,9 +47,9 @@ def run(args, precision: str, threads: int, checkpointing: bool, fused_head: boo
         if line.startswith("train: step "):
             step_times.append(time.perf_counter())
 
-    shipped = hf.full_logits_on_cpu_or_sharded
+    shipped = trainer.full_logits_on_cpu_or_sharded
     if fused_head:  # the trainer as TRL ships it
-        hf.full_logits_on_cpu_or_sharded = lambda trainer_class: trainer_class
+        trainer.full_logits_on_cpu_or_sharded = lambda trainer_class: trainer_class
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -59,7 +59,7 @@ def run(args, precision: str, threads: int, checkpointing: bool, fused_head: boo
                                   mask_report_path=tmp / "mask.md", live_dir=tmp / "live",
                                   progress=said)
     finally:
-        hf.full_logits_on_cpu_or_sharded = shipped  # the next run measures the stage as it ships
+        trainer.full_logits_on_cpu_or_sharded = shipped  # the next run measures the stage as it ships
     speed = next(float(m.group(1).replace(",", "")) for line in lines
                  if (m := re.search(r"([\d,]+) tokens/s", line)))
     print(f"{precision} x {threads} threads, gradient checkpointing {'on' if checkpointing else 'off'}, "
@@ -99,7 +99,7 @@ def main() -> None:
         specs = [r.split(":") for r in args.runs.split(",")]
         results = [run(args, spec[0], int(spec[1]), "gc" in spec[2:], "fused" in spec[2:]) for spec in specs]
         base = json.loads((args.base / "model" / "base.json").read_text())["model"]
-        report = {"native_bf16": hf.native_cpu_bf16(), "base": base, "runs": results}
+        report = {"native_bf16": device.native_cpu_bf16(), "base": base, "runs": results}
     recorder.save(args.out, report)
 
 

@@ -3,10 +3,12 @@
     python -m webtune.cli.chat                                   # models/base + models/adapter
     python -m webtune.cli.chat --no-adapter                      # the base alone, to compare
     python -m webtune.cli.chat --reasoning high                  # gpt-oss bases: reasoning effort
-    python -m webtune.cli.chat --hosted ft:gpt-4o-mini-2024-07-18:org:webtune:abc123   # flow A's model
+    python -m webtune.cli.chat --hosted ft:gpt-4o-mini-2024-07-18:org:webtune:abc123   # train.backend openai
     python -m webtune.cli.chat --once "What does json.dumps do?" # one answer, then exit (scripts)
 
-Sampling defaults to the seed's test settings (temperature 0.7, top_p 0.9; --temperature 0 is greedy).
+`--once` prints the answer alone on stdout; read by a script (stderr not a terminal) it prints nothing else:
+no weight-loading bars, no library warnings (webtune.quiet). Sampling defaults to temperature 0.7, top_p 0.9
+(the original recipe's test settings; --temperature 0 is greedy).
 In a session `/reset` forgets the conversation and `/exit` (or Ctrl-D) leaves. A hosted model needs
 OPENAI_API_KEY (environment or .env); `--base-url` reaches any endpoint speaking the same API.
 Local and hosted models are the same two calls (webtune.models.inference.ChatModel, .hosted.HostedChat),

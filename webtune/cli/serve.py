@@ -16,26 +16,22 @@ projection instead of three. One model, one generation worker: requests wait in 
 takes them in order. Waiting non-streaming requests with the same sampling are answered together in
 one left-padded batch (each request is its own row: left padding gives each the answer it would get
 alone), which on a CPU costs little more than one; a streaming request or one with a seed runs alone.
-Nothing ever mixes two requests in one sequence. Prompts, stops and sampling are the ChatModel's
-(webtune.models.inference), the same as `chat` and evaluate use.
+Nothing ever mixes two requests in one sequence (serve_engine.py). Prompts, stops and sampling are the
+ChatModel's (webtune.models.inference), the same as `chat` and evaluate use. This module is the HTTP side:
+requests checked and parsed, answers shaped as OpenAI's, the app and the command.
 """
 
 import argparse
 import asyncio
-import concurrent.futures
-import dataclasses
 import json
-import queue
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from webtune.cli.serve_engine import MAX_BATCH, Engine, Job, Request
 from webtune.models.inference import Answer, ChatModel, Sampling, check_conversation
 
-MAX_BATCH = 8  # waiting requests answered in one batch at most (8 x 64 tokens on 2 CPU cores: ~2x one)
 MAX_NEW_TOKENS = 2048  # the most a request may ask for (max_tokens)
 DEFAULT_MAX_TOKENS = 256
 
@@ -48,90 +44,6 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-@dataclasses.dataclass
-class Request:
-    conversation: list[dict]
-    sampling: Sampling
-    stream: bool
-
-
-@dataclasses.dataclass
-class Job:
-    request: Request
-    result: concurrent.futures.Future  # an Answer (non-streaming)
-    pieces: queue.Queue | None = None  # streaming: text pieces, then the Answer, or an exception
-
-
-class Engine:
-    """The one generation worker and its queue."""
-
-    def __init__(self, chat: ChatModel, *, max_batch: int = MAX_BATCH):
-        self.chat, self.max_batch = chat, max_batch
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self.held: deque[Job] = deque()  # taken from the queue but not batchable with the current batch
-        self.worker = threading.Thread(target=self.run, name="serve-generate", daemon=True)
-        self.worker.start()
-
-    def submit(self, request: Request) -> Job:
-        job = Job(request, concurrent.futures.Future(), queue.Queue() if request.stream else None)
-        self.jobs.put(job)
-        return job
-
-    def close(self) -> None:
-        self.jobs.put(None)
-        self.worker.join(timeout=30)
-
-    def next_job(self, block: bool) -> Job | None:
-        if self.held:
-            return self.held.popleft()
-        return self.jobs.get() if block else self.jobs.get_nowait()
-
-    def run(self) -> None:
-        while True:
-            job = self.next_job(block=True)
-            if job is None:
-                return
-            if job.request.stream or job.request.sampling.seed is not None:
-                self.run_alone(job)
-                continue
-            batch = [job]
-            while len(batch) < self.max_batch:
-                try:
-                    other = self.next_job(block=False)
-                except queue.Empty:
-                    break
-                if other is None:
-                    self.jobs.put(None)  # close after this batch
-                    break
-                if other.request.stream or other.request.sampling != job.request.sampling:
-                    self.held.append(other)
-                    break
-                batch.append(other)
-            try:
-                answers = self.chat.reply([j.request.conversation for j in batch], job.request.sampling)
-            except Exception as e:  # noqa: BLE001 -- every waiting request gets the error, the worker goes on
-                for j in batch:
-                    j.result.set_exception(e)
-                continue
-            for j, answer in zip(batch, answers, strict=True):
-                j.result.set_result(answer)
-
-    def run_alone(self, job: Job) -> None:
-        request = job.request
-        try:
-            if job.pieces is None:
-                job.result.set_result(self.chat.reply([request.conversation], request.sampling)[0])
-                return
-            for piece in self.chat.stream(request.conversation, request.sampling, done=job.result.set_result):
-                job.pieces.put(piece)
-            job.pieces.put(job.result.result())
-        except Exception as e:  # noqa: BLE001 -- reported to the client, the worker goes on
-            if not job.result.done():
-                job.result.set_exception(e)
-            if job.pieces is not None:
-                job.pieces.put(e)
 
 
 def parse_request(body, model_name: str, chat: ChatModel) -> Request:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webtune import formats
+from webtune import formats, quiet
 from webtune.errors import UserError, one_line
 from webtune.formats import ChatFormat
 from webtune.params import Sectioned, Variants, knob, variant_sections
@@ -104,6 +104,8 @@ def load_base(base_dir: str | Path, with_model: bool = True) -> Base:
     info = base_info(base_dir)
     tokenizer, fmt = load_tokenizer(base_dir / TOKENIZER_DIR)
     model = None
+    if with_model:
+        quiet.bars_for_terminal()  # transformers' "Loading weights" bar: a stage log or a script gets none
     if with_model and info["kind"] in LOCAL_KINDS:
         # eager: gpt-oss's attention sinks exist only in the eager kernel; a dense model takes sdpa.
         attention = "eager" if info["kind"] == "tiny" else "sdpa"
@@ -181,7 +183,8 @@ def load_adapter(base: Base, adapter_dir: str | Path):
             raise ModelError(f"the tokenizer saved in {adapter_dir} differs from the base's: the adapter was "
                              "trained on another base (re-run train on this base)")
     try:
-        return PeftModel.from_pretrained(base.model, adapter_dir)
+        with quiet.ignoring(quiet.PEFT_READS_IS_GRADIENT_CHECKPOINTING):
+            return PeftModel.from_pretrained(base.model, adapter_dir)
     except (RuntimeError, ValueError, KeyError) as e:  # e.g. LoRA shapes of a base of another width
         raise ModelError(f"cannot load the adapter in {adapter_dir} onto this base: "
                          f"{str(e).splitlines()[0]}") from None

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from webtune import formats, io
+from webtune import formats, io, quiet
 from webtune.errors import one_line
 from webtune.models import INFO_FILE, MODEL_DIR, TOKENIZER_DIR, ModelError, save_tokenizer
 
@@ -92,9 +92,12 @@ def load_gguf(path: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet.bars_for_terminal()  # its "Loading weights" bar, and "Writing model shards" when the base is saved
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with quiet.tqdm_for_terminal("transformers.modeling_gguf_pytorch_utils"):
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                         dtype=torch.float32)
     except (OSError, ValueError, ImportError) as e:
         raise ModelError(f"cannot read {path}: {one_line(e)}") from None
     # transformers marks a GGUF-loaded model as quantized and refuses to save it; the weights are

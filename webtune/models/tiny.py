@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GptOssConfig, GptOssForCausalLM, PreTrainedTokenizerFast
 
-from webtune import io
+from webtune import io, quiet
 from webtune.errors import UserError
 from webtune.formats import harmony, neutralise
 from webtune.models import INFO_FILE, MODEL_DIR, TINY, TOKENIZER_DIR, save_tokenizer
@@ -322,6 +322,7 @@ def build_tiny_base(params: TinyParams, texts: Sequence[str], out: str | Path, p
     out = Path(out)
     with io.atomic_dir(out / TOKENIZER_DIR) as tmp:
         save_tokenizer(tokenizer, harmony.FORMAT, tmp)
+    quiet.bars_for_terminal()  # transformers' "Writing model shards" bar: a stage log gets none
     with io.atomic_dir(out / MODEL_DIR) as tmp:
         model.save_pretrained(tmp)  # model.safetensors, config.json, generation_config.json
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.metadata
 from pathlib import Path
 
+from webtune import quiet
 from webtune.params import at_least, knob, one_of
 from webtune.registry import AUTO
 from webtune.training import BATCH_LAYOUTS, TrainError
@@ -129,6 +130,7 @@ class UnslothBackend(HfBackend):
         from webtune.models import MODEL_DIR, TOKENIZER_DIR, Base, base_info, load_tokenizer
 
         self.prepare()
+        quiet.bars_for_terminal()  # transformers' weight-loading bars, which Unsloth's loading draws too
         base_dir, info = Path(base_dir), base_info(base_dir)
         tokenizer, fmt = load_tokenizer(base_dir / TOKENIZER_DIR)
         where = ({"model_name": info["model"], "revision": info.get("revision")} if info.get("kind") == "hub"

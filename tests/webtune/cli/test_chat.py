@@ -1,7 +1,11 @@
-"""chat: one answer (--once), a session with history and /reset, gpt-oss reasoning effort, and a hosted
-model reached over real HTTP (the toy `serve`, which speaks the same API as OpenAI)."""
+"""chat: one answer (--once; read by a script it prints the answer alone), a session with history and /reset,
+gpt-oss reasoning effort, and a hosted model reached over real HTTP (the toy `serve`, which speaks the same
+API as OpenAI)."""
 
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +24,19 @@ def test_once_prints_the_streamed_greedy_answer(tiny_base, toy_adapter, chat, ca
     C.main(["--base", str(tiny_base), "--adapter", str(toy_adapter), "--once", "What is csv?",
             "--temperature", "0", "--max-new-tokens", "10"])
     assert capsys.readouterr().out == chat.reply([[user("What is csv?")]], GREEDY)[0].text + "\n"
+
+
+def test_once_read_by_a_script_prints_the_answer_alone_and_nothing_on_stderr(tiny_base, toy_adapter, chat,
+                                                                             repo):
+    """stdout and stderr are pipes, as in `answer=$(python -m webtune.cli.chat --once ...)`: no weight-loading
+    bar (bars draw on a terminal only) and no library warning (webtune.quiet)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "webtune.cli.chat", "--base", str(tiny_base), "--adapter", str(toy_adapter),
+         "--once", "What is csv?", "--temperature", "0", "--max-new-tokens", "10"],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == chat.reply([[user("What is csv?")]], GREEDY)[0].text + "\n"
+    assert proc.stderr == ""
 
 
 def test_a_session_keeps_the_history_and_reset_forgets_it(chat):

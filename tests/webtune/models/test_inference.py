@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from webtune import formats
+from webtune import formats, quiet
 from webtune.formats.harmony import END, ENDOFTEXT, FORMAT, RETURN, START
 from webtune.models import load_base
 from webtune.models.inference import Answer, ChatModel, cut_answer
@@ -48,7 +48,8 @@ def make_adapter(base_dir: Path, out: Path, perturb: bool) -> Path:
     from peft import get_peft_model
 
     base = load_base(base_dir)
-    model = get_peft_model(base.model, lora_config())
+    with quiet.ignoring(quiet.PEFT_READS_IS_GRADIENT_CHECKPOINTING):
+        model = get_peft_model(base.model, lora_config())
     if perturb:
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():

@@ -8,8 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from webtune.formats.harmony import FORMAT
 from webtune.models.packing import Probe
 from webtune.training import TrainError, batching
-from webtune.training.hf import planned_trainer, to_dataset
 from webtune.training.supervision import IGNORE, encode_rows
+from webtune.training.trainer import planned_trainer, to_dataset
 
 LENGTHS = [10, 3, 9, 2, 3, 30, 7, 7, 1, 12]
 
@@ -93,7 +93,7 @@ def test_the_trainer_reads_exactly_the_planned_micro_batches(tok, tmp_path, padd
     config = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none",
                        per_device_train_batch_size=1, padding_free=padding_free,
                        max_length=None if padding_free else 512,
-                       assistant_only_loss=False, dataloader_num_workers=0)
+                       assistant_only_loss=False, dataloader_num_workers=0, activation_checkpointing=False)
     trainer = planned_trainer(SFTTrainer, [len(b) for b in plan])(
         model=model, args=config, train_dataset=to_dataset(encoded, order), processing_class=tok)
     batches = list(trainer.get_train_dataloader())
