@@ -65,8 +65,9 @@ def test_activation_checkpointing_is_set_by_transformers_5s_name_without_a_warni
                                                                                    checkpointing):
     """TRL 1.16 defaults the deprecated gradient_checkpointing to True, which transformers 5.23 warns
     about; the config sets activation_checkpointing (the old name mirrors it, for TRL and Unsloth)."""
-    job = FitJob(train=None, val=None, order=[], total_steps=1, max_length=512, params=load("train"),
-                 checkpoints=tmp_path, resume_from=None, live_dir=tmp_path, progress=print)
+    job = FitJob(base=None, train=None, val=None, order=[], total_steps=1, max_length=512,
+                 params=load("train"), checkpoints=tmp_path, resume_from=None, live_dir=tmp_path,
+                 progress=print)
     where = Placement(cuda=False, precision="fp32", processes=1, threads=1, sharding="none")
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
