@@ -102,7 +102,7 @@ def build_tokenizer(out: Path, params_path: Path, n: int = 2000) -> Path:
     from webtune.cleaning.text import score_doc
     from webtune.formats import harmony
     from webtune.models import save_tokenizer
-    from webtune.models.tiny import train_tokenizer
+    from webtune.models.tiny_tokenizer import train_tokenizer
     from webtune.params import load_section
 
     clean_params, tiny = load_section("clean", params_path), load_section("base", params_path).tiny

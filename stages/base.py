@@ -37,7 +37,8 @@ def base(params: BaseParams, *, out: Path) -> dict:
 
         return save_packaged_base(params.model, out)
     if params.model == TINY:
-        from webtune.models.tiny import build_tiny_base, warmup_corpus
+        from webtune.models.tiny_build import build_tiny_base
+        from webtune.models.tiny_tokenizer import warmup_corpus
 
         return build_tiny_base(params.tiny, warmup_corpus(), out)
     from webtune.models.hub import save_hub_base

@@ -43,8 +43,8 @@ from webtune.evaluation import (
     samples_report,
 )
 from webtune.models import KEY_ENV
+from webtune.models.chat import Chat
 from webtune.models.hosted import load_chat
-from webtune.models.inference import Chat
 from webtune.params import load_section
 from webtune.training import TrainParams
 

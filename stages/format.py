@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from webtune import errors, expectations, formats, io, schema
+from webtune import errors, expectations, expectations_batched, expectations_report, formats, io, schema
 from webtune.parallel import ordered_map
 from webtune.params import load_section
 from webtune.splits import SPLITS, FormatParams, split_of
@@ -127,7 +127,7 @@ class FormattedBatch:
     splits: dict[str, pa.Table]  # CHAT_ROWS per split
     jsonl: dict[str, str]  # OpenAI chat JSONL for train and val
     dropped: pa.Table  # DROPPED
-    check: expectations.BatchCheck  # the gate's verdict on this batch's rows
+    check: expectations_batched.BatchCheck  # the gate's verdict on this batch's rows
     rows: list[dict]
     dropped_rows: list[dict]
 
@@ -155,9 +155,9 @@ def format_batch(batch: pa.RecordBatch, params: FormatParams) -> FormattedBatch:
     )
 
 
-def check_rows(suite, rows: list[dict], samples: int) -> expectations.BatchCheck:
-    return expectations.check_batch(suite, pd.DataFrame(rows, columns=schema.CHAT_ROWS.names),
-                                    id_column="pair_id", samples=samples)
+def check_rows(suite, rows: list[dict], samples: int) -> expectations_batched.BatchCheck:
+    return expectations_batched.check_batch(suite, pd.DataFrame(rows, columns=schema.CHAT_ROWS.names),
+                                            id_column="pair_id", samples=samples)
 
 
 def openai_jsonl(rows: list[dict]) -> str:
@@ -202,9 +202,11 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
             progress(f"format: {done}/{n_pairs} pairs")
         if not checks:  # an empty table is still checked (its row count, at least)
             checks.append(check_rows(suite, [], params.report_samples))
-        result = expectations.combine(suite, checks, id_column="pair_id", samples=params.report_samples)
-        io.write_text(expectations.render_report(result, title="format: rendered chat rows"), args.report)
-        expectations.check(result)  # raising here discards every temporary output
+        result = expectations_batched.combine(suite, checks, id_column="pair_id",
+                                              samples=params.report_samples)
+        io.write_text(expectations_report.render_report(result, title="format: rendered chat rows"),
+                      args.report)
+        expectations_report.check(result)  # raising here discards every temporary output
     return tally, result
 
 
@@ -223,7 +225,7 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         try:
             tally, _ = format_files(args, params)
-        except expectations.ExpectationsFailed as failed:
+        except expectations_report.ExpectationsFailed as failed:
             for path in outputs:  # never leave a previous run's rows where the next stage would read them
                 path.unlink(missing_ok=True)
             raise errors.GateFailed(f"rendered rows failed {args.suite}:\n{failed}\n"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from webtune import errors, expectations, io, schema
+from webtune import errors, expectations, expectations_batched, expectations_report, io, schema
 from webtune.params import load_section
 
 STAGE = "validate"
@@ -33,7 +33,7 @@ def validate(
     suite = expectations.with_kwargs(suite, ROW_COUNT, min_value=min_rows)
     if isinstance(pairs, pa.Table | pd.DataFrame):
         return expectations.run_suite(suite, pairs, id_column="pair_id", samples=samples)
-    return expectations.run_suite_batched(suite, pairs, id_column="pair_id", samples=samples)
+    return expectations_batched.run_suite_batched(suite, pairs, id_column="pair_id", samples=samples)
 
 
 def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
@@ -76,13 +76,13 @@ def main(argv=None) -> None:
         params = load_section(STAGE, args.params)
         result = validate(read_batches(args.pairs, params.batch_rows), expectations.load_suite(args.suite),
                           min_rows=params.min_rows, samples=params.report_samples)
-        io.write_text(expectations.render_report(result, title="validate: instruction/response pairs"),
+        io.write_text(expectations_report.render_report(result, title="validate: instruction/response pairs"),
                       args.report)
         io.write_json(summarize(result), args.metrics)
         if not result.success:
             args.out.unlink(missing_ok=True)  # a previous run's pairs must not pass for validated ones
             raise errors.GateFailed(f"{args.pairs} failed {args.suite}:\n"
-                                    f"{expectations.failure_message(result)}\n"
+                                    f"{expectations_report.failure_message(result)}\n"
                                     f"report: {args.report}")
         with io.atomic_path(args.out) as tmp:  # the validated pairs are the input, unchanged
             shutil.copyfile(args.pairs, tmp)

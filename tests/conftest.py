@@ -30,7 +30,8 @@ def load():
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A base folder (tokenizer/ and model/) of a toy tiny gpt-oss, built once. Treat it as read-only."""
-    from webtune.models.tiny import TinyParams, build_tiny_base
+    from webtune.models.tiny import TinyParams
+    from webtune.models.tiny_build import build_tiny_base
 
     out = tmp_path_factory.mktemp("tiny-base") / "base"
     build_tiny_base(TinyParams(**SMALL), TEXTS, out, progress=None)

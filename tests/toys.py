@@ -47,7 +47,8 @@ def plain_tokenizer():
 @functools.lru_cache
 def format_tokenizer(fmt):
     """A byte-level BPE trained in-process (~19 kB of docs, 400 ids) whose specials are `fmt`'s control
-    tokens and whose chat template is `fmt`'s: built as webtune.models.tiny.train_tokenizer builds harmony's.
+    tokens and whose chat template is `fmt`'s: built as webtune.models.tiny_tokenizer.train_tokenizer
+    builds harmony's.
     Cached per format (a ChatFormat is a module singleton); treat it as read-only."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -57,7 +58,8 @@ def format_tokenizer(fmt):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    # trim_offsets=False: the {% generation %} mask is computed from character offsets (as in tiny.py)
+    # trim_offsets=False: the {% generation %} mask is computed from character offsets (as in
+    # tiny_tokenizer.py)
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(fmt.control_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

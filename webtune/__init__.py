@@ -8,7 +8,9 @@ or a user command uses lives here, each variant one module behind one small seam
     io.py            atomic files and folders, Parquet inputs, the byte-decoding policy
     parallel.py      order-preserving worker-process map with bounded memory
     secrets.py       API tokens from the environment or a git-ignored .env; redaction of messages
-    expectations.py  the Great Expectations gate (validate, format)
+    expectations.py  the Great Expectations gate (validate, format): suites and run_suite;
+                     expectations_batched (a table in batches), expectations_report (failure message,
+                     markdown report, check)
     evaluation.py    evaluate's scores (chrF, stops, loops, lengths) and its side-by-side report
     sources/         where raw documents come from: the source contract (__init__), pydoc (embedded
                      default), files, http, brightdata_unlocker (Web Unlocker), brightdata_dataset (Web
@@ -17,8 +19,10 @@ or a user command uses lives here, each variant one module behind one small seam
                      product_copy)
     formats/         the ChatFormat seam (__init__); harmony (gpt-oss), chatml (SmolLM2, Qwen), llama3
     models/          loading a base, its tokenizer and format, an adapter (__init__); packaged (the default
-                     SmolLM2), tiny (tiny-gpt-oss), hub (a Hub id at a commit); inference (ChatModel),
-                     hosted (a chat-completions model behind the same calls); packing (the packing probe)
+                     SmolLM2), tiny (tiny-gpt-oss: recipe and model; tiny_tokenizer, tiny_warmup,
+                     tiny_build), hub (a Hub id at a commit); chat (the Chat interface, Sampling, Answer),
+                     inference (ChatModel), hosted (a chat-completions model behind the same calls); packing
+                     (the packing probe)
     training/        the Backend seam (__init__); supervision (mask and gate), run (fingerprint, lock,
                      resume, data order), batching (token-budget micro-batches), card (model card);
                      backends hf (TRL), unsloth, openai (hosted); distributed (DDP and FSDP processes)

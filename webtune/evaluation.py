@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from webtune.models.inference import Answer
+from webtune.models.chat import Answer
 from webtune.params import at_least, knob
 
 

@@ -1,9 +1,12 @@
-"""Run a Great Expectations suite on a table and explain the result: the gate shared by validate and format.
+"""Run a Great Expectations suite on a table: the gate shared by validate and format.
 
     suite = load_suite("expectations/pairs.json")
     result = run_suite(suite, df, id_column="pair_id", samples=5)
-    write_text(render_report(result, "Validate: pairs"), report)
+    write_text(render_report(result, "Validate: pairs"), report)  # webtune.expectations_report
     check(result)  # raises ExpectationsFailed naming each failed expectation and sample row ids
+
+A table that arrives in batches runs through webtune.expectations_batched (memory bounded by one batch);
+webtune.expectations_report puts a result into words: the failure message, the markdown report, `check`.
 
 Suites live in JSON files and are the single source of truth for thresholds; every expectation carries
 `meta.why`, the reason it exists, which the report repeats next to the outcome.
@@ -17,10 +20,8 @@ count) have no rows to blame: they report GE's `observed_value` instead.
 
 import copy
 import dataclasses
-import hashlib
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import great_expectations as gx  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from webtune import io  # noqa: E402
-from webtune.errors import GateFailed, InputError  # noqa: E402
+from webtune.errors import InputError  # noqa: E402
 from webtune.params import at_least, knob  # noqa: E402
 
 
@@ -42,14 +43,6 @@ class ValidateParams:
     min_rows: int = knob(at_least(0))
     report_samples: int = knob(at_least(0), report=True)
     batch_rows: int = knob(at_least(1))
-
-
-class ExpectationsFailed(GateFailed):
-    """A suite failed; the message names every failed expectation with sample row ids."""
-
-    def __init__(self, result: "SuiteResult"):
-        super().__init__(failure_message(result))
-        self.result = result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +65,7 @@ class ExpectationResult:
 
     def describe(self) -> str:
         """`expect_x(column=c, min_value=1)` with long values cut, for one-line messages."""
-        args = ", ".join(f"{k}={_short(v)}" for k, v in self.kwargs.items())
+        args = ", ".join(f"{k}={shorten(v)}" for k, v in self.kwargs.items())
         return f"{self.type}({args})"
 
     def outcome(self) -> str:
@@ -96,7 +89,8 @@ class SuiteResult:
         return tuple(r for r in self.results if not r.success)
 
 
-def _short(value, limit: int = 80) -> str:
+def shorten(value, limit: int = 80) -> str:
+    """`value` as text (JSON unless a string), cut to `limit` characters with "..."."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -202,146 +196,3 @@ def run_suite(
         success=all(r.success for r in results),
         results=tuple(results),
     )
-
-
-# Expectations that need every row at once. run_suite_batched runs them on a slim frame (the id column and a
-# 16-byte digest of each column checked for uniqueness), so memory per row stays ~100 bytes, not the text
-# size.
-WHOLE_TABLE = ("expect_table_row_count_to_be_between", "expect_column_values_to_be_unique")
-
-
-def _digest(value) -> str | None:
-    return None if value is None else hashlib.blake2b(str(value).encode(), digest_size=16).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchCheck:
-    """One batch's share of a batched run: its row-level outcome and its slim frame."""
-
-    rows: SuiteResult | None  # the row-level expectations on this batch (None if the suite has none)
-    slim: pd.DataFrame  # id column + digests of the columns whole-table expectations look at
-
-
-def _split(suite: gx.ExpectationSuite) -> tuple[dict, list[int], list[int]]:
-    data = suite_dict(suite)
-    whole = [i for i, e in enumerate(data["expectations"]) if e["type"] in WHOLE_TABLE]
-    rows = [i for i, e in enumerate(data["expectations"]) if e["type"] not in WHOLE_TABLE]
-    return data, rows, whole
-
-
-def _subsuite(data: dict, indexes: list[int]) -> gx.ExpectationSuite:
-    return gx.ExpectationSuite(**(data | {"expectations": [data["expectations"][i] for i in indexes]}))
-
-
-def check_batch(suite: gx.ExpectationSuite, df: pd.DataFrame | pa.Table, id_column: str,
-                samples: int) -> BatchCheck:
-    """The per-batch half of run_suite_batched (safe to run in a worker process)."""
-    if isinstance(df, pa.Table):
-        df = df.to_pandas()
-    data, row_idx, whole_idx = _split(suite)
-    unique = sorted({data["expectations"][i]["kwargs"]["column"] for i in whole_idx
-                     if data["expectations"][i]["type"] == "expect_column_values_to_be_unique"} - {id_column})
-    rows = run_suite(_subsuite(data, row_idx), df, id_column, samples) if row_idx else None
-    slim = pd.DataFrame({id_column: df[id_column].to_numpy()}
-                        | {c: df[c].map(_digest).to_numpy() for c in unique if c in df.columns})
-    return BatchCheck(rows=rows, slim=slim)
-
-
-def combine(suite: gx.ExpectationSuite, checks: list[BatchCheck], id_column: str,
-            samples: int) -> SuiteResult:
-    """The whole-table half: add up the batches' row-level outcomes, run WHOLE_TABLE on the slim frames."""
-    if not checks:
-        raise ValueError("no batches (check an empty frame for an empty table)")
-    data, row_idx, whole_idx = _split(suite)
-    slim = pd.concat([c.slim for c in checks], ignore_index=True)
-    results: list[ExpectationResult | None] = [None] * len(data["expectations"])
-    if whole_idx:
-        for i, r in zip(whole_idx, run_suite(_subsuite(data, whole_idx), slim, id_column, samples).results,
-                        strict=True):
-            results[i] = r
-    for j, i in enumerate(row_idx):
-        per_batch = [c.rows.results[j] for c in checks]
-        counts = [r.unexpected_count for r in per_batch if r.unexpected_count is not None]
-        results[i] = dataclasses.replace(
-            per_batch[0],
-            success=all(r.success for r in per_batch),
-            unexpected_count=sum(counts) if counts else None,
-            element_count=sum(r.element_count or 0 for r in per_batch),
-            sample_ids=tuple(x for r in per_batch for x in r.sample_ids)[:samples],
-            error=next((r.error for r in per_batch if r.error), None),
-        )
-    return SuiteResult(suite=data["name"], id_column=id_column, rows=len(slim),
-                       success=all(r.success for r in results), results=tuple(results))
-
-
-def run_suite_batched(
-    suite: gx.ExpectationSuite, batches: Iterable[pd.DataFrame], id_column: str, samples: int
-) -> SuiteResult:
-    """run_suite over a table that arrives in batches, with memory bounded by one batch.
-
-    Row-level expectations run on each batch and their outcomes add up (counts summed, the first
-    `samples` ids kept). Whole-table ones (WHOLE_TABLE) run once at the end on the slim frames, where
-    equal digests stand for equal values. `batches` must yield at least one frame (empty is fine).
-    """
-    return combine(suite, [check_batch(suite, df, id_column, samples) for df in batches], id_column, samples)
-
-
-def failure_message(result: SuiteResult) -> str:
-    """A headline, then one line per failed expectation: what it checks, how badly, which rows."""
-    failed = result.failed
-    lines = [
-        f"{len(failed)} of {len(result.results)} expectations failed "
-        f"(suite {result.suite}, {result.rows} rows)"
-    ]
-    for r in failed:
-        line = f"  {r.describe()}: {r.outcome()}"
-        if r.sample_ids:
-            line += f"; sample {result.id_column}: {', '.join(r.sample_ids)}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def check(result: SuiteResult) -> None:
-    """Raise ExpectationsFailed if any expectation failed."""
-    if not result.success:
-        raise ExpectationsFailed(result)
-
-
-def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def render_report(result: SuiteResult, title: str) -> str:
-    """Markdown: a headline, then a table of every expectation in suite order."""
-    n, n_failed = len(result.results), len(result.failed)
-    if result.success:
-        headline = f"**PASSED**: all {n} expectations met on {result.rows:,} rows (suite `{result.suite}`)."
-    else:
-        headline = (f"**FAILED**: {n_failed} of {n} expectations failed on {result.rows:,} rows "
-                    f"(suite `{result.suite}`).")
-    lines = [
-        f"# {title}",
-        "",
-        headline,
-        "",
-        f"| result | expectation | arguments | outcome | sample {result.id_column} | why |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in result.results:
-        args = ", ".join(f"{k}={_short(v, 60)}" for k, v in r.kwargs.items())
-        lines.append(
-            "| "
-            + " | ".join(
-                _cell(c)
-                for c in (
-                    "pass" if r.success else "**FAIL**",
-                    f"`{r.type}`",
-                    f"`{args}`" if args else "",
-                    r.outcome(),
-                    ", ".join(r.sample_ids),
-                    r.why,
-                )
-            )
-            + " |"
-        )
-    return "\n".join(lines) + "\n"

@@ -76,7 +76,7 @@ def test_a_longer_warm_up_reruns_train_and_evaluate_but_not_format(project):
 
 
 def test_editing_the_warm_up_code_reruns_only_base_when_its_output_is_the_same(project):
-    tiny = project / "webtune/models/tiny.py"
+    tiny = project / "webtune/models/tiny_warmup.py"
     tiny.write_text(tiny.read_text() + "\n# a comment changes the code's hash, not what it builds\n")
     assert changed_stages(project) == ["base"]
     out = dvc(project, "repro")

@@ -13,7 +13,9 @@ from stages import base
 from tests.toys import SMALL
 from webtune.formats import harmony
 from webtune.models import load_base
-from webtune.models.tiny import TinyParams, recipe_sha256, texts_sha256, warmup_corpus
+from webtune.models.tiny import TinyParams
+from webtune.models.tiny_build import recipe_sha256, texts_sha256
+from webtune.models.tiny_tokenizer import warmup_corpus
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 WALL_CLOCK_KEYS = ("seconds", "tokens_per_s", "tokenizer_seconds")

@@ -27,7 +27,8 @@ from webtune.evaluation import loops
 from webtune.formats.harmony import FORMAT
 from webtune.models import load_base
 from webtune.models.inference import ChatModel
-from webtune.models.tiny import TinyParams, build_tiny_model, train_tokenizer
+from webtune.models.tiny import TinyParams, build_tiny_model
+from webtune.models.tiny_tokenizer import train_tokenizer
 from webtune.params import load_section
 from webtune.schema import CHAT_ROWS
 

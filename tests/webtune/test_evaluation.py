@@ -9,7 +9,7 @@ from sacrebleu.metrics import CHRF
 
 from webtune import evaluation as V
 from webtune.evaluation import EvaluateParams
-from webtune.models.inference import Answer
+from webtune.models.chat import Answer
 
 # --- loops ---------------------------------------------------------------------------------------
 

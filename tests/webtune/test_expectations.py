@@ -1,4 +1,5 @@
-"""The shared GE runner, the suite files, and the chat_rows suite on rows rendered by the harmony format.
+"""The shared GE runner and its report (webtune.expectations, expectations_report), the suite files, and
+the chat_rows suite on rows rendered by the harmony format.
 
 The chat_rows suite file is format-neutral: its row pattern is a placeholder that the format stage replaces
 with the chat format's own `row_regex()` (expectations.with_kwargs), as `chat_suite` below does."""
@@ -11,16 +12,13 @@ import pytest
 
 from webtune.errors import GateFailed, InputError
 from webtune.expectations import (
-    ExpectationsFailed,
-    check,
-    failure_message,
     gx,  # imported through webtune.expectations, which turns analytics off first
     load_suite,
-    render_report,
     run_suite,
     save_suite,
     with_kwargs,
 )
+from webtune.expectations_report import ExpectationsFailed, check, failure_message, render_report
 from webtune.formats import harmony
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from webtune import errors, secrets
-from webtune.models.inference import REASONING_EFFORTS, ChatModel, Sampling
+from webtune.models.chat import REASONING_EFFORTS, Sampling
+from webtune.models.inference import ChatModel
 
 
 def load_chat(args):

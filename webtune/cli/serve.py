@@ -30,7 +30,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from webtune.cli.serve_engine import MAX_BATCH, Engine, Job, Request
-from webtune.models.inference import Answer, ChatModel, Sampling, check_conversation
+from webtune.models.chat import Answer, Sampling, check_conversation
+from webtune.models.inference import ChatModel
 
 MAX_NEW_TOKENS = 2048  # the most a request may ask for (max_tokens)
 DEFAULT_MAX_TOKENS = 256

@@ -3,7 +3,7 @@ waiting non-streaming requests that share their sampling (webtune.cli.serve is t
 
     engine = Engine(chat)                                 # starts the worker
     job = engine.submit(Request(conversation, Sampling(), stream=False))
-    answer = job.result.result()                          # an inference.Answer
+    answer = job.result.result()                          # an Answer (webtune.models.chat)
     engine.close()
 
 A batch is left-padded, each request its own row, so each gets the answer it would get alone; a streaming
@@ -17,7 +17,8 @@ import queue
 import threading
 from collections import deque
 
-from webtune.models.inference import ChatModel, Sampling
+from webtune.models.chat import Sampling
+from webtune.models.inference import ChatModel
 
 MAX_BATCH = 8  # waiting requests answered in one batch at most (8 x 64 tokens on 2 CPU cores: ~2x one)
 

@@ -17,7 +17,7 @@ from webtune.formats import NEUTRAL_CLOSE, NEUTRAL_OPEN, ChatFormat, neutralise
 START, END, MESSAGE, CHANNEL, RETURN, ENDOFTEXT = (
     "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|endoftext|>",
 )
-# In this order they are ids 0..5 of the tiny base's tokenizer (webtune.models.tiny).
+# In this order they are ids 0..5 of the tiny base's tokenizer (webtune.models.tiny_tokenizer).
 SPECIAL_TOKENS = (ENDOFTEXT, START, END, MESSAGE, CHANNEL, RETURN)
 ASSISTANT_CHANNEL = "final"
 

@@ -1,5 +1,5 @@
 """A hosted chat model (an OpenAI `ft:` model, or anything speaking the chat completions API) behind the
-same calls as the local ChatModel (webtune.models.inference.Chat), so chat, evaluate and serve treat both
+same calls as the local ChatModel (webtune.models.chat.Chat), so chat, evaluate and serve treat both
 alike.
 
     hosted = HostedChat.connect("ft:gpt-4o-mini-2024-07-18:org:webtune:abc123", api_key=key,
@@ -23,7 +23,8 @@ from pathlib import Path
 from webtune import formats
 from webtune.errors import UserError
 from webtune.models import HOSTED_FILE, KEY_ENV, OPENAI_URL, read_hosted  # noqa: F401 -- re-exported: hosted things in one place
-from webtune.models.inference import Answer, ChatModel, Sampling
+from webtune.models.chat import Answer, Sampling
+from webtune.models.inference import ChatModel
 
 
 class HostedError(UserError):

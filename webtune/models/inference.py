@@ -9,77 +9,24 @@
     for piece in chat.stream(conversation, Sampling()): print(piece, end="")
 
 Prompts, stops and supervised tokens all come from the base's chat format, so every caller agrees on
-where an answer starts, which tokens count and when generation stops. `Chat` is the interface a hosted
-model (webtune.models.hosted.HostedChat) shares with it; what one cannot compute it declares
-(`can_score_loss`).
+where an answer starts, which tokens count and when generation stops. ChatModel implements `Chat`, the
+interface a hosted model (webtune.models.hosted.HostedChat) shares with it (webtune.models.chat, with
+Sampling and Answer); what one cannot compute it declares (`can_score_loss`).
 """
 
 import contextlib
-import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
 import torch
 
 from webtune import formats
 from webtune.formats import ChatFormat
 from webtune.models import check_adapter_dir, load_adapter, load_base
+from webtune.models.chat import Answer, Sampling, with_reasoning
 
 IGNORE = -100  # label of a token that is not scored (torch's cross_entropy default ignore_index)
-
-
-REASONING_EFFORTS = ("low", "medium", "high")
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """How chat and serve draw an answer (evaluate decodes greedily, its own way).
-
-    The defaults are the original Unsloth recipe's test settings (temperature 0.7, top_p 0.9);
-    temperature 0 is greedy.
-    `reasoning` is gpt-oss's reasoning effort (low / medium / high), written into the system turn the way
-    gpt-oss's own template does; formats without reasoning refuse it.
-    """
-
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int | None = None  # None: a fresh draw each time; an int: the same answer every time
-    reasoning: str | None = None
-
-    def problems(self) -> str | None:
-        if self.max_new_tokens < 1:
-            return f"max_new_tokens must be at least 1, got {self.max_new_tokens}"
-        if not 0 <= self.temperature <= 2:
-            return f"temperature must be between 0 and 2, got {self.temperature}"
-        if not 0 < self.top_p <= 1:
-            return f"top_p must be in (0, 1], got {self.top_p}"
-        if self.reasoning is not None and self.reasoning not in REASONING_EFFORTS:
-            return f"reasoning must be one of {', '.join(REASONING_EFFORTS)}, got {self.reasoning!r}"
-        return None
-
-    def generate_kwargs(self) -> dict:
-        if self.temperature == 0:
-            return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-
-
-def check_conversation(messages: Sequence[dict]) -> None:
-    """ValueError naming the index of the first problem in a conversation to answer (ending with the user)."""
-    if not messages:
-        raise ValueError("messages is empty: send at least one user message")
-    if messages[-1].get("role") != "user":
-        raise ValueError(f"messages[{len(messages) - 1}]: the last message must be the user's, "
-                         f"got {messages[-1].get('role')!r}")
-    formats.validate_messages([*messages, {"role": "assistant", "content": ""}])
-
-
-class Answer(NamedTuple):
-    text: str  # the new tokens up to the first stop token, decoded without special tokens
-    stopped: bool  # a stop token came before the max_new_tokens budget ran out
-    tokens: int  # generated tokens up to the first stop token, that token excluded
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,27 +50,6 @@ def cut_answer(tokenizer, new_ids: Sequence[int], stops: Sequence[int]) -> Answe
     end = next((i for i, t in enumerate(new_ids) if t in stops), None)
     kept = new_ids[:end]
     return Answer(tokenizer.decode(kept, skip_special_tokens=True), end is not None, len(kept))
-
-
-class Chat(Protocol):
-    """What evaluate, chat and serve call on a chat model, local (ChatModel) or hosted (HostedChat)."""
-
-    can_score_loss: bool  # assistant_loss works (a hosted model returns text, not logits)
-    hosted_models: dict | None  # the host's ids of the base and the adapter model; None: local weights
-
-    def base_only(self) -> contextlib.AbstractContextManager: ...
-
-    def generate(self, rows: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int,
-                 progress: Callable[[str], None] | None = None, *, repetition_penalty: float = 1.0,
-                 no_repeat_ngram_size: int = 0) -> list[Answer]: ...
-
-    def assistant_loss(self, rows: Sequence[Sequence[dict]], batch_size: int, channels: Sequence[str],
-                       turns: str) -> tuple[float, int]: ...
-
-    def reply(self, conversations: Sequence[Sequence[dict]], sampling: Sampling) -> list[Answer]: ...
-
-    def stream(self, conversation: Sequence[dict], sampling: Sampling,
-               done: Callable[[Answer], None] | None = None) -> Iterator[str]: ...
 
 
 class ChatModel:
@@ -288,19 +214,3 @@ class ChatModel:
         if n_tokens == 0:
             raise ValueError("no supervised tokens in the rows: nothing to score")
         return total.item() / n_tokens, n_tokens
-
-
-def with_reasoning(format_name: str, messages: Sequence[dict], effort: str) -> list[dict]:
-    """gpt-oss's reasoning effort as its own template writes it: a "Reasoning: <effort>" line in the system
-    turn (added in front of the conversation's own system text, or as the system turn)."""
-    if format_name != "harmony":
-        raise ValueError(f"reasoning effort is a gpt-oss (harmony) feature; this model's format is "
-                         f"{format_name}")
-    if effort not in REASONING_EFFORTS:
-        raise ValueError(f"reasoning must be one of {', '.join(REASONING_EFFORTS)}, got {effort!r}")
-    messages = list(messages)
-    if messages and messages[0]["role"] in ("system", "developer"):
-        first = messages[0]
-        content = f"Reasoning: {effort}\n\n{first['content']}"
-        return [{"role": first["role"], "content": content}, *messages[1:]]
-    return [{"role": "system", "content": f"Reasoning: {effort}"}, *messages]

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from webtune.cli import chat as C
+from webtune.models.chat import Sampling
 from webtune.models.hosted import HostedChat, HostedError
-from webtune.models.inference import Sampling
 
 GREEDY = Sampling(max_new_tokens=10, temperature=0)
 

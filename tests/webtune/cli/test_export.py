@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from webtune import formats
 from webtune.cli.export import ExportError, check_out, export
-from webtune.models.inference import ChatModel, Sampling
+from webtune.models.chat import Sampling
+from webtune.models.inference import ChatModel
 
 QUESTIONS = [[{"role": "user", "content": q}] for q in ("What does json.loads do?", "How do I sort a list?")]
 GREEDY = Sampling(max_new_tokens=16, temperature=0)

@@ -11,7 +11,8 @@ import openai
 import pytest
 import requests
 
-from webtune.models.inference import ChatModel, Sampling
+from webtune.models.chat import Sampling
+from webtune.models.inference import ChatModel
 
 GREEDY = dict(temperature=0, max_tokens=12)
 

@@ -1,8 +1,8 @@
 """The harmony chat format: Python render == Jinja template, exact supervised tokens, no token injection,
 and the seams the rest of the pipeline relies on (row_regex, expected_special_ids, detect, get).
 
-Hermetic: the tokenizer is the session's toy tiny base's (`tok`, webtune.models.tiny.train_tokenizer on
-CPython's bundled docs).
+Hermetic: the tokenizer is the session's toy tiny base's (`tok`,
+webtune.models.tiny_tokenizer.train_tokenizer on CPython's bundled docs).
 """
 
 import re

@@ -13,7 +13,8 @@ import torch
 from webtune import formats, quiet
 from webtune.formats.harmony import END, ENDOFTEXT, FORMAT, RETURN, START
 from webtune.models import load_base
-from webtune.models.inference import Answer, ChatModel, cut_answer
+from webtune.models.chat import Answer
+from webtune.models.inference import ChatModel, cut_answer
 
 FINAL = ("final",)
 QA = [

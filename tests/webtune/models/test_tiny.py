@@ -1,4 +1,5 @@
-"""The embedded tiny base: tokenizer, tiny gpt-oss, warm-up, recipe hash, and the base folder it writes.
+"""The embedded tiny base: tokenizer, tiny gpt-oss, warm-up, recipe hash, and the base folder it writes
+(webtune.models.tiny, tiny_tokenizer, tiny_warmup and tiny_build: one base, tested as one).
 
 Hermetic and CPU-only: a toy corpus from CPython's bundled docs, toy widths, a few warm-up steps. Reload
 tests use the session's `tiny_base` (built once from SMALL and TEXTS); the few that build use 5 steps.
@@ -14,8 +15,10 @@ from tests.toys import SMALL, TEXTS
 from webtune.errors import UserError
 from webtune.formats import harmony
 from webtune.models import load_base, load_tokenizer
-from webtune.models import tiny as T
-from webtune.models.tiny import TinyParams
+from webtune.models.tiny import TinyParams, build_tiny_model, n_params
+from webtune.models.tiny_build import build_tiny_base, recipe_sha256, texts_sha256
+from webtune.models.tiny_tokenizer import train_tokenizer
+from webtune.models.tiny_warmup import corpus_blocks, warm_up
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_tokenizer_adds_no_bos_or_eos_on_its_own(tok):
 
 
 def test_tokenizer_training_is_deterministic_and_survives_the_save(tok):
-    a, b = T.train_tokenizer(TEXTS, vocab_size=512), T.train_tokenizer(TEXTS, vocab_size=512)
+    a, b = train_tokenizer(TEXTS, vocab_size=512), train_tokenizer(TEXTS, vocab_size=512)
     assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
     assert a.get_vocab() == tok.get_vocab()  # the base folder's tokenizer is this one, saved and reloaded
 
@@ -56,15 +59,15 @@ def test_tokenizer_training_is_deterministic_and_survives_the_save(tok):
 
 def test_tiny_model_with_default_widths_has_under_a_million_params(load):
     defaults = load("base").tiny  # the repo's params.yaml: also checks the section loads
-    model = T.build_tiny_model(defaults, vocab_size=defaults.vocab_size)
-    assert 500_000 < T.n_params(model) < 1_000_000  # 4096 x 64 x 2 embeddings = 524k of it
+    model = build_tiny_model(defaults, vocab_size=defaults.vocab_size)
+    assert 500_000 < n_params(model) < 1_000_000  # 4096 x 64 x 2 embeddings = 524k of it
     assert model.config._attn_implementation == "eager"
     assert model.config.layer_types == ["sliding_attention", "full_attention"]
     assert model.config.rope_parameters["rope_type"] == "default"
 
 
 def test_tiny_model_stops_on_return_and_endoftext_and_pads_with_endoftext(params):
-    model = T.build_tiny_model(params, vocab_size=512)
+    model = build_tiny_model(params, vocab_size=512)
     ids = {t: harmony.SPECIAL_TOKENS.index(t) for t in harmony.SPECIAL_TOKENS}
     assert model.config.eos_token_id == ids[harmony.RETURN] and model.config.bos_token_id is None
     assert model.config.pad_token_id == ids[harmony.ENDOFTEXT]
@@ -72,16 +75,16 @@ def test_tiny_model_stops_on_return_and_endoftext_and_pads_with_endoftext(params
 
 
 def test_tiny_model_forward_pass_gives_logits_over_the_vocab(params):
-    model = T.build_tiny_model(params, vocab_size=512)
+    model = build_tiny_model(params, vocab_size=512)
     logits = model(input_ids=torch.arange(20).view(1, 20)).logits
     assert logits.shape == (1, 20, 512) and torch.isfinite(logits).all()
 
 
 def test_tiny_model_init_is_seeded(params):
-    a = T.build_tiny_model(params, vocab_size=512).state_dict()
-    b = T.build_tiny_model(params, vocab_size=512).state_dict()
+    a = build_tiny_model(params, vocab_size=512).state_dict()
+    b = build_tiny_model(params, vocab_size=512).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    c = T.build_tiny_model(dataclasses.replace(params, seed=1), vocab_size=512).state_dict()
+    c = build_tiny_model(dataclasses.replace(params, seed=1), vocab_size=512).state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
@@ -92,8 +95,8 @@ def test_warm_up_lowers_held_out_loss_and_is_deterministic(params, tok):
     lines = []
     runs = []
     for _ in range(2):
-        model = T.build_tiny_model(params, vocab_size=len(tok))
-        runs.append((T.warm_up(model, tok, TEXTS, params, progress=lines.append), model.state_dict()))
+        model = build_tiny_model(params, vocab_size=len(tok))
+        runs.append((warm_up(model, tok, TEXTS, params, progress=lines.append), model.state_dict()))
     (m1, sd1), (m2, sd2) = runs
     assert m1["final_eval_loss"] < m1["initial_eval_loss"] - 0.2  # 6.25 -> 5.85 measured
     assert m1["final_eval_loss"] == m2["final_eval_loss"] and m1["final_train_loss"] == m2["final_train_loss"]
@@ -103,41 +106,41 @@ def test_warm_up_lowers_held_out_loss_and_is_deterministic(params, tok):
 
 
 def test_warm_up_blocks_join_documents_with_endoftext(tok):
-    blocks = T.corpus_blocks(tok, ["a b c", "d e f"], seq_len=2)
+    blocks = corpus_blocks(tok, ["a b c", "d e f"], seq_len=2)
     flat = blocks.flatten().tolist()
     assert tok.decode(flat, skip_special_tokens=False).startswith("a b c<|endoftext|>d e")
     assert blocks.shape[1] == 2
 
 
 def test_warm_up_refuses_a_corpus_too_small_to_hold_out(params, tok):
-    model = T.build_tiny_model(params, vocab_size=len(tok))
+    model = build_tiny_model(params, vocab_size=len(tok))
     with pytest.raises(UserError, match=r"warm-up corpus too small: \d+ tokens make [01] blocks of "
                                         r"base\.tiny\.warmup_seq_len 32; need at least 2"):
-        T.warm_up(model, tok, ["tiny"], params, progress=None)
+        warm_up(model, tok, ["tiny"], params, progress=None)
 
 
 def test_warm_up_stops_on_a_non_finite_loss(params, tok):
-    model = T.build_tiny_model(params, vocab_size=len(tok))
+    model = build_tiny_model(params, vocab_size=len(tok))
     pattern = r"warm-up loss is (nan|inf) at step \d+: lower base\.tiny\.warmup_lr"
     with pytest.raises(UserError, match=pattern):
-        T.warm_up(model, tok, TEXTS, dataclasses.replace(params, warmup_lr=float("inf")), progress=None)
+        warm_up(model, tok, TEXTS, dataclasses.replace(params, warmup_lr=float("inf")), progress=None)
 
-    poisoned = T.build_tiny_model(params, vocab_size=len(tok))
+    poisoned = build_tiny_model(params, vocab_size=len(tok))
     with torch.no_grad():
         poisoned.lm_head.weight.fill_(float("nan"))
     with pytest.raises(UserError, match=r"warm-up loss is nan before warm-up \(held-out\)"):
-        T.warm_up(poisoned, tok, TEXTS, params, progress=None)
+        warm_up(poisoned, tok, TEXTS, params, progress=None)
 
 
 # --- recipe hash -------------------------------------------------------------------------------
 
 
 def test_recipe_hash_changes_with_params_and_corpus(params):
-    h = T.recipe_sha256(params, T.texts_sha256(TEXTS))
-    assert h == T.recipe_sha256(params, T.texts_sha256(list(TEXTS)))
-    assert h != T.recipe_sha256(dataclasses.replace(params, seed=1), T.texts_sha256(TEXTS))
-    assert h != T.recipe_sha256(params, T.texts_sha256(TEXTS[:-1]))
-    assert T.texts_sha256(["ab", "c"]) != T.texts_sha256(["a", "bc"])
+    h = recipe_sha256(params, texts_sha256(TEXTS))
+    assert h == recipe_sha256(params, texts_sha256(list(TEXTS)))
+    assert h != recipe_sha256(dataclasses.replace(params, seed=1), texts_sha256(TEXTS))
+    assert h != recipe_sha256(params, texts_sha256(TEXTS[:-1]))
+    assert texts_sha256(["ab", "c"]) != texts_sha256(["a", "bc"])
 
 
 # --- the base folder ---------------------------------------------------------------------------
@@ -161,8 +164,8 @@ def test_load_base_reloads_the_tiny_base_and_generates(tiny_base, params):
         "model": "tiny-gpt-oss",
         "kind": "tiny",
         "revision": None,
-        "recipe_sha256": T.recipe_sha256(params, T.texts_sha256(TEXTS)),
-        "corpus_sha256": T.texts_sha256(TEXTS),
+        "recipe_sha256": recipe_sha256(params, texts_sha256(TEXTS)),
+        "corpus_sha256": texts_sha256(TEXTS),
     }
     assert base.chat_format is harmony.FORMAT and base.chat_format.name == "harmony"
     context = params.max_position_embeddings
@@ -186,15 +189,15 @@ def test_load_base_without_the_model_loads_only_the_tokenizer(tiny_base):
 def test_build_tiny_base_is_deterministic_and_returns_metrics_without_wall_clock(tmp_path, params):
     p, texts = dataclasses.replace(params, warmup_steps=5), TEXTS[:10]
     out = tmp_path / "base"
-    first = T.build_tiny_base(p, texts, out, progress=None)
+    first = build_tiny_base(p, texts, out, progress=None)
     weights = (out / "model" / "model.safetensors").read_bytes()
     tokenizer = (out / "tokenizer" / "tokenizer.json").read_bytes()
-    again = T.build_tiny_base(p, texts, out, progress=None)  # a rebuild replaces the folder
+    again = build_tiny_base(p, texts, out, progress=None)  # a rebuild replaces the folder
     assert first == again
     assert (out / "model" / "model.safetensors").read_bytes() == weights
     assert (out / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer
     assert first["steps"] == 5 and first["final_eval_loss"] < first["initial_eval_loss"]
-    assert first["recipe_sha256"] == T.recipe_sha256(p, T.texts_sha256(texts))
+    assert first["recipe_sha256"] == recipe_sha256(p, texts_sha256(texts))
     assert (first["vocab_size"], first["corpus_docs"]) == (512, 10)
     assert json.loads((out / "model" / "base.json").read_text()) == {
         k: first[k] for k in ("model", "kind", "revision", "recipe_sha256", "corpus_sha256")}
@@ -204,5 +207,5 @@ def test_build_tiny_base_is_deterministic_and_returns_metrics_without_wall_clock
 def test_a_failed_build_writes_nothing(tmp_path, params):
     out = tmp_path / "base"
     with pytest.raises(UserError, match="warm-up corpus too small"):
-        T.build_tiny_base(params, ["tiny"], out, progress=None)
+        build_tiny_base(params, ["tiny"], out, progress=None)
     assert not out.exists()
