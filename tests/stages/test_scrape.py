@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -152,6 +153,31 @@ def test_pydoc_pages_are_the_same_on_every_run(load, tmp_path):
     assert first.column("content_sha256").to_pylist() == second.column("content_sha256").to_pylist()
     modules = [r["body"] for r in first.to_pylist() if r["url"].startswith("pydoc://module/")]
     assert not any(" at 0x" in body for body in modules), "a runtime memory address leaked into a page"
+
+
+def test_a_pydoc_page_does_not_show_what_the_process_imported(load, tmp_path):
+    """logging's page prints `shutdown(handlerList=[...])` live: rendered in the stage's own process it
+    listed every handler an imported HTTP client had made, so loading the Bright Data sources' params
+    changed the embedded default's scrape. Pages are rendered in a fresh interpreter."""
+
+    class MarkerHandler(logging.NullHandler):
+        pass
+
+    logging.getLogger("webtune-test-marker").addHandler(MarkerHandler())
+    params = load("scrape")
+    pydoc = dataclasses.replace(params.pydoc, topics=False, modules=("logging",))
+    table = run(P.replace(params, pydoc=pydoc), tmp_path)
+    page = table.column("body")[0].as_py()
+    assert "\n## logging.shutdown\n" in page and "handlerList=[" in page
+    assert "MarkerHandler" not in page
+
+
+def test_a_module_pydoc_cannot_import_is_one_line_naming_it(load, tmp_path):
+    params = load("scrape")
+    pydoc = dataclasses.replace(params.pydoc, topics=False, modules=("json", "no_such_module_xyz"))
+    with pytest.raises(EmptySourceError, match="^pydoc source: module 'no_such_module_xyz' cannot be "
+                                               "imported: No module named 'no_such_module_xyz'$"):
+        list(run(P.replace(params, pydoc=pydoc), tmp_path).to_pylist())
 
 
 # --- re-scraping: a doc whose bytes did not change keeps when it was first seen -----------------------
