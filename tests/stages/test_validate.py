@@ -78,7 +78,7 @@ def test_duplicate_response_fails_naming_both_pair_ids(suite):
 
 def test_short_response_fails_naming_its_pair_id(suite):
     rows = good_rows()
-    rows[2]["response"] = "x" * 20  # the seed drops responses of <= 20 chars
+    rows[2]["response"] = "x" * 20  # a response of <= 20 chars answers nothing
     [failed] = validate(table(rows), suite, min_rows=MIN_ROWS, samples=5).failed
     assert failed.type == "expect_column_value_lengths_to_be_between"
     assert failed.kwargs == {"column": "response", "min_value": 21, "max_value": 1500}
