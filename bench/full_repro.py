@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import goals
-from record import Recorder
+from record import Recorder, git_state
 
 REPO = Path(__file__).resolve().parent.parent
 # The smoke run's project: two stages named as the real DAG's last two, writing the metrics files this
@@ -91,9 +91,11 @@ def toy_project(folder: Path) -> Path:
     return folder
 
 
-def measure(source: Path, project: Path, force: bool, noop_runs: int) -> dict:
-    """Clone `source` into `project`, `dvc repro` it, then `noop_runs` no-op runs; what they took."""
+def measure(source: Path, project: Path, force: bool, noop_runs: int) -> tuple[dict, tuple]:
+    """Clone `source` into `project`, `dvc repro` it, then `noop_runs` no-op runs: (what they took, the
+    clone's (commit, dirty): the code measured is the clone's, whatever this checkout holds uncommitted)."""
     subprocess.run(["git", "clone", "-q", str(source), str(project)], check=True)
+    code = git_state(project)
     full_s, stages = timed_repro(project, force=force)
     noop = []
     for _ in range(noop_runs):
@@ -111,7 +113,7 @@ def measure(source: Path, project: Path, force: bool, noop_runs: int) -> dict:
                          "runs": noop_runs},
         "train": {k: train[k] for k in ("steps", "base_val_loss", "val_loss")},
         "evaluate": evaluate,
-    }
+    }, code
 
 
 def main() -> None:
@@ -127,13 +129,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = toy_project(Path(tmp) / "toy") if args.smoke else REPO
         project = args.workdir or Path(tmp) / "webtune"
-        result = measure(source, project, args.force, 1 if args.smoke else args.noop_runs)
+        result, code = measure(source, project, args.force, 1 if args.smoke else args.noop_runs)
     budget, noop_goal = goals.target("make_repro_s"), goals.target("noop_repro_s")
     left = budget - result["full_repro_s"]
     print(f"full repro {result['full_repro_s']} s (install not timed: {left:.0f} s "
           f"of the {budget:.0f} s goal left for it); no-op median {result['noop_repro_s']['median']} s "
           f"(goal <= {noop_goal:g} s)", file=sys.stderr)
-    recorder.save(args.out, result)
+    recorder.save(args.out, result, code=None if args.smoke else code)  # smoke: a toy, not this code
 
 
 if __name__ == "__main__":

@@ -117,8 +117,9 @@ class Recorder:
     def __init__(self, bench: str, smoke: bool = False, argv: Sequence[str] | None = None):
         self.bench, self.smoke, self.command = bench, smoke, command(argv)
 
-    def record(self, results: dict, notes: str | None = None) -> dict:
-        commit, dirty = git_state()
+    def record(self, results: dict, notes: str | None = None, code: tuple | None = None) -> dict:
+        """`code`: the (commit, dirty) of the code measured, where it is not this checkout's (a clone)."""
+        commit, dirty = code or git_state()
         rec = {"bench": self.bench, "command": self.command, "commit": commit, "dirty": dirty,
                "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "results": results}
@@ -129,14 +130,14 @@ class Recorder:
         return rec
 
     def save(self, out: Path | None, results: dict, key: Sequence[str] | None = None,
-             notes: str | None = None) -> Path | None:
+             notes: str | None = None, code: tuple | None = None) -> Path | None:
         """Print the record; with `out`, write it there atomically. With `key` (names in `results`), the
         file keeps its other records and this one replaces any with the same key values (one row per
         configuration, runs made in separate processes); without, the file holds this record alone.
         Smoke runs with no `out` go to a temporary folder. Returns the path written, if any."""
         from webtune.io import write_json
 
-        rec = self.record(results, notes)
+        rec = self.record(results, notes, code)
         print(json.dumps(rec, ensure_ascii=False))
         if out is None and self.smoke:
             out = Path(tempfile.mkdtemp(prefix=f"bench-{self.bench}-smoke-")) / f"{self.bench}.json"

@@ -2,7 +2,11 @@
 
 import dataclasses
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -197,3 +201,65 @@ def test_no_secret_knobs_in_params(repo):
     for key in keys:
         assert not SECRET.search(key.lower()), (
             f"params.yaml has a secret-looking key {key!r}: secrets come from the environment only")
+
+
+# --- extending: a source is one module, one registry line and its params section ---------------------
+
+RSS_SOURCE = '''
+import dataclasses
+
+from webtune.params import at_least, knob
+
+
+@dataclasses.dataclass(frozen=True)
+class RssParams:
+    feeds: tuple[str, ...] = knob()
+    max_items: int = knob(at_least(1))
+
+
+PARAMS = RssParams
+
+
+def fetch(params, *, sources_dir, now):
+    yield from ()
+'''
+
+
+CHECK_RSS = """
+import sys
+from webtune import params as P
+from webtune.sources import get_fetch
+
+scrape = P.load_section("scrape", sys.argv[1])
+assert (scrape.source, scrape.rss.feeds, scrape.rss.max_items) == ("rss", ("https://example.test/feed",), 5)
+assert [k for k in P.without_report_knobs(scrape) if k not in ("source", "max_doc_bytes")] == ["rss"]
+assert list(get_fetch("rss")(scrape, sources_dir=None, now=lambda: "")) == []
+print("loaded")
+"""
+
+
+def test_a_new_source_is_one_module_one_registry_line_and_its_section(tmp_path, repo):
+    """On a copy of the library: add webtune/sources/rss.py, one line in webtune/registry.py and a
+    `scrape.rss` section, and the scrape section loads, checks and fetches through it."""
+    shutil.copytree(repo / "webtune", tmp_path / "webtune", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "webtune" / "sources" / "rss.py").write_text(RSS_SOURCE)
+    registry = tmp_path / "webtune" / "registry.py"
+    text = registry.read_text()
+    anchor = 'SOURCES = {\n'
+    assert anchor in text
+    registry.write_text(text.replace(anchor, anchor + '    "rss": "webtune.sources.rss",\n', 1))
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["scrape"] |= {"source": "rss", "rss": {"feeds": ["https://example.test/feed"], "max_items": 5}}
+
+    def load(raw) -> subprocess.CompletedProcess:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        return subprocess.run([sys.executable, "-c", CHECK_RSS, str(tmp_path / "params.yaml")],
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                              capture_output=True, text=True)
+
+    done = load(raw)
+    assert done.returncode == 0 and done.stdout == "loaded\n", done.stderr
+    raw["scrape"]["rss"]["max_item"] = 1  # its knobs are checked like every other section's
+    assert "webtune.errors.ParamsError: scrape.rss.max_item: unknown key" in load(raw).stderr
+    del raw["scrape"]["rss"]  # and its section is required
+    assert "webtune.errors.ParamsError: scrape.rss: missing key" in load(raw).stderr
