@@ -13,7 +13,7 @@ or a user command uses lives here, each variant one module behind one small seam
     expectations.py  the Great Expectations gate (validate, format): suites and run_suite;
                      expectations_batched (a table in batches), expectations_report (failure message,
                      markdown report, check)
-    evaluation.py    evaluate's knobs, scores (chrF, stops, loops, lengths) and its side-by-side report
+    evaluation/      evaluate's knobs, answer metrics, bootstrap intervals, the gate, the judge and the report
     sources/         where raw documents come from: the source contract and ScrapeParams (__init__), pydoc
                      (embedded default), files, http, brightdata_unlocker (Web Unlocker), brightdata_dataset
                      and brightdata_snapshot (Web Scraper API); brightdata_client (token, retries, 429
