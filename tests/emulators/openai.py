@@ -4,6 +4,7 @@ scriptable per test: files, fine-tuning jobs and their events, models, chat comp
     with OpenAIEmulator(key="sk-test-fake") as api:
         api.job_script = ["validating_files", "queued", "running", "succeeded"]   # one status per retrieve
         api.faults["POST /v1/fine_tuning/jobs"] = [Fault(403, "not eligible")]     # served first
+        api.answer_for = lambda body: "[[A>B]]"   # per chat completion: text, (text, finish_reason) or Fault
         OpenAI(base_url=api.url + "/v1", api_key="sk-test-fake")
 
 Every job response carries all the keys the SDK's FineTuningJob declares (REFERENCE-APIS section 4).
@@ -16,6 +17,7 @@ import email.policy
 import json
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
 from tests.emulators import LocalServer
@@ -51,6 +53,9 @@ class OpenAIEmulator(LocalServer):
         }
         self.models = {"gpt-4o-mini-2024-07-18": {"shutdown_date": None}}
         self.answers: dict[str, str] = {}  # model -> the answer its chat completions give
+        # when set, every chat completion's request body -> its reply: a text, (text, finish_reason), or a
+        # Fault to serve instead (wins over `answers`)
+        self.answer_for: Callable[[dict], str | tuple[str, str] | Fault] | None = None
         self.faults: dict[str, list[Fault]] = {}  # "METHOD /path" (ids as {id}) -> faults served first
         self.seen: list[Seen] = []
         super().__init__(self._handler())
@@ -207,9 +212,17 @@ class OpenAIEmulator(LocalServer):
                 return 200, self.job_body(job_id)
         if method == "POST" and path == "/v1/chat/completions":
             model = body.get("model")
-            if model not in self.answers:
+            if self.answer_for is not None:
+                scripted = self.answer_for(body)
+                if isinstance(scripted, Fault):
+                    return scripted.status, scripted
+                text, finish = (scripted, "stop") if isinstance(scripted, str) else scripted
+            elif model in self.answers:
+                text, finish = self.answers[model], "stop"
+            else:
                 return 404, None
-            text = self.answers[model]
+            # tokens counted as words: enough for tests to sum usage exactly
+            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
             return 200, {
                 "id": "chatcmpl-emulated",
                 "object": "chat.completion",
@@ -219,14 +232,14 @@ class OpenAIEmulator(LocalServer):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "finish_reason": finish,
                         "logprobs": None,
                     }
                 ],
                 "usage": {
-                    "prompt_tokens": 10,
+                    "prompt_tokens": prompt_tokens,
                     "completion_tokens": len(text.split()),
-                    "total_tokens": 10 + len(text.split()),
+                    "total_tokens": prompt_tokens + len(text.split()),
                 },
             }
         return 404, None
@@ -294,9 +307,13 @@ class OpenAIEmulator(LocalServer):
                     queued = emulator.faults.get(route) or []
                     fault = queued.pop(0) if queued else None
                 if fault:
-                    headers = {"retry-after-ms": str(fault.retry_after_ms)} if fault.retry_after_ms else {}
-                    return self.error(fault.status, fault.message, fault.code, headers)
-                status, payload = emulator.route(method, split.path, query, body, form)
+                    status, payload = fault.status, fault
+                else:
+                    status, payload = emulator.route(method, split.path, query, body, form)
+                if isinstance(payload, Fault):
+                    ms = payload.retry_after_ms
+                    headers = {"retry-after-ms": str(ms)} if ms else {}
+                    return self.error(payload.status, payload.message, payload.code, headers)
                 if status == 404:
                     return self.error(404, f"no such resource: {split.path}", "not_found")
                 self.reply(status, payload)
