@@ -1,18 +1,23 @@
-"""format: validated pairs -> chat rows (structured messages + their rendering), split and checked.
+"""format: validated pairs -> chat rows (structured messages and their rendering), split by document, checked.
 
-    python -m stages.format --pairs data/validated/pairs.parquet --tokenizer models/base/tokenizer \
-        --suite expectations/chat_rows.json --out-dir data/format --openai-dir data/format/openai \
+    python -m stages.format --pairs data/validated/pairs.parquet --docs data/clean/docs.parquet \
+        --tokenizer models/base/tokenizer --suite expectations/chat_rows.json --out-dir data/format \
+        --test-docs data/format/test_docs.parquet --openai-dir data/format/openai \
         --dropped data/format/dropped.parquet --report reports/format.md --metrics metrics/format.json \
         --lengths-plot reports/format_lengths.csv
 
 - messages: [system?] user assistant (the pair's system prompt, else format.system_prompt), rendered by
   the base's chat format (webtune.formats; the only renderer).
-- split: by a salted hash of pair_id, so a pair keeps its split when other pairs are added or removed.
+- split: by a salted hash of the pair's doc_id (webtune.splits), so every pair of a page is in one split
+  and test asks about pages never trained on; a val/test row whose answer shares more than
+  format.leak_threshold of its 13-word shingles with train rows is dropped with reason leaks_train.
+- test_docs: the cleaned text of every test document, which evaluate scores as plain language modelling
+  (bits per byte of held-out text).
 - tokens: counted with the base tokenizer; a row over format.max_length is dropped with reason
   too_many_tokens (never truncated: a cut answer would teach the model to stop mid-sentence).
 - gate: expectations/chat_rows.json checks every rendered row against the format's own row pattern (set
-  from the format at run time) and that the tokenizer produced exactly the special ids the structure
-  implies (content can never add one).
+  from the format at run time), that the tokenizer produced exactly the special ids the structure
+  implies (content can never add one) and that no val/test row over the leak threshold remains.
 - OpenAI-format chat JSONL (train/val) for the hosted fine-tuning backend.
 - a token-length histogram per split for `dvc plots show` (how much room max_length leaves).
 """
@@ -32,10 +37,11 @@ import pyarrow as pa
 from webtune import errors, expectations, expectations_batched, expectations_report, formats, io, schema
 from webtune.parallel import ordered_map
 from webtune.params import load_section
-from webtune.splits import SPLITS, FormatParams, split_of
+from webtune.splits import SPLITS, FormatParams, overlap, shingles, split_of, train_shingles
 
 STAGE = "format"
 ROW_PATTERN = "expect_column_values_to_match_regex"
+BETWEEN = "expect_column_values_to_be_between"
 
 
 def to_messages(pair: dict, system_prompt: str = "") -> list[dict]:
@@ -48,13 +54,31 @@ def to_messages(pair: dict, system_prompt: str = "") -> list[dict]:
     return messages
 
 
-def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat,
-                 params: FormatParams) -> tuple[list[dict], list[dict]]:
-    """Pairs -> (chat rows, dropped rows). Pure apart from the tokenizer call."""
+def doc_split(doc_id: str, params: FormatParams) -> str:
+    return split_of(doc_id, seed=params.split_seed, train_ratio=params.train_ratio,
+                    val_ratio=params.val_ratio)
+
+
+def pair_text(pair: dict) -> str:
+    """What a train row teaches (system, question and answer): the text a val/test answer must not repeat."""
+    return "\n".join((pair["system"], pair["instruction"], pair["response"]))
+
+
+def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat, params: FormatParams,
+                 seen: frozenset[int] = frozenset()) -> tuple[list[dict], list[dict]]:
+    """Pairs -> (chat rows, dropped rows); `seen`: the train rows' shingles. Pure apart from the tokenizer."""
     messages = [to_messages(p, params.system_prompt) for p in pairs]
     texts = [fmt.render(m) for m in messages]
     rows, dropped, token_ids = [], [], formats.token_ids(tokenizer, texts)
     for pair, msgs, text, ids in zip(pairs, messages, texts, token_ids, strict=True):
+        split = doc_split(pair["doc_id"], params)
+        shared = None if split == "train" else overlap(pair["response"], seen)
+        if shared is not None and shared > params.leak_threshold:
+            dropped.append(schema.dropped_row(pair, stage=STAGE, reason="leaks_train", row_id=pair["pair_id"],
+                                              detail=f"{split} answer: {shared:.0%} of its 13-word shingles "
+                                                     f"are in train rows > format.leak_threshold="
+                                                     f"{params.leak_threshold:g}"))
+            continue
         if len(ids) > params.max_length:
             dropped.append(schema.dropped_row(pair, stage=STAGE, reason="too_many_tokens",
                                               row_id=pair["pair_id"],
@@ -64,8 +88,8 @@ def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat,
         rows.append(schema.provenance(pair) | {
             "pair_id": pair["pair_id"],
             "task": pair["task"],
-            "split": split_of(pair["pair_id"], seed=params.split_seed, train_ratio=params.train_ratio,
-                              val_ratio=params.val_ratio),
+            "split": split,
+            "train_overlap": shared,
             "messages": msgs,
             "text": text,
             "n_tokens": len(ids),
@@ -82,6 +106,7 @@ class Tally:
     """
 
     def __init__(self):
+        self.docs: dict = {}  # write_test_docs' counts
         self.lengths: collections.Counter = collections.Counter()  # (split, n_tokens) -> rows
         self.dropped: collections.Counter = collections.Counter()  # reason -> rows
 
@@ -108,6 +133,7 @@ class Tally:
             "tokens_p95": p95,
             "tokens_mean": round(sum(n * c for n, c in by_length.items()) / total, 2) if total else 0,
             "dropped": dict(sorted(self.dropped.items())),
+            **self.docs,
         }
 
     def histogram(self, max_length: int, buckets: int = 16) -> str:
@@ -137,13 +163,14 @@ class FormattedBatch:
 _worker: dict = {}
 
 
-def init_worker(tokenizer, fmt: formats.ChatFormat, suite) -> None:
-    _worker.update(tokenizer=tokenizer, fmt=fmt, suite=suite)
+def init_worker(tokenizer, fmt: formats.ChatFormat, suite, seen: frozenset[int]) -> None:
+    _worker.update(tokenizer=tokenizer, fmt=fmt, suite=suite, seen=seen)
 
 
 def format_batch(batch: pa.RecordBatch, params: FormatParams) -> FormattedBatch:
     """One record batch of pairs -> everything main writes for it, checked (runs in a worker process)."""
-    rows, dropped = format_pairs(batch.to_pylist(), _worker["tokenizer"], _worker["fmt"], params)
+    rows, dropped = format_pairs(batch.to_pylist(), _worker["tokenizer"], _worker["fmt"], params,
+                                 _worker["seen"])
     return FormattedBatch(
         splits={s: pa.Table.from_pylist([r for r in rows if r["split"] == s], schema=schema.CHAT_ROWS)
                 for s in SPLITS},
@@ -177,10 +204,16 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
                                  "(base.max_position_embeddings for the tiny base)")
     # The row pattern is the chat format's own, so the suite and the renderer cannot disagree.
     suite = expectations.with_kwargs(expectations.load_suite(args.suite), ROW_PATTERN, regex=fmt.row_regex())
+    suite = expectations.with_kwargs(suite, BETWEEN, on_column="train_overlap",
+                                     max_value=params.leak_threshold)
     if params.workers > 1:  # one tokenizer thread per worker process: the workers already fill the cores
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     pairs_file = io.parquet_file(args.pairs, schema.PAIRS.names, "the validate stage")
     n_pairs, done, checks, tally = pairs_file.metadata.num_rows, 0, [], Tally()
+    seen = train_shingles(pair_text(p) for batch in pairs_file.iter_batches(
+        batch_size=params.batch_rows, columns=["doc_id", "system", "instruction", "response"])
+        for p in batch.to_pylist() if doc_split(p["doc_id"], params) == "train")
+    progress(f"format: {len(seen):,} distinct 13-word shingles in train rows")
     with contextlib.ExitStack() as stack:
         split_out = {s: stack.enter_context(io.parquet_writer(args.out_dir / f"{s}.parquet",
                                                               schema.CHAT_ROWS))
@@ -190,7 +223,7 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
         dropped_out = stack.enter_context(io.parquet_writer(args.dropped, schema.DROPPED))
         batches = pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names)
         for out in ordered_map(format_batch, batches, params.workers, params, initializer=init_worker,
-                               initargs=(tokenizer, fmt, suite)):
+                               initargs=(tokenizer, fmt, suite, seen)):
             tally.add(out.rows, out.dropped_rows)
             for split, writer in split_out.items():
                 writer.write_table(out.splits[split])
@@ -207,19 +240,42 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
         io.write_text(expectations_report.render_report(result, title="format: rendered chat rows"),
                       args.report)
         expectations_report.check(result)  # raising here discards every temporary output
+        tally.docs = write_test_docs(args.docs, args.test_docs, params, seen)
     return tally, result
+
+
+def write_test_docs(docs: Path, out: Path, params: FormatParams, seen: frozenset[int]) -> dict:
+    """The test documents' cleaned text (what evaluate's bits per byte scores); documents per split, the
+    test text's size and the share of its shingles that train rows also hold (pages of one site share
+    text: a high share means bits per byte partly measures memory)."""
+    per_split, n_bytes, own, shared = collections.Counter(), 0, 0, 0
+    docs_file = io.parquet_file(docs, schema.CLEAN_DOCS.names, "the clean stage")
+    with io.parquet_writer(out, schema.CLEAN_DOCS) as writer:
+        for batch in docs_file.iter_batches(batch_size=params.batch_rows, columns=schema.CLEAN_DOCS.names):
+            test = []
+            for doc in batch.to_pylist():
+                per_split[split := doc_split(doc["doc_id"], params)] += 1
+                if split == "test":
+                    test.append(doc)
+                    n_bytes += len(doc["text"].encode())
+                    grams = shingles(doc["text"])
+                    own, shared = own + len(grams), shared + len(grams & seen)
+            writer.write_table(pa.Table.from_pylist(test, schema=schema.CLEAN_DOCS))
+    return {"docs_per_split": {s: per_split[s] for s in SPLITS}, "test_docs_bytes": n_bytes,
+            "test_docs_train_overlap": round(shared / own, 6) if own else 0.0}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("--pairs", "--tokenizer", "--suite", "--out-dir", "--openai-dir", "--dropped", "--report",
-                 "--metrics", "--lengths-plot"):
+    for name in ("--pairs", "--docs", "--tokenizer", "--suite", "--out-dir", "--test-docs", "--openai-dir",
+                 "--dropped", "--report", "--metrics", "--lengths-plot"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     outputs = [args.out_dir / f"{s}.parquet" for s in SPLITS] + [args.openai_dir / "train.jsonl",
-                                                                 args.openai_dir / "val.jsonl", args.dropped]
+                                                                 args.openai_dir / "val.jsonl", args.dropped,
+                                                                 args.test_docs]
     with errors.reported(STAGE):
         params = load_section(STAGE, args.params)
         start = time.perf_counter()

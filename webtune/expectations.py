@@ -120,13 +120,16 @@ def save_suite(suite: gx.ExpectationSuite, path: str | Path) -> None:
     io.write_json(suite_dict(suite), path)  # sorted keys, atomic
 
 
-def with_kwargs(suite: gx.ExpectationSuite, expectation_type: str, **kwargs) -> gx.ExpectationSuite:
-    """A copy of `suite` with `kwargs` set on every expectation of `expectation_type` (a run-time override).
+def with_kwargs(suite: gx.ExpectationSuite, expectation_type: str, *, on_column: str | None = None,
+                **kwargs) -> gx.ExpectationSuite:
+    """A copy of `suite` with `kwargs` set on every expectation of `expectation_type` (a run-time override),
+    only those on column `on_column` when given.
 
-    Raises ValueError if the suite has none, so an override never silently applies to nothing.
+    Raises InputError if the suite has none, so an override never silently applies to nothing.
     """
     data = copy.deepcopy(suite_dict(suite))
-    targets = [e for e in data["expectations"] if e["type"] == expectation_type]
+    targets = [e for e in data["expectations"] if e["type"] == expectation_type
+               and on_column in (None, e["kwargs"].get("column"))]
     if not targets:
         raise InputError(f"suite {data['name']!r} has no {expectation_type} to override")
     for e in targets:

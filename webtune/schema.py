@@ -86,6 +86,8 @@ CHAT_ROWS = pa.schema(
         pa.field("pair_id", pa.string(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),  # train | val | test
+        # val/test: the share of the answer's 13-word shingles in train rows (webtune.splits); train: null
+        pa.field("train_overlap", pa.float64(), nullable=True),
         pa.field("messages", pa.list_(MESSAGE), nullable=False),
         pa.field("text", pa.string(), nullable=False),  # rendered by the base's chat format (webtune.formats)
         pa.field("n_tokens", pa.int64(), nullable=False),

@@ -70,7 +70,7 @@ class Answer(NamedTuple):
 class Chat(Protocol):
     """What evaluate, chat and serve call on a chat model, local (ChatModel) or hosted (HostedChat)."""
 
-    can_score_loss: bool  # assistant_loss works (a hosted model returns text, not logits)
+    can_score_loss: bool  # the three losses work (a hosted model returns text, not logits)
     hosted_models: dict | None  # the host's ids of the base and the adapter model; None: local weights
 
     def base_only(self) -> contextlib.AbstractContextManager: ...
@@ -81,6 +81,11 @@ class Chat(Protocol):
 
     def assistant_loss(self, rows: Sequence[Sequence[dict]], batch_size: int, channels: Sequence[str],
                        turns: str) -> tuple[float, int]: ...
+
+    def row_losses(self, rows: Sequence[Sequence[dict]], batch_size: int, channels: Sequence[str],
+                   turns: str) -> list[tuple[float, int]]: ...
+
+    def text_nll(self, texts: Sequence[str], window: int, batch_size: int) -> list[tuple[float, int]]: ...
 
     def reply(self, conversations: Sequence[Sequence[dict]], sampling: Sampling) -> list[Answer]: ...
 

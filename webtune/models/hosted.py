@@ -61,9 +61,11 @@ class HostedChat:
         finally:
             self.model = self.tuned
 
-    def assistant_loss(self, rows, batch_size: int, channels, turns) -> tuple[float, int]:
+    def assistant_loss(self, *args, **kwargs):
         raise HostedError(f"{self.model}: no loss: a hosted model returns text, not logits over the base's "
                           "tokens (can_score_loss is False)")
+
+    row_losses = text_nll = assistant_loss  # per-row losses and bits per byte need logits too
 
     def generate(self, rows: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int,
                  progress: Callable[[str], None] | None = None, *, repetition_penalty: float = 1.0,

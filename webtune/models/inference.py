@@ -187,30 +187,63 @@ class ChatModel:
         ids, mask = formats.encode(self.chat_format, self.tokenizer, messages, channels=channels, turns=turns)
         return ids, [i if m else IGNORE for i, m in zip(ids, mask, strict=True)]
 
-    @torch.no_grad()
     def assistant_loss(self, rows: Sequence[Sequence[dict]], batch_size: int, channels: Sequence[str],
                        turns: str) -> tuple[float, int]:
-        """(token-weighted mean cross-entropy on supervised tokens, number of those tokens) over `rows`.
+        """(token-weighted mean cross-entropy on supervised tokens, number of those tokens) over `rows`:
+        the sum of row_losses over the sum of their tokens, so the result does not depend on batch_size."""
+        sums = self.row_losses(rows, batch_size, channels, turns)
+        n_tokens = sum(n for _, n in sums)
+        if n_tokens == 0:
+            raise ValueError("no supervised tokens in the rows: nothing to score")
+        return sum(nll for nll, _ in sums) / n_tokens, n_tokens
 
-        Per-token losses are summed in float64 over all rows and divided once by the token count, so the
-        result does not depend on batch_size. Rows are batched by length (less padding); the sum does not
-        care about order. Right padding: a real token never attends to a pad, and pads are never scored.
+    def row_losses(self, rows: Sequence[Sequence[dict]], batch_size: int, channels: Sequence[str],
+                   turns: str) -> list[tuple[float, int]]:
+        """Per row, in order: (summed cross-entropy in nats on its supervised tokens, their number)."""
+        return self._nll_sums([self.labels(m, channels, turns) for m in rows], batch_size)
+
+    def text_nll(self, texts: Sequence[str], window: int, batch_size: int) -> list[tuple[float, int]]:
+        """Per text, in order: (summed cross-entropy in nats of every token of the text as plain language
+        modelling, no chat format; the number of tokens).
+
+        lm-eval's loglikelihood_rolling: the text is cut into disjoint windows of `window` tokens, each
+        given the previous window's last token as context (the first, the tokenizer's BOS or EOS), so
+        every token is predicted exactly once whatever the text's length.
         """
+        start = self.tokenizer.bos_token_id
+        start = self.tokenizer.eos_token_id if start is None else start
+        pieces, owner = [], []
+        for i, text in enumerate(texts):
+            ids = [start, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+            for at in range(0, len(ids) - 1, window):
+                piece = ids[at : at + window + 1]
+                pieces.append((piece, [IGNORE, *piece[1:]]))
+                owner.append(i)
+        sums = [(0.0, 0)] * len(texts)
+        for i, (nll, n) in zip(owner, self._nll_sums(pieces, batch_size), strict=True):
+            sums[i] = (sums[i][0] + nll, sums[i][1] + n)
+        return sums
+
+    @torch.no_grad()
+    def _nll_sums(self, encoded: Sequence[tuple[list[int], list[int]]],
+                  batch_size: int) -> list[tuple[float, int]]:
+        """Per (ids, labels), in order: summed cross-entropy (float64) of the labelled tokens and their count.
+
+        Sequences are batched by length (less padding). Right padding: a real token never attends to a pad,
+        and pads are never scored."""
         self.model.eval()
-        encoded = sorted((self.labels(m, channels, turns) for m in rows), key=lambda e: len(e[0]))
-        total, n_tokens = torch.zeros((), dtype=torch.float64), 0
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            ids, attention = pad([e[0] for e in batch], self.tokenizer.pad_token_id, "right")
-            labels, _ = pad([e[1] for e in batch], IGNORE, "right")
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            ids, attention = pad([encoded[i][0] for i in batch], self.tokenizer.pad_token_id, "right")
+            labels, _ = pad([encoded[i][1] for i in batch], IGNORE, "right")
             logits = self.model(input_ids=ids.to(self.model.device),
                                 attention_mask=attention.to(self.model.device), use_cache=False).logits.cpu()
             # Position t predicts token t + 1.
             per_token = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
-                reduction="none")
-            total += per_token.double().sum()
-            n_tokens += int((labels[:, 1:] != IGNORE).sum())
-        if n_tokens == 0:
-            raise ValueError("no supervised tokens in the rows: nothing to score")
-        return total.item() / n_tokens, n_tokens
+                logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE, reduction="none")
+            nll, counted = per_token.double().sum(1), (labels[:, 1:] != IGNORE).sum(1)
+            for j, i in enumerate(batch):
+                out[i] = (nll[j].item(), int(counted[j]))
+        return out
