@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup setup-dev repro test lint bench bench-repro bench-remote bench-cpu-train bench-serve \
+.PHONY: setup setup-dev repro test lint bench bench-repro bench-seeds bench-remote bench-cpu-train bench-serve \
 	bench-brightdata bench-tests results remote-s3 push pull
 
 # requirements.lock pins every package (torch==2.13.0 included: a local CPU build here; an open range
@@ -42,6 +42,10 @@ bench: setup
 
 bench-repro: setup
 	$(PY) bench/full_repro.py --force --noop-runs 10 --out $(RESULTS)/full_repro.json
+
+# train + evaluate once per seed (minutes each): the spread of every ratio evaluate reports
+bench-seeds: setup
+	$(PY) bench/seeds.py --seeds 3407 1 2 --out $(RESULTS)/seeds.json
 
 bench-remote: setup
 	$(PY) bench/remote_s3.py --out $(RESULTS)/remote_s3.json

@@ -24,9 +24,11 @@ def full_repro_table(records: list[dict]) -> list[str]:
     rows.append((f"no-op `dvc repro` (median of {noop.get('runs', '?')}; max {num(noop['max'], 2)})",
                  num(noop["median"], 2)))
     ev, tr = r["evaluate"], r["train"]
+    chrf = "chrf1" if "chrf1" in ev["base"] else "chrf"  # records before the beta-1 chrF hold chrF2 as chrf
     model = [("test loss", num(ev["base"]["loss"], 3), num(ev["adapter"]["loss"], 3)),
              ("perplexity", num(ev["base"]["perplexity"], 2), num(ev["adapter"]["perplexity"], 2)),
-             ("chrF", num(ev["base"]["chrf"], 1), num(ev["adapter"]["chrf"], 1)),
+             ("chrF (beta 1)" if chrf == "chrf1" else "chrF2", num(ev["base"][chrf], 1),
+              num(ev["adapter"][chrf], 1)),
              ("answers that stop by themselves", pct(ev["base"]["stop_rate"], 0),
               pct(ev["adapter"]["stop_rate"], 0)),
              ("mean answer tokens", num(ev["base"]["answer_tokens"], 1),
@@ -231,4 +233,28 @@ SERVE = Section(
     run="`make bench-serve` (CPU) and `bash bench/gpu_serve.sh` (GPU)", table=serve_table,
     label=lambda r: ("GPU" if r["device"] == "cuda" else "CPU") + (", merged" if r["merged_adapter"] else ""))
 
-SECTIONS = [FULL_REPRO, TEST_SUITE, DATA_STAGES, REMOTE_S3, BRIGHTDATA, CPU_TRAIN, SERVE]
+# ---------------------------------------------------------------- seeds
+
+
+def seeds_table(records: list[dict]) -> list[str]:
+    r = records[-1]["results"]
+    over, seeds = r["over_seeds"], r["seeds"]
+    rows = []
+    for name, ratio in over["ratio"].items():
+        delta, verdicts = over["delta"].get(name, {}), over["verdicts"].get(name, {})
+        rows.append((name, f"{ratio['mean']:.4f} ± {ratio['sd'] or 0:.4f}",
+                     f"{delta.get('mean', 0):+.4f} ± {delta.get('sd') or 0:.4f}" if delta else "",
+                     " / ".join(str(verdicts.get(v, 0)) for v in ("adapter", "neither", "base"))))
+    return [*table(("metric", "adapter / base (mean ± sd)", "adapter − base (mean ± sd)",
+                    "seeds: adapter better / within noise / base better"), rows), "",
+            f"Seeds {', '.join(map(str, seeds))}; the gate passed for {over['gate_passed']} of {len(seeds)}."]
+
+
+SEEDS = Section(
+    bench="seeds", title="Seed noise of the evaluation",
+    what="The embedded default trained and evaluated once per `train.seed` (`dvc exp run -S train.seed=N` "
+         "in a fresh clone sharing this checkout's DVC cache). Each seed's interval covers the test rows it "
+         "was scored on; the spread over seeds is the training noise no single run's interval sees.",
+    run="`make bench-seeds`", table=seeds_table)
+
+SECTIONS = [FULL_REPRO, SEEDS, TEST_SUITE, DATA_STAGES, REMOTE_S3, BRIGHTDATA, CPU_TRAIN, SERVE]

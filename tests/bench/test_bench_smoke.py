@@ -26,6 +26,7 @@ BENCH = REPO / "bench"
 SMOKES = {
     "data_stages": ["bench/data_stages.py", "--smoke"],
     "full_repro": ["bench/full_repro.py", "--smoke"],
+    "seeds": ["bench/seeds.py", "--smoke"],
     "remote_s3": ["bench/remote_s3.py", "--smoke"],
     "brightdata_rate": ["bench/brightdata_rate.py", "--smoke"],
     "suite_time": ["bench/suite_time.py", "--smoke"],
@@ -141,6 +142,17 @@ def test_full_repro_smoke_times_a_toy_dags_full_and_no_op_repro(smoke):
     assert r["noop_repro_s"]["runs"] == 1 and r["noop_repro_s"]["median"] == r["noop_repro_s"]["max"] > 0
     assert r["train"] == {"steps": 2, "base_val_loss": 3.0, "val_loss": 2.0}
     assert r["evaluate"] == {"loss_ratio": 0.7}
+
+
+@smoke_of("seeds")
+def test_seeds_smoke_runs_one_experiment_per_seed_and_reports_the_spread(smoke):
+    r = one(smoke("seeds"), "seeds", "seeds")
+    # the toy's loss is 2 + (seed % 7) / 100 against a base of 3: each seed's experiment really ran
+    assert r["seeds"] == [1, 2, 3]
+    assert [r["per_seed"][s]["ratio"]["loss"] for s in ("1", "2", "3")] == [0.67, 0.673333, 0.676667]
+    assert r["over_seeds"]["ratio"]["loss"] == {"mean": 0.673333, "sd": 0.003334, "n": 3}
+    assert r["over_seeds"]["delta"]["loss"] == {"mean": -0.98, "sd": 0.01, "n": 3}
+    assert r["over_seeds"]["verdicts"]["loss"] == {"adapter": 3, "neither": 0, "base": 0}
 
 
 @smoke_of("remote_s3")
