@@ -5,6 +5,7 @@ plots draws, the Markdown people read, with scraped text kept inert). One WordLl
 import dataclasses
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -259,6 +260,8 @@ def test_a_better_adapter_passes_and_a_missing_metric_is_not_checked(gate_params
                                         "interval +1.000 to +9.000): better than the base")
     hosted = decide(gate_params, {"chrf1": CHRF_ROW}, None, "fp1")  # no loss without logits
     assert hosted["metrics"] == ["chrf1"] and hosted["passed"]
+    nothing = decide(gate_params, {"rougeL_f1": CHRF_ROW}, None, "fp1")  # no gate metric measured at all
+    assert not nothing["passed"] and nothing["line"] == "gate failed: none of loss, chrf1 was measured"
 
 
 def test_a_committed_adapter_better_than_this_ones_interval_fails_it(gate_params):
@@ -301,7 +304,7 @@ def test_a_committed_run_on_another_split_or_without_values_is_skipped(gate_para
 def test_committed_metrics_reads_a_commit_and_says_why_it_has_none(tmp_path, monkeypatch):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "evaluate.json").write_text('{"adapter": {"loss": 1.5}, "test_fingerprint": "f"}')
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)

@@ -63,6 +63,9 @@ def decide(params, compared: dict[str, dict], committed: dict | None, fingerprin
     failed = [c for c in checks if c["passed"] is False]
     # only a check that compared says so: with nothing committed (or another split) every one was skipped
     ref_compared = any(c["passed"] for c in checks[len(names):])
+    if not names:  # e.g. a hosted model gated on loss only: nothing measured is nothing passed
+        return {"mode": params.gate, "metrics": [], "against": params.gate_against or None, "passed": False,
+                "checks": [], "line": f"gate failed: none of {', '.join(params.gate_metrics)} was measured"}
     line = (f"gate failed: {failed[0]['line']}" if failed else
             f"gate passed: the adapter beats the base on {', '.join(names)}"
             + (f" and is not worse than {params.gate_against}'s" if ref_compared else ""))
