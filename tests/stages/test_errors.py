@@ -13,7 +13,7 @@ import yaml
 from stages import base, clean, evaluate, scrape, train, validate
 from stages import format as format_stage
 from stages.format import format_pairs
-from tests.stages.test_format import pair
+from tests.stages.test_format import doc, pair, write_docs
 from webtune.formats import harmony
 from webtune.params import load_section
 from webtune.schema import CHAT_ROWS, PAIRS
@@ -127,8 +127,9 @@ def test_format_names_a_missing_tokenizer_folder(tmp_path, capsys):
     pq.write_table(pa.Table.from_pylist([pair(1)], schema=PAIRS), pairs)
     missing = tmp_path / "base" / "tokenizer"
     out = tmp_path / "format"
-    argv = ["--pairs", str(pairs), "--tokenizer", str(missing),
+    argv = ["--pairs", str(pairs), "--docs", str(tmp_path / "docs.parquet"), "--tokenizer", str(missing),
             "--suite", str(REPO / "expectations/chat_rows.json"), "--out-dir", str(out),
+            "--test-docs", str(out / "test_docs.parquet"),
             "--openai-dir", str(out / "openai"), "--dropped", str(out / "dropped.parquet"),
             "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "m.json"),
             "--lengths-plot", str(tmp_path / "lengths.csv"), "--params", str(REPO / "params.yaml")]
@@ -187,10 +188,12 @@ def test_evaluate_refuses_an_adapter_folder_without_an_adapter(tiny_base, tok, t
     pq.write_table(chat_rows(tok, 2), test)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
+    test_docs = write_docs(tmp_path / "test_docs.parquet", [doc(1)])
     argv = ["--base", str(tiny_base), "--adapter", str(adapter), "--test", str(test),
+            "--test-docs", str(test_docs),
             "--samples", str(tmp_path / "samples.jsonl"), "--samples-report", str(tmp_path / "samples.md"),
             "--compare-plot", str(tmp_path / "compare.csv"), "--metrics", str(tmp_path / "m.json"),
             "--params", str(REPO / "params.yaml")]
     fails_with(capsys, evaluate.main, argv,
                f"evaluate: {adapter} has no adapter_config.json: not a PEFT adapter folder (run train)")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "test.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "test.parquet", "test_docs.parquet"]

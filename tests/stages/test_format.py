@@ -1,6 +1,8 @@
-"""format: messages, deterministic split, token budget drops, the rendered-row gate, OpenAI JSONL, and the
-stage end to end on the toy base's tokenizer (one worker and a pool of two)."""
+"""format: messages, the split by document, leaks_train and token budget drops, the rendered-row gate, OpenAI
+JSONL, the test documents, and the stage end to end on the toy base's tokenizer (one worker and a pool of
+two). The split and shingle functions themselves: tests/webtune/test_splits.py."""
 
+import collections
 import dataclasses
 import json
 import re
@@ -12,12 +14,17 @@ import pytest
 import yaml
 
 from stages import format as F
-from webtune import expectations, formats
+from webtune import expectations, expectations_batched, formats
 from webtune.formats import harmony
-from webtune.schema import PAIRS, short_hash
+from webtune.schema import CLEAN_DOCS, PAIRS, short_hash
+from webtune.splits import train_shingles
 
 FMT = harmony.FORMAT
 SUITE = "expectations/chat_rows.json"
+# 17 words: 5 shingles of 13. A half copy: its first 13 words and one of its own (2 shingles, 1 in train).
+TRAIN_ANSWER = ("The interpreter reads each line, compiles it to bytecode and runs the bytecode on a stack "
+                "machine.")
+HALF_COPY = "The interpreter reads each line, compiles it to bytecode and runs the bytecode quickly."
 
 
 @pytest.fixture
@@ -25,19 +32,33 @@ def params(load):
     return load("format")
 
 
-def pair(i: int, instruction: str | None = None, response: str | None = None, system: str = "") -> dict:
+def pair(i: int, instruction: str | None = None, response: str | None = None, system: str = "",
+         doc: int | None = None) -> dict:
+    """Pair i of document d{doc} (its own document d{i} unless doc is given)."""
     instruction = instruction or f"What does section {i} of the guide explain?"
-    return {"doc_id": f"d{i}", "source": "test", "url": f"https://x.example/{i}", "fetched_at": "t",
+    doc = i if doc is None else doc
+    return {"doc_id": f"d{doc}", "source": "test", "url": f"https://x.example/{doc}", "fetched_at": "t",
             "content_sha256": "0" * 64, "pair_id": short_hash(str(i), instruction), "task": "doc_qa",
             "system": system, "instruction": instruction,
             "response": response or f"Section {i} explains how the interpreter evaluates expressions, "
                                     f"step {i}."}
 
 
-def chat_suite(repo):
-    """The chat-rows suite with the format's own row pattern, as the stage sets it."""
+def chat_suite(repo, leak_threshold: float = 0.0):
+    """The chat-rows suite with the format's own row pattern and leak threshold, as the stage sets them."""
     suite = expectations.load_suite(repo / "expectations/chat_rows.json")
-    return expectations.with_kwargs(suite, F.ROW_PATTERN, regex=FMT.row_regex())
+    suite = expectations.with_kwargs(suite, F.ROW_PATTERN, regex=FMT.row_regex())
+    return expectations.with_kwargs(suite, F.BETWEEN, on_column="train_overlap", max_value=leak_threshold)
+
+
+def doc_in(split: str, params, skip: int = 0) -> int:
+    """The number of the (skip + 1)-th document d0, d1, ... that `params` sends to `split`."""
+    return [i for i in range(1000) if F.doc_split(f"d{i}", params) == split][skip]
+
+
+def seen_of(pairs: list[dict], params) -> frozenset[int]:
+    """The train pairs' shingles, as the stage collects them before formatting."""
+    return train_shingles(F.pair_text(p) for p in pairs if F.doc_split(p["doc_id"], params) == "train")
 
 
 def test_messages_have_the_structure_the_template_expects():
@@ -50,21 +71,99 @@ def test_messages_have_the_structure_the_template_expects():
     assert [m["role"] for m in F.to_messages(pair(2))] == ["user", "assistant"]
 
 
-def test_split_is_deterministic_and_close_to_the_ratios():
-    ids = [short_hash(str(i)) for i in range(5000)]
-    splits = [F.split_of(i, seed="s", train_ratio=0.8, val_ratio=0.1) for i in ids]
-    assert splits == [F.split_of(i, seed="s", train_ratio=0.8, val_ratio=0.1) for i in ids]
-    share = {s: splits.count(s) / len(splits) for s in F.SPLITS}
-    assert abs(share["train"] - 0.8) < 0.02 and abs(share["val"] - 0.1) < 0.015
-    other = [F.split_of(i, seed="t", train_ratio=0.8, val_ratio=0.1) for i in ids]
-    assert other != splits, "the salt must change the split"
+def splits_by_doc(rows: list[dict]) -> dict[str, set[str]]:
+    by_doc = collections.defaultdict(set)
+    for r in rows:
+        by_doc[r["doc_id"]].add(r["split"])
+    return by_doc
 
 
-def test_a_pair_keeps_its_split_when_others_are_added(tok, params):
-    rows_a, _ = F.format_pairs([pair(i) for i in range(50)], tok, FMT, params)
-    rows_b, _ = F.format_pairs([pair(i) for i in range(200)], tok, FMT, params)
+def test_every_pair_of_a_document_lands_in_its_documents_split(tok, params):
+    rows, _ = F.format_pairs([pair(i, doc=i // 3) for i in range(90)], tok, FMT, params)  # 30 docs x 3
+    by_doc = splits_by_doc(rows)
+    assert len(rows) == 90 and len(by_doc) == 30
+    assert by_doc == {d: {F.doc_split(d, params)} for d in by_doc}  # one split per document
+    assert set().union(*by_doc.values()) == set(F.SPLITS)  # and the documents do spread over all three
+    assert {r["train_overlap"] for r in rows if r["split"] == "train"} == {None}
+    assert {r["train_overlap"] for r in rows if r["split"] != "train"} == {0.0}  # 10-word answers: no shingle
+
+
+def test_a_documents_split_does_not_change_when_documents_are_added(tok, params):
+    rows_a, _ = F.format_pairs([pair(i, doc=i // 2) for i in range(50)], tok, FMT, params)
+    rows_b, _ = F.format_pairs([pair(i, doc=i // 2) for i in range(200)], tok, FMT, params)
     split_b = {r["pair_id"]: r["split"] for r in rows_b}
-    assert all(split_b[r["pair_id"]] == r["split"] for r in rows_a)
+    assert len(rows_a) == 50 and all(split_b[r["pair_id"]] == r["split"] for r in rows_a)
+
+
+def test_another_split_seed_moves_documents_with_all_their_pairs(tok, params):
+    pairs = [pair(i, doc=i // 3) for i in range(90)]
+    before = splits_by_doc(F.format_pairs(pairs, tok, FMT, params)[0])
+    after = splits_by_doc(F.format_pairs(pairs, tok, FMT, dataclasses.replace(params, split_seed="other"))[0])
+    assert all(len(s) == 1 for s in after.values())
+    moved = [d for d in before if before[d] != after[d]]
+    assert 0 < len(moved) < 30
+
+
+def test_a_val_answer_copying_a_train_pair_is_dropped_as_leaks_train(tok, params):
+    source = pair(1, response=TRAIN_ANSWER, doc=doc_in("train", params))
+    copy = pair(2, response=TRAIN_ANSWER, doc=doc_in("val", params))
+    seen = seen_of([source, copy], params)
+    rows, dropped = F.format_pairs([source, copy], tok, FMT, params, seen)
+    assert [(r["pair_id"], r["split"], r["train_overlap"]) for r in rows] == [
+        (source["pair_id"], "train", None)]
+    assert [(d["reason"], d["row_id"], d["stage"], d["detail"]) for d in dropped] == [
+        ("leaks_train", copy["pair_id"], "format",
+         "val answer: 100% of its 13-word shingles are in train rows > format.leak_threshold=0")]
+    rows, dropped = F.format_pairs([source, copy], tok, FMT, dataclasses.replace(params, leak_threshold=1.0),
+                                   seen)
+    assert [(r["pair_id"], r["split"], r["train_overlap"]) for r in rows] == [
+        (source["pair_id"], "train", None), (copy["pair_id"], "val", 1.0)]
+    assert dropped == []
+
+
+def test_a_test_answer_quoting_a_train_pairs_system_prompt_leaks_too(tok, params):
+    # 14 words: 2 shingles. The quote adds 4 words in front: 6 shingles, the 2 of the system prompt in train.
+    system = "You answer questions about the reference manual of the interpreter and quote it exactly."
+    source = pair(1, system=system, doc=doc_in("train", params))
+    quote = pair(2, response=f"As the manual says: {system}", doc=doc_in("test", params))
+    seen = seen_of([source, quote], params)
+    _, dropped = F.format_pairs([source, quote], tok, FMT, params, seen)
+    assert [(d["reason"], d["detail"]) for d in dropped] == [
+        ("leaks_train",
+         "test answer: 33% of its 13-word shingles are in train rows > format.leak_threshold=0")]
+    rows, _ = F.format_pairs([source, quote], tok, FMT, dataclasses.replace(params, leak_threshold=0.5), seen)
+    assert [(r["split"], r["train_overlap"]) for r in rows] == [("train", None), ("test", 2 / 6)]
+
+
+@pytest.mark.parametrize(("threshold", "detail"), [
+    (0.0, "val answer: 50% of its 13-word shingles are in train rows > format.leak_threshold=0"),
+    (0.25, "val answer: 50% of its 13-word shingles are in train rows > format.leak_threshold=0.25"),
+    (0.5, None),  # not above the threshold: kept
+])
+def test_an_answer_sharing_one_of_its_two_shingles_is_dropped_only_above_the_threshold(tok, params, threshold,
+                                                                                         detail):
+    source = pair(1, response=TRAIN_ANSWER, doc=doc_in("train", params))
+    half = pair(2, response=HALF_COPY, doc=doc_in("val", params))
+    at = dataclasses.replace(params, leak_threshold=threshold)
+    rows, dropped = F.format_pairs([source, half], tok, FMT, at, seen_of([source, half], params))
+    assert [d["detail"] for d in dropped] == ([detail] if detail else [])
+    assert [r["train_overlap"] for r in rows] == ([None] if detail else [None, 0.5])
+
+
+def test_check_rows_fails_a_val_row_over_the_leak_threshold(tok, params, repo):
+    source = pair(1, response=TRAIN_ANSWER, doc=doc_in("train", params))
+    half = pair(2, response=HALF_COPY, doc=doc_in("val", params))
+    # kept at 0.5 (train_overlap 0.5), then checked by gates at three thresholds
+    rows, _ = F.format_pairs([source, half], tok, FMT, dataclasses.replace(params, leak_threshold=0.5),
+                             seen_of([source, half], params))
+
+    def failed(suite) -> dict:
+        result = expectations_batched.combine(suite, [F.check_rows(suite, rows, 5)], "pair_id", 5)
+        return {r.name: r.sample_ids for r in result.failed}
+
+    over = {"expect_column_values_to_be_between[train_overlap]": (half["pair_id"],)}
+    assert failed(chat_suite(repo, 0.5)) == {}
+    assert failed(chat_suite(repo, 0.0)) == failed(chat_suite(repo, 0.49)) == over
 
 
 def test_rows_over_max_length_are_dropped_never_truncated(tok, params):
@@ -141,21 +240,37 @@ def write_pairs(path, pairs):
     return path
 
 
+def doc(i: int, text: str | None = None) -> dict:
+    """Clean document d{i}, the page pair(i) asks about (an é: its bytes outnumber its characters)."""
+    text = text or f"Page {i}: what the café's guide says."
+    return {"doc_id": f"d{i}", "source": "test", "url": f"https://x.example/{i}", "fetched_at": "t",
+            "content_sha256": "0" * 64, "content_type": "text/markdown", "title": f"Page {i}", "text": text,
+            "record": None, "n_chars": len(text)}
+
+
+def write_docs(path, docs):
+    pq.write_table(pa.Table.from_pylist(docs, schema=CLEAN_DOCS), path)
+    return path
+
+
 def too_long():
     return pair(99, response="w " * 900)  # ~900 tokens > format.max_length 512
 
 
 def error_lines(capsys) -> list[str]:
-    """stderr less the progress lines (`format: 7/30 pairs`): the stage's error message."""
+    """stderr less the progress lines (`format: 7/30 pairs`, the count of train shingles): the stage's error
+    message."""
     lines = capsys.readouterr().err.splitlines()
-    return [line for line in lines if not re.fullmatch(r"format: \d+/\d+ pairs", line)]
+    progress = re.compile(r"format: (\d+/\d+ pairs|[\d,]+ distinct 13-word shingles in train rows)")
+    return [line for line in lines if not progress.fullmatch(line)]
 
 
-def run_main(folder, *, pairs, tokenizer, suite, params):
+def run_main(folder, *, pairs, docs, tokenizer, suite, params):
     """format.main on files under `folder`; returns the output folder."""
     out = folder / "format"
-    F.main(["--pairs", str(pairs), "--tokenizer", str(tokenizer), "--suite", str(suite),
-            "--out-dir", str(out), "--openai-dir", str(out / "openai"),
+    F.main(["--pairs", str(pairs), "--docs", str(docs), "--tokenizer", str(tokenizer), "--suite", str(suite),
+            "--out-dir", str(out), "--test-docs", str(out / "test_docs.parquet"),
+            "--openai-dir", str(out / "openai"),
             "--dropped", str(out / "dropped.parquet"), "--report", str(folder / "report.md"),
             "--metrics", str(folder / "m.json"), "--params", str(params),
             "--lengths-plot", str(folder / "lengths.csv")])
@@ -164,7 +279,8 @@ def run_main(folder, *, pairs, tokenizer, suite, params):
 
 def test_main_writes_splits_jsonl_report_and_metrics(tiny_base, repo, tmp_path):
     pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(60)] + [too_long()])
-    out = run_main(tmp_path, pairs=pairs, tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,
+    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(60)])
+    out = run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,
                    params=repo / "params.yaml")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert sum(metrics["rows_per_split"].values()) == 60 and metrics["dropped"] == {"too_many_tokens": 1}
@@ -184,40 +300,80 @@ def test_a_pool_of_two_workers_writes_what_one_writes(tiny_base, repo, tmp_path,
     # No tokenizer in this process that forked workers could inherit: only the pool's initializer sets one.
     monkeypatch.setattr(F, "_worker", {})
     pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(40)] + [too_long()])
+    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(50)])
     suite = repo / SUITE
     outputs = {}
     for workers in (2, 1):  # the pool first, while this process holds no tokenizer
         folder = tmp_path / f"workers{workers}"
         folder.mkdir()
         params = write_params(repo, folder / "params.yaml", workers=workers, batch_rows=7)
-        run_main(folder, pairs=pairs, tokenizer=tiny_base / "tokenizer", suite=suite, params=params)
+        run_main(folder, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=suite,
+                 params=params)
         if workers == 2:
             assert F._worker == {}, "the pool's batches were formatted in this process"
         outputs[workers] = {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
                             if p.is_file() and p.name != "params.yaml"}
-    assert len(outputs[1]) == 9  # 3 splits, 2 JSONL, dropped, report, metrics, lengths
+    assert len(outputs[1]) == 10  # 3 splits, test docs, 2 JSONL, dropped, report, metrics, lengths
     assert outputs[2] == outputs[1]
     metrics = json.loads(outputs[1][next(p for p in outputs[1] if p.name == "m.json")])
     assert sum(metrics["rows_per_split"].values()) == 40 and metrics["dropped"] == {"too_many_tokens": 1}
 
 
+def test_main_drops_leaking_answers_and_writes_exactly_the_test_documents(tiny_base, repo, tmp_path, load):
+    params = load("format")
+    test_doc = doc_in("test", params)
+    source = pair(100, response=TRAIN_ANSWER, doc=doc_in("train", params))
+    copy = pair(101, response=TRAIN_ANSWER, doc=doc_in("val", params))
+    # only train text counts: a long val answer, and a test answer repeating it, are kept
+    own = "A val page has its own answer, longer than thirteen words, that no train row holds anywhere."
+    kept = [pair(102, response=own, doc=doc_in("val", params)), pair(103, response=own, doc=test_doc)]
+    pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(30)] + [source, copy, *kept])
+    # 50 pages, 20 of them without pairs; one test page half-quotes a train answer (1 of its 2 shingles)
+    docs = [doc(i, HALF_COPY if i == test_doc else None) for i in range(50)]
+    # a threshold off the default, so the drop and the gate must both read it from params
+    out = run_main(tmp_path, pairs=pairs, docs=write_docs(tmp_path / "docs.parquet", docs),
+                   tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,
+                   params=write_params(repo, tmp_path / "params.yaml", workers=1, leak_threshold=0.4))
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["dropped"] == {"leaks_train": 1}
+    assert pq.read_table(out / "dropped.parquet").select(["reason", "row_id", "detail"]).to_pylist() == [
+        {"reason": "leaks_train", "row_id": copy["pair_id"],
+         "detail": "val answer: 100% of its 13-word shingles are in train rows > format.leak_threshold=0.4"}]
+    overlaps = {s: pq.read_table(out / f"{s}.parquet").column("train_overlap").to_pylist() for s in F.SPLITS}
+    assert set(overlaps["train"]) == {None} and set(overlaps["val"] + overlaps["test"]) == {0.0}
+    assert sum(map(len, overlaps.values())) == 33  # 30 + the source and the two kept; the copy is gone
+
+    test_docs = pq.read_table(out / "test_docs.parquet")
+    expected = [d for d in docs if F.doc_split(d["doc_id"], params) == "test"]
+    assert test_docs.schema == CLEAN_DOCS and test_docs.to_pylist() == expected
+    per_split = collections.Counter(F.doc_split(d["doc_id"], params) for d in docs)
+    assert metrics["docs_per_split"] == {s: per_split[s] for s in F.SPLITS} and len(expected) > 1
+    assert metrics["test_docs_bytes"] == sum(len(d["text"].encode()) for d in expected)
+    assert metrics["test_docs_bytes"] > sum(len(d["text"]) for d in expected)  # counted in bytes, not chars
+    assert metrics["test_docs_train_overlap"] == 0.5  # the other test pages are too short for a shingle
+    # the gate holds the kept rows to the same threshold
+    assert "`column=train_overlap, min_value=0.0, max_value=0.4`" in (tmp_path / "report.md").read_text()
+
+
 def test_main_gate_failure_writes_no_rows_and_removes_stale_ones(tiny_base, repo, tmp_path, capsys):
     pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(30)])
+    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(30)])
     strict = tmp_path / "strict.json"  # every row has more than 5 tokens: the gate must fail
     suite = expectations.load_suite(repo / SUITE)
-    strict_suite = expectations.with_kwargs(suite, "expect_column_values_to_be_between", max_value=5)
+    strict_suite = expectations.with_kwargs(suite, F.BETWEEN, on_column="n_tokens", max_value=5)
     expectations.save_suite(strict_suite, strict)
     params = write_params(repo, tmp_path / "params.yaml", batch_rows=7, workers=1)
     out = tmp_path / "format"
-    stale = out / "train.parquet"
-    stale.parent.mkdir()
-    stale.write_bytes(b"a previous run")
+    out.mkdir()
+    for stale in ("train.parquet", "test_docs.parquet"):
+        (out / stale).write_bytes(b"a previous run")
     with pytest.raises(SystemExit) as exit_info:
-        run_main(tmp_path, pairs=pairs, tokenizer=tiny_base / "tokenizer", suite=strict, params=params)
+        run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=strict,
+                 params=params)
     assert exit_info.value.code == 1
     err = error_lines(capsys)
     assert err[:2] == [f"format: rendered rows failed {strict}:",
-                       "1 of 7 expectations failed (suite chat_rows, 30 rows)"]
+                       "1 of 8 expectations failed (suite chat_rows, 30 rows)"]
     assert err[2].startswith("  expect_column_values_to_be_between(column=n_tokens, min_value=1.0, "
                              "max_value=5.0): 30 of 30 rows unexpected; sample pair_id: ")
     assert err[3:] == [f"report: {tmp_path / 'report.md'}"]
@@ -243,22 +399,26 @@ def test_the_gate_checks_rows_against_the_formats_own_row_regex(tiny_base, repo,
 
     monkeypatch.setattr(harmony.Harmony, "render", off_channel)
     pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(6)])
+    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(6)])
     params = write_params(repo, tmp_path / "params.yaml", workers=1)
     with pytest.raises(SystemExit) as exit_info:
-        run_main(tmp_path, pairs=pairs, tokenizer=tiny_base / "tokenizer", suite=lax, params=params)
+        run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=lax,
+                 params=params)
     assert exit_info.value.code == 1
     err = error_lines(capsys)
     assert err[:2] == [f"format: rendered rows failed {lax}:",
-                       "1 of 7 expectations failed (suite chat_rows, 6 rows)"]
+                       "1 of 8 expectations failed (suite chat_rows, 6 rows)"]
     assert err[2].startswith("  expect_column_values_to_match_regex(column=text, regex=^(?:")
     assert err[2].endswith(f"1 of 6 rows unexpected; sample pair_id: {bad['pair_id']}")
 
 
 def test_a_max_length_beyond_the_bases_context_is_refused(tiny_base, repo, tmp_path, capsys):
     pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(3)])
+    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(3)])
     params = write_params(repo, tmp_path / "params.yaml", max_length=4096)
     with pytest.raises(SystemExit) as exit_info:
-        run_main(tmp_path, pairs=pairs, tokenizer=tiny_base / "tokenizer", suite=repo / SUITE, params=params)
+        run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,
+                 params=params)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == ("format: format.max_length: 4096 is beyond the base's context of 512 "
                                        "tokens (base.max_position_embeddings for the tiny base)\n")

@@ -23,6 +23,7 @@ from webtune.formats import harmony
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW_PATTERN = "expect_column_values_to_match_regex"
+BETWEEN = "expect_column_values_to_be_between"
 SUITES = sorted((ROOT / "expectations").glob("*.json"))
 
 
@@ -58,6 +59,26 @@ def test_with_kwargs_overrides_a_copy_and_refuses_a_type_the_suite_lacks():
         with_kwargs(suite, "expect_column_values_to_be_unique", column="a")
 
 
+def between(suite) -> dict:
+    """column -> (min_value, max_value) of the suite's between expectations."""
+    return {e.column: (e.min_value, e.max_value) for e in suite.expectations if e.expectation_type == BETWEEN}
+
+
+def test_with_kwargs_on_a_column_changes_only_that_columns_expectation():
+    suite = load_suite(ROOT / "expectations" / "chat_rows.json")
+    n_tokens = between(suite)["n_tokens"]
+    assert between(suite) == {"n_tokens": n_tokens, "train_overlap": (0.0, -1.0)}
+    changed = with_kwargs(suite, BETWEEN, on_column="train_overlap", max_value=0.25)
+    assert between(changed) == {"n_tokens": n_tokens, "train_overlap": (0.0, 0.25)}
+    assert between(suite)["train_overlap"] == (0.0, -1.0)  # the loaded suite is untouched
+    everywhere = with_kwargs(suite, BETWEEN, max_value=7)  # no column named: every between expectation
+    assert between(everywhere) == {"n_tokens": (n_tokens[0], 7), "train_overlap": (0.0, 7)}
+    with pytest.raises(InputError, match=f"suite 'chat_rows' has no {BETWEEN} to override"):
+        with_kwargs(suite, BETWEEN, on_column="n_chars", max_value=1)
+    with pytest.raises(InputError, match=f"suite 'chat_rows' has no {ROW_PATTERN} to override"):
+        with_kwargs(suite, ROW_PATTERN, on_column="train_overlap", regex=".*")
+
+
 # --- chat_rows.json on rendered rows ---------------------------------------------------------------
 
 CONVERSATIONS = {
@@ -86,17 +107,24 @@ def chat_rows(**overrides_by_id) -> pd.DataFrame:
     for pair_id, messages in CONVERSATIONS.items():
         text = harmony.FORMAT.render(messages)
         n = harmony.FORMAT.expected_special_ids(messages)
-        row = {"pair_id": pair_id, "split": "train", "messages": messages, "text": text,
-               "n_tokens": len(text) // 4, "n_special_ids": n, "n_expected_special_ids": n}  # fmt: skip
+        row = {"pair_id": pair_id, "split": "train", "train_overlap": None, "messages": messages,
+               "text": text, "n_tokens": len(text) // 4, "n_special_ids": n,
+               "n_expected_special_ids": n}  # fmt: skip
         rows.append(row | overrides_by_id.get(pair_id, {}))
     return pd.DataFrame(rows)
 
 
+def stage_suite(leak_threshold: float = 0.0):
+    """The suite as the format stage runs it: the file's, with the format's own row pattern and the
+    format.leak_threshold as the most train_overlap a val/test row may have."""
+    suite = load_suite(ROOT / "expectations" / "chat_rows.json")
+    suite = with_kwargs(suite, ROW_PATTERN, regex=harmony.FORMAT.row_regex())
+    return with_kwargs(suite, BETWEEN, on_column="train_overlap", max_value=leak_threshold)
+
+
 @pytest.fixture(scope="module")
 def chat_suite():
-    """The suite as the format stage runs it: the file's, with the format's own row pattern."""
-    suite = load_suite(ROOT / "expectations" / "chat_rows.json")
-    return with_kwargs(suite, ROW_PATTERN, regex=harmony.FORMAT.row_regex())
+    return stage_suite()
 
 
 def test_the_suite_file_holds_no_row_pattern_of_its_own_and_fails_closed_without_the_format_s():
@@ -104,8 +132,35 @@ def test_the_suite_file_holds_no_row_pattern_of_its_own_and_fails_closed_without
     [pattern] = [e for e in suite.expectations if e.expectation_type == ROW_PATTERN]
     assert (pattern.column, pattern.regex) == ("text", "^$")  # a placeholder, replaced at run time
     result = run_suite(suite, chat_rows(), id_column="pair_id", samples=5)
-    [failed] = result.failed  # run without the override, the gate rejects every row instead of passing them
-    assert (failed.type, failed.sample_ids) == (ROW_PATTERN, ("c0", "c1", "c2"))
+    # run without the overrides, the gate rejects every row instead of passing them
+    assert {r.name: r.sample_ids for r in result.failed} == {
+        "expect_column_values_to_match_regex[text]": ("c0", "c1", "c2"),
+        "expect_column_values_to_be_between[train_overlap]": (),  # see the next test
+    }
+
+
+def test_without_the_threshold_override_the_train_overlap_check_fails_whatever_the_rows():
+    suite = with_kwargs(load_suite(ROOT / "expectations" / "chat_rows.json"), ROW_PATTERN,
+                        regex=harmony.FORMAT.row_regex())
+    [overlap] = [e for e in suite.expectations
+                 if e.expectation_type == BETWEEN and e.column == "train_overlap"]
+    assert (overlap.min_value, overlap.max_value) == (0.0, -1.0)  # a placeholder no share can meet
+    val_rows = chat_rows(c0={"split": "val", "train_overlap": 0.0},
+                         c2={"split": "test", "train_overlap": 0.0})
+    for df in (val_rows, chat_rows()):  # with val/test rows, and with train rows (null) only
+        [failed] = run_suite(suite, df, id_column="pair_id", samples=5).failed
+        # min above max: GE refuses the expectation itself, so no table can pass it
+        assert (failed.name, failed.error) == ("expect_column_values_to_be_between[train_overlap]",
+                                               "min_value cannot be greater than max_value")
+
+
+def test_a_val_row_over_the_leak_threshold_fails_the_gate_and_one_at_it_passes(chat_suite):
+    df = chat_rows(c0={"split": "val", "train_overlap": 0.5}, c1={"split": "test", "train_overlap": 0.0})
+    [failed] = run_suite(chat_suite, df, id_column="pair_id", samples=5).failed  # threshold 0.0
+    assert (failed.name, failed.kwargs["max_value"], failed.sample_ids) == (
+        "expect_column_values_to_be_between[train_overlap]", 0.0, ("c0",))  # fmt: skip
+    assert run_suite(stage_suite(0.5), df, id_column="pair_id", samples=5).success
+    assert not run_suite(stage_suite(0.49), df, id_column="pair_id", samples=5).success
 
 
 def test_rendered_chat_rows_pass(chat_suite):
