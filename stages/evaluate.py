@@ -9,8 +9,8 @@ For the base and for the base + adapter (webtune.models.chat.Chat; one model in 
 same PeftModel with its adapter disabled):
 - loss on exactly the tokens train supervises (`train.channels`, `train.assistant_turns`) of every test
   row, token-weighted; perplexity = exp(loss);
-- bits per byte of the held-out test pages' cleaned text, scored as plain language modelling: tokenizer-
-  and length-independent, the adaptation to the domain's text itself;
+- bits per byte of the held-out test pages' cleaned text (the first `evaluate.page_bytes` of each), scored
+  as plain language modelling: tokenizer- and length-independent, the adaptation to the domain's text;
 - greedy answers to the test prompts (every row unless `evaluate.samples` says fewer), decoded alike for
   both, scored by webtune.evaluation.answers: chrF (beta 1, its precision and recall, and the recall-
   weighted chrF2), ROUGE-L, semantic similarity, length ratio, stop rate, loop rate, answer tokens;
@@ -102,7 +102,7 @@ def summarize(stats: dict, params: EvaluateParams, weights: dict) -> dict:
 def verdict_line(compared: dict) -> str:
     groups = {side: [n for n, row in compared.items() if row["verdict"] == side]
               for side in ("adapter", "base", "neither")}
-    parts = [f"the adapter is better on {', '.join(groups['adapter']) or 'no metric'}"]
+    parts = [f"The adapter is better on {', '.join(groups['adapter']) or 'no metric'}"]
     if groups["base"]:
         parts.append(f"worse on {', '.join(groups['base'])}")
     if groups["neither"]:
@@ -167,17 +167,14 @@ def evaluate(chat: Chat, *, pair_ids: list[str], rows: list[list[dict]], doc_ids
     return metrics, records
 
 
-def held_out(path: Path, max_bytes: int) -> tuple[list[str], list[str]]:
-    """(doc ids, texts) of the held-out test pages, whole pages in file order up to `max_bytes` (0: all)."""
+def held_out(path: Path, page_bytes: int) -> tuple[list[str], list[str]]:
+    """(doc ids, texts) of the held-out test pages, each cut to its first `page_bytes` bytes (0: whole) at a
+    character boundary: every page counts, the longest do not dominate, and scoring time is bounded."""
     table = io.parquet_file(path, ["doc_id", "text"], "the format stage").read(columns=["doc_id", "text"])
-    ids, texts, total = [], [], 0
-    for doc_id, text in zip(*(table.column(c).to_pylist() for c in ("doc_id", "text")), strict=True):
-        if max_bytes and total >= max_bytes:
-            break
-        ids.append(doc_id)
-        texts.append(text)
-        total += len(text.encode())
-    return ids, texts
+    texts = table.column("text").to_pylist()
+    if page_bytes:
+        texts = [t.encode()[:page_bytes].decode(errors="ignore") for t in texts]
+    return table.column("doc_id").to_pylist(), texts
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -201,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         pair_ids, rows = io.read_chat_rows(args.test)
         if not rows:
             raise errors.InputError(f"{args.test} has no rows: nothing to evaluate")
-        doc_ids, docs = held_out(args.test_docs, params.held_out_bytes)
+        doc_ids, docs = held_out(args.test_docs, params.page_bytes)
         start = time.perf_counter()
         torch.set_num_threads(params.threads)
         torch.manual_seed(0)

@@ -23,7 +23,6 @@
 """
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import json
@@ -37,7 +36,8 @@ import pyarrow as pa
 from webtune import errors, expectations, expectations_batched, expectations_report, formats, io, schema
 from webtune.parallel import ordered_map
 from webtune.params import load_section
-from webtune.splits import SPLITS, FormatParams, overlap, shingles, split_of, train_shingles
+from webtune.split_files import Tally, write_test_docs
+from webtune.splits import SPLITS, FormatParams, overlap, split_of, train_shingles
 
 STAGE = "format"
 ROW_PATTERN = "expect_column_values_to_match_regex"
@@ -97,55 +97,6 @@ def format_pairs(pairs: list[dict], tokenizer, fmt: formats.ChatFormat, params: 
             "n_expected_special_ids": fmt.expected_special_ids(msgs),
         })
     return rows, dropped
-
-
-class Tally:
-    """Running totals over batches: rows and tokens per split, a token-length count, drop reasons.
-
-    Memory is bounded by max_length x 3 splits, whatever the number of rows.
-    """
-
-    def __init__(self):
-        self.docs: dict = {}  # write_test_docs' counts
-        self.lengths: collections.Counter = collections.Counter()  # (split, n_tokens) -> rows
-        self.dropped: collections.Counter = collections.Counter()  # reason -> rows
-
-    def add(self, rows: list[dict], dropped: list[dict]) -> None:
-        self.lengths.update((r["split"], r["n_tokens"]) for r in rows)
-        self.dropped.update(d["reason"] for d in dropped)
-
-    def summary(self) -> dict:
-        by_length = collections.Counter()
-        for (_, n), c in self.lengths.items():
-            by_length[n] += c
-        total, seen, p95 = sum(by_length.values()), 0, 0
-        for n in sorted(by_length):
-            seen += by_length[n]
-            if seen > 0.95 * (total - 1):
-                p95 = n
-                break
-        per_split = {s: [(n, c) for (split, n), c in self.lengths.items() if split == s] for s in SPLITS}
-        return {
-            "rows": total,
-            "rows_per_split": {s: sum(c for _, c in v) for s, v in per_split.items()},
-            "tokens_per_split": {s: sum(n * c for n, c in v) for s, v in per_split.items()},
-            "tokens_max": max(by_length, default=0),
-            "tokens_p95": p95,
-            "tokens_mean": round(sum(n * c for n, c in by_length.items()) / total, 2) if total else 0,
-            "dropped": dict(sorted(self.dropped.items())),
-            **self.docs,
-        }
-
-    def histogram(self, max_length: int, buckets: int = 16) -> str:
-        """CSV for `dvc plots`: rows per token-length bucket and split (how close rows come to max_length)."""
-        width = max(1, -(-max_length // buckets))  # ceil: 512 / 16 = 32 tokens per bucket
-        counts = collections.Counter()
-        for (split, n), c in self.lengths.items():
-            counts[split, min(n // width, buckets - 1)] += c
-        lines = ["split,tokens,rows"]
-        for split in SPLITS:
-            lines += [f"{split},{b * width}-{(b + 1) * width - 1},{counts[split, b]}" for b in range(buckets)]
-        return "\n".join(lines) + "\n"
 
 
 @dataclasses.dataclass
@@ -240,29 +191,9 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
         io.write_text(expectations_report.render_report(result, title="format: rendered chat rows"),
                       args.report)
         expectations_report.check(result)  # raising here discards every temporary output
-        tally.docs = write_test_docs(args.docs, args.test_docs, params, seen)
+        tally.docs = write_test_docs(args.docs, args.test_docs, seen, lambda d: doc_split(d, params),
+                                     params.batch_rows)
     return tally, result
-
-
-def write_test_docs(docs: Path, out: Path, params: FormatParams, seen: frozenset[int]) -> dict:
-    """The test documents' cleaned text (what evaluate's bits per byte scores); documents per split, the
-    test text's size and the share of its shingles that train rows also hold (pages of one site share
-    text: a high share means bits per byte partly measures memory)."""
-    per_split, n_bytes, own, shared = collections.Counter(), 0, 0, 0
-    docs_file = io.parquet_file(docs, schema.CLEAN_DOCS.names, "the clean stage")
-    with io.parquet_writer(out, schema.CLEAN_DOCS) as writer:
-        for batch in docs_file.iter_batches(batch_size=params.batch_rows, columns=schema.CLEAN_DOCS.names):
-            test = []
-            for doc in batch.to_pylist():
-                per_split[split := doc_split(doc["doc_id"], params)] += 1
-                if split == "test":
-                    test.append(doc)
-                    n_bytes += len(doc["text"].encode())
-                    grams = shingles(doc["text"])
-                    own, shared = own + len(grams), shared + len(grams & seen)
-            writer.write_table(pa.Table.from_pylist(test, schema=schema.CLEAN_DOCS))
-    return {"docs_per_split": {s: per_split[s] for s in SPLITS}, "test_docs_bytes": n_bytes,
-            "test_docs_train_overlap": round(shared / own, 6) if own else 0.0}
 
 
 def main(argv=None) -> None:

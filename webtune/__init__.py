@@ -9,7 +9,8 @@ or a user command uses lives here, each variant one module behind one small seam
     quiet.py         library warnings and progress bars kept out of logs a script reads
     parallel.py      order-preserving worker-process map with bounded memory
     secrets.py       API tokens from the environment or a git-ignored .env; redaction of messages
-    splits.py        the format stage's knobs and its train / val / test split
+    splits.py        the format stage's knobs, its split by document and the leakage check (13-word shingles)
+    split_files.py   format's per-split tallies and the held-out test pages it writes for evaluate
     expectations.py  the Great Expectations gate (validate, format): suites and run_suite;
                      expectations_batched (a table in batches), expectations_report (failure message,
                      markdown report, check)

@@ -131,7 +131,8 @@ def with_kwargs(suite: gx.ExpectationSuite, expectation_type: str, *, on_column:
     targets = [e for e in data["expectations"] if e["type"] == expectation_type
                and on_column in (None, e["kwargs"].get("column"))]
     if not targets:
-        raise InputError(f"suite {data['name']!r} has no {expectation_type} to override")
+        on = f" on column {on_column!r}" if on_column else ""
+        raise InputError(f"suite {data['name']!r} has no {expectation_type}{on} to override")
     for e in targets:
         e["kwargs"].update(kwargs)
     return gx.ExpectationSuite(**data)

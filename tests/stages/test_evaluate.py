@@ -1,6 +1,7 @@
-"""Stage evaluate: base and adapter on the test split (loss on train's supervised tokens, greedy answers
-decoded with the params' knobs, their scores), its outputs, and its refusals. The scoring and the reports
-themselves are webtune.evaluation's (tests/webtune/test_evaluation.py).
+"""Stage evaluate: base and adapter on the test split and the held-out pages (loss on train's supervised
+tokens, bits per byte, greedy answers decoded with the params' knobs, their scores and intervals), the
+gate, the judge, its outputs, and its refusals. The scoring, intervals and reports themselves are
+webtune.evaluation's (tests/webtune/test_evaluation.py, tests/webtune/test_judge.py).
 
 The session's toy base and LoRA adapters made with peft (tests/webtune/models/test_inference.py: a fresh
 one, B = 0, and a perturbed one): seconds, not minutes.
@@ -23,14 +24,18 @@ from tests.toys import SMALL, TEXTS
 from tests.webtune.models.test_inference import QA, ROWS, lora_config, make_adapter
 from webtune import params as P
 from webtune.errors import ParamsError
-from webtune.evaluation import loops
+from webtune.evaluation.answers import loops
 from webtune.formats.harmony import FORMAT
 from webtune.models import load_base
 from webtune.models.inference import ChatModel
 from webtune.models.tiny import TinyParams, build_tiny_model
 from webtune.models.tiny_tokenizer import train_tokenizer
 from webtune.params import load_section
-from webtune.schema import CHAT_ROWS
+from webtune.schema import CHAT_ROWS, CLEAN_DOCS
+
+# Held-out pages for bits per byte: one short, one spanning several text_window windows.
+DOCS = ["The if statement selects one suite.", " ".join(f"word{i} of a longer page" for i in range(60))]
+NO_DOCS = dict(doc_ids=[], docs=[])
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +59,10 @@ TWO_TURNS = [
 def test_evaluate_scores_the_channels_and_turns_train_supervises(tiny_base, adapters, load):
     chat = ChatModel.load(tiny_base, adapters["perturbed"])
     tok, train_params = chat.tokenizer, load("train")
-    params = dataclasses.replace(load("evaluate"), samples=0, batch_size=2)
+    params = dataclasses.replace(load("evaluate"), samples=0, batch_size=2, max_new_tokens=2, gate="off")
 
     def supervised_tokens(turns: str) -> int:
-        metrics, _ = E.evaluate(chat, pair_ids=["a", "b", "c"], rows=TWO_TURNS, params=params,
+        metrics, _ = E.evaluate(chat, pair_ids=["a", "b", "c"], rows=TWO_TURNS, params=params, **NO_DOCS,
                                 supervised=dataclasses.replace(train_params, assistant_turns=turns),
                                 progress=lambda line: None)
         return metrics["supervised_tokens"]
@@ -77,9 +82,10 @@ def test_evaluate_scores_the_channels_and_turns_train_supervises(tiny_base, adap
 
 def test_evaluate_decodes_both_models_with_the_params_knobs(tiny_base, adapters, load):
     chat = ChatModel.load(tiny_base, adapters["perturbed"])
-    kw = dict(pair_ids=["p0", "p1"], rows=ROWS[:2], supervised=load("train"), progress=lambda line: None)
+    kw = dict(pair_ids=["p0", "p1"], rows=ROWS[:2], supervised=load("train"), progress=lambda line: None,
+              **NO_DOCS)
     params = dataclasses.replace(load("evaluate"), samples=2, max_new_tokens=8, batch_size=2,
-                                 repetition_penalty=1.0, no_repeat_ngram_size=0)
+                                 repetition_penalty=1.0, no_repeat_ngram_size=0, gate="off")
     knobs = dict(repetition_penalty=1.3, no_repeat_ngram_size=1)
     _, plain = E.evaluate(chat, params=params, **kw)
     _, decoded = E.evaluate(chat, params=P.replace(params, **knobs), **kw)
@@ -128,18 +134,29 @@ def write_test_split(path, rows):
     pq.write_table(pa.Table.from_pylist(records, schema=CHAT_ROWS), path)
 
 
-def stage_args(tmp_path, repo, tiny_base, adapter_dir, rows=ROWS, samples=3):
-    test, params = tmp_path / "test.parquet", tmp_path / "params.yaml"
+def write_test_docs(path, texts):
+    records = [{"doc_id": f"doc{i}", "source": "test", "url": f"test://doc/{i}",
+                "fetched_at": "2026-01-01T00:00:00Z",
+                "content_sha256": "0" * 64, "content_type": "text/plain", "title": f"doc {i}", "text": t,
+                "record": None, "n_chars": len(t)} for i, t in enumerate(texts)]
+    pq.write_table(pa.Table.from_pylist(records, schema=CLEAN_DOCS), path)
+
+
+def stage_args(tmp_path, repo, tiny_base, adapter_dir, rows=ROWS, samples=3, **evaluate):
+    test, docs, params = tmp_path / "test.parquet", tmp_path / "test_docs.parquet", tmp_path / "params.yaml"
     write_test_split(test, rows)
+    write_test_docs(docs, DOCS)
     all_params = yaml.safe_load((repo / "params.yaml").read_text())  # evaluate reads train's supervision too
-    all_params["evaluate"] = {"samples": samples, "max_new_tokens": 8, "repetition_penalty": 1.1,
-                              "no_repeat_ngram_size": 0, "batch_size": 2, "threads": 1}
+    all_params["evaluate"] |= {"samples": samples, "max_new_tokens": 8, "repetition_penalty": 1.1,
+                               "no_repeat_ngram_size": 0, "batch_size": 2, "threads": 1, "text_window": 16,
+                               "bootstrap": 200, "gate": "warn", "gate_against": ""} | evaluate
     params.write_text(yaml.safe_dump(all_params))
     out = {"samples": tmp_path / "reports" / "eval_samples.jsonl",
            "report": tmp_path / "reports" / "eval_samples.md",
            "plot": tmp_path / "reports" / "eval_compare.csv",
            "metrics": tmp_path / "metrics" / "evaluate.json"}
     argv = ["--base", str(tiny_base), "--adapter", str(adapter_dir), "--test", str(test),
+            "--test-docs", str(docs), "--judge-cache", str(tmp_path / "judge.sqlite"),
             "--samples", str(out["samples"]), "--samples-report", str(out["report"]),
             "--compare-plot", str(out["plot"]), "--metrics", str(out["metrics"]), "--params", str(params)]
     return argv, out
@@ -150,34 +167,43 @@ def test_main_writes_samples_report_plot_and_metrics(tmp_path, repo, tiny_base, 
     E.main(argv)
 
     metrics = json.loads(out["metrics"].read_text())
-    assert set(metrics) == {"base", "adapter", "loss_ratio", "chrf_ratio", "base_chrf_length_matched",
-                            "chrf_ratio_length_matched", "test_rows", "supervised_tokens", "samples"}
+    assert set(metrics) == {"base", "adapter", "delta", "ratio", "verdict", "gate", "test_rows", "samples",
+                            "supervised_tokens", "held_out_docs", "held_out_bytes", "confidence", "bootstrap",
+                            "test_fingerprint"}
+    every = {"loss", "perplexity", "bits_per_byte", "chrf1", "chrf_precision", "chrf_recall", "chrf2",
+             "rougeL_f1", "rougeL_precision", "rougeL_recall", "similarity", "length_ratio", "stop_rate",
+             "loop_rate", "answer_tokens"}
     for name in E.MODELS:
-        assert set(metrics[name]) == {"loss", "perplexity", "chrf", "stop_rate", "answer_tokens", "loop_rate"}
+        assert set(metrics[name]) == every
         assert metrics[name]["perplexity"] == pytest.approx(math.exp(metrics[name]["loss"]), rel=1e-5)
-        assert 0 <= metrics[name]["chrf"] <= 100 and 0 <= metrics[name]["stop_rate"] <= 1
+        assert 0 <= metrics[name]["chrf1"] <= 100 and 0 <= metrics[name]["stop_rate"] <= 1
         assert 0 < metrics[name]["answer_tokens"] <= 8 and 0 <= metrics[name]["loop_rate"] <= 1
+    assert set(metrics["delta"]) == every - {"perplexity"}
+    for name, d in metrics["delta"].items():
+        assert d["value"] == pytest.approx(metrics["adapter"][name] - metrics["base"][name], abs=2e-6)
+        assert d["low"] <= d["high"] and d["verdict"] in ({"", "adapter", "base", "neither"})
     ratio = metrics["adapter"]["loss"] / metrics["base"]["loss"]
-    assert metrics["loss_ratio"] == pytest.approx(ratio, rel=1e-5)
-    if metrics["base"]["chrf"]:
-        assert metrics["chrf_ratio"] == pytest.approx(metrics["adapter"]["chrf"] / metrics["base"]["chrf"],
-                                                      rel=1e-4)
-    else:
-        assert metrics["chrf_ratio"] is None
-    assert metrics["test_rows"] == 4 and metrics["samples"] == 3
+    assert metrics["ratio"]["loss"] == pytest.approx(ratio, rel=1e-5)
+    assert (metrics["test_rows"], metrics["samples"], metrics["held_out_docs"]) == (4, 3, 2)
+    assert metrics["held_out_bytes"] == sum(len(d.encode()) for d in DOCS)
 
     train_params = load("train")
     base = ChatModel.load(tiny_base)
     base_loss, n_tokens = base.assistant_loss(ROWS, batch_size=4, channels=train_params.channels,
                                               turns=train_params.assistant_turns)
     assert metrics["base"]["loss"] == round(base_loss, 6) and metrics["supervised_tokens"] == n_tokens
+    # bits per byte: the pages' summed nats (any window size scores every token once) over ln 2 x bytes
+    nats = sum(nll for nll, _ in base.text_nll(DOCS, window=64, batch_size=1))
+    assert metrics["base"]["bits_per_byte"] == pytest.approx(nats / math.log(2) / metrics["held_out_bytes"],
+                                                             rel=1e-4)
 
     samples = [json.loads(line) for line in out["samples"].read_text().splitlines()]
     assert [s["pair_id"] for s in samples] == ["p0", "p1", "p2"]  # the first rows, in file order
     assert samples[0]["prompt"] == QA[0][0] and samples[0]["reference"] == QA[0][1]
     assert set(samples[0]) == {"pair_id", "prompt", "reference", "base_output", "adapter_output",
-                               "base_stopped", "adapter_stopped", "base_chrf", "adapter_chrf",
-                               "base_tokens", "adapter_tokens", "base_loop", "adapter_loop"}
+                               "base_stopped", "adapter_stopped", "base_tokens", "adapter_tokens",
+                               "base_loop", "adapter_loop", "base_chrf1", "adapter_chrf1", "base_rougeL_f1",
+                               "adapter_rougeL_f1", "base_similarity", "adapter_similarity"}
     decoding = dict(max_new_tokens=8, batch_size=2, repetition_penalty=1.1)  # stage_args' knobs
     base_answers = base.generate(ROWS[:3], **decoding)
     assert [(s["base_output"], s["base_stopped"], s["base_tokens"]) for s in samples] == [
@@ -191,28 +217,59 @@ def test_main_writes_samples_report_plot_and_metrics(tmp_path, repo, tiny_base, 
     assert [s["adapter_loop"] for s in samples] == [loops(a.text) for a in adapter_answers]
 
     report = out["report"].read_text()
+    assert report.splitlines()[2] == f"**{metrics['verdict']}**"
     table = report[report.index("| question |"):].splitlines()[2:]
     assert len(table) == 3 and all(QA[i][0] in row for i, row in enumerate(table))
-    assert "| loss (assistant tokens) | " in report and "repetition_penalty 1.1" in report
+    assert "| bits per byte of held-out text | " in report and "repetition_penalty 1.1" in report
+    assert f"Gate (warn): {'passed' if metrics['gate']['passed'] else 'failed'}" in report
 
     plot = out["plot"].read_text().splitlines()
-    assert plot[0] == "model,loss,perplexity,chrf,stop_rate,answer_tokens,loop_rate" and len(plot) == 1 + 2
-    assert plot[2].startswith(f"adapter,{metrics['adapter']['loss']},{metrics['adapter']['perplexity']},")
+    assert plot[0] == "model,loss,bits_per_byte,chrf1,rougeL_f1,similarity,stop_rate,answer_tokens,loop_rate"
+    assert plot[2].startswith(f"adapter,{metrics['adapter']['loss']},{metrics['adapter']['bits_per_byte']},")
     assert plot[2].endswith(f",{metrics['adapter']['answer_tokens']},{metrics['adapter']['loop_rate']}")
 
-    assert "evaluate: loss base" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bits per byte of 2 held-out pages" in err and f"evaluate: {metrics['gate']['line']}" in err
 
 
-def test_main_with_no_samples_scores_the_loss_only(tmp_path, repo, tiny_base, adapters):
-    argv, out = stage_args(tmp_path, repo, tiny_base, adapters["perturbed"], samples=0)
-    E.main(argv)
+def test_samples_caps_the_answered_rows_and_zero_answers_every_row(tmp_path, repo, tiny_base, adapters):
+    for samples, answered in ((2, 2), (0, 4)):
+        (tmp_path / str(samples)).mkdir()
+        argv, out = stage_args(tmp_path / str(samples), repo, tiny_base, adapters["perturbed"],
+                               samples=samples)
+        E.main(argv)
+        metrics = json.loads(out["metrics"].read_text())
+        assert (metrics["samples"], metrics["test_rows"]) == (answered, 4)
+        assert len(out["samples"].read_text().splitlines()) == answered
+
+
+def test_an_adapter_equal_to_its_base_fails_the_gate_with_one_line(tmp_path, repo, tiny_base, adapters,
+                                                                    capsys):
+    """The fresh adapter (LoRA B = 0: what a learning rate of 0 leaves) is its base: no metric can be better,
+    so `gate: fail` exits 1 naming the metric, both values and the interval, after writing every output."""
+    argv, out = stage_args(tmp_path, repo, tiny_base, adapters["fresh"], gate="fail")
+    with pytest.raises(SystemExit) as e:
+        E.main(argv)
+    assert e.value.code == 1
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(r"evaluate: gate failed: loss: adapter (\S+) vs base \1, difference \+0\.00000 "
+                        r"\(95% interval \+0\.00000 to \+0\.00000\): the adapter is not better than the base",
+                        line), line
+    metrics = json.loads(out["metrics"].read_text())  # the verdict is in the metrics either way
+    assert metrics["gate"]["passed"] is False and metrics["delta"]["loss"]["verdict"] == "neither"
+    assert all(p.exists() for p in out.values())
+
+
+def test_a_shuffled_adapter_fails_the_gate_as_worse_than_its_base(tmp_path, repo, tiny_base, adapters,
+                                                                   capsys):
+    """The perturbed adapter's weights are noise: the base predicts the answers better, beyond noise."""
+    argv, out = stage_args(tmp_path, repo, tiny_base, adapters["perturbed"], gate="fail",
+                           gate_metrics=["loss"])
+    with pytest.raises(SystemExit):
+        E.main(argv)
+    assert capsys.readouterr().err.splitlines()[-1].endswith("the adapter is not better than the base")
     metrics = json.loads(out["metrics"].read_text())
-    assert metrics["samples"] == 0
-    assert metrics["base"]["chrf"] is None and metrics["adapter"]["stop_rate"] is None
-    assert out["samples"].read_text() == ""
-    assert "No samples (evaluate.samples is 0)." in out["report"].read_text()
-    plot_rows = out["plot"].read_text().splitlines()[1:]
-    assert [line.split(",")[3:] for line in plot_rows] == [[""] * 4] * 2  # only loss and perplexity
+    assert metrics["delta"]["loss"]["verdict"] == "base" and metrics["delta"]["loss"]["low"] > 0
 
 
 def test_main_is_repeatable_to_the_bit(tmp_path, repo, tiny_base, adapters):
@@ -268,10 +325,11 @@ def test_main_refuses_an_adapter_made_for_a_base_of_another_width(tmp_path, repo
 
 def test_the_base_only_numbers_are_the_base_alone(tiny_base, adapters, load):
     """evaluate's base column comes from the adapter's model with the adapter off: the same as the base."""
-    params = dataclasses.replace(load("evaluate"), samples=2, max_new_tokens=4, batch_size=2)
+    params = dataclasses.replace(load("evaluate"), samples=2, max_new_tokens=4, batch_size=2, text_window=16,
+                                 gate="off")
     train_params = load("train")
     kw = dict(pair_ids=[f"p{i}" for i in range(4)], rows=ROWS, params=params, supervised=train_params,
-              progress=lambda line: None)
+              progress=lambda line: None, doc_ids=["d0", "d1"], docs=DOCS)
     with_adapter, _ = E.evaluate(ChatModel.load(tiny_base, adapters["perturbed"]), **kw)
     base = load_base(tiny_base)
     alone, _ = E.evaluate(ChatModel(base.model, base.tokenizer, base.chat_format), **kw)
@@ -301,7 +359,46 @@ def test_main_on_a_hosted_adapter_scores_both_models_through_chat_completions(tm
         asked = {c.body["model"] for c in api.calls("POST", "/v1/chat/completions")}
     metrics = json.loads(out["metrics"].read_text())
     assert asked == {"gpt-4o-mini-2024-07-18", ft}
-    assert metrics["adapter"]["loss"] is None and "local-only" in metrics["loss_note"]
-    assert metrics["adapter"]["chrf"] > metrics["base"]["chrf"] and metrics["adapter"]["stop_rate"] == 1.0
-    assert "No loss (loss is local-only" in out["report"].read_text()
+    assert "loss" not in metrics["adapter"] and "bits_per_byte" not in metrics["adapter"]
+    assert "local-only" in metrics["loss_note"] and metrics["held_out_docs"] == 0
+    assert metrics["adapter"]["chrf1"] > metrics["base"]["chrf1"] and metrics["adapter"]["stop_rate"] == 1.0
+    assert "No loss or bits per byte (loss and bits per byte are local-only" in out["report"].read_text()
+    assert key not in "".join(p.read_text() for p in out.values())
+
+
+def test_main_with_a_judge_scores_both_orders_and_a_rerun_pays_nothing(tmp_path, repo, tiny_base, adapters,
+                                                                        monkeypatch):
+    """evaluate.judge.base_url set: every answered prompt is judged in both orders through the OpenAI
+    emulator, the verdicts land in the metrics, the records and the report, and a second run over the same
+    answers is served from the judge cache (no call)."""
+    from tests.emulators.openai import OpenAIEmulator
+
+    decoding = dict(max_new_tokens=8, batch_size=2, repetition_penalty=1.1)  # stage_args' knobs
+    adapter_answers = {a.text for a in ChatModel.load(tiny_base, adapters["perturbed"]).generate(ROWS[:3],
+                                                                                                 **decoding)}
+
+    def prefers_the_adapter(body):  # a judge that always finds the adapter's answer much better
+        user = body["messages"][1]["content"]
+        shown = json.loads(user[user.index("{") : user.rindex("}") + 1])
+        return "[[A>>B]]" if shown["answer_a"] in adapter_answers else "[[B>>A]]"
+
+    key = "sk-test-eval-judge-91c"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    with OpenAIEmulator(key=key) as api:
+        api.answer_for = prefers_the_adapter
+        judge = {"base_url": f"{api.url}/v1", "model": "judge-1", "key_env": "OPENAI_API_KEY",
+                 "max_tokens": 64, "length_margin": 200, "workers": 2}
+        argv, out = stage_args(tmp_path, repo, tiny_base, adapters["perturbed"], judge=judge)
+        E.main(argv)
+        first = json.loads(out["metrics"].read_text())["judge"]
+        calls = len(api.calls("POST", "/v1/chat/completions"))
+        E.main(argv)
+        again = json.loads(out["metrics"].read_text())["judge"]
+        assert len(api.calls("POST", "/v1/chat/completions")) == calls == 6  # 3 prompts x 2 orders, once
+    assert (first["adapter_wins"], first["base_wins"], first["ties"]) == (3, 0, 0)
+    assert first["score"] == {"value": 1.0, "low": 1.0, "high": 1.0} and first["model"] == "judge-1"
+    assert (first["usage"]["calls"], again["usage"]["calls"], again["usage"]["cached"]) == (6, 0, 6)
+    records = [json.loads(line) for line in out["samples"].read_text().splitlines()]
+    assert [r["judge_score"] for r in records] == [1.0] * 3
+    assert "Judge judge-1: adapter wins 3, base wins 0, ties 0" in out["report"].read_text()
     assert key not in "".join(p.read_text() for p in out.values())

@@ -67,15 +67,15 @@ def between(suite) -> dict:
 def test_with_kwargs_on_a_column_changes_only_that_columns_expectation():
     suite = load_suite(ROOT / "expectations" / "chat_rows.json")
     n_tokens = between(suite)["n_tokens"]
-    assert between(suite) == {"n_tokens": n_tokens, "train_overlap": (0.0, -1.0)}
+    assert between(suite) == {"n_tokens": n_tokens, "train_overlap": (None, -1.0)}
     changed = with_kwargs(suite, BETWEEN, on_column="train_overlap", max_value=0.25)
-    assert between(changed) == {"n_tokens": n_tokens, "train_overlap": (0.0, 0.25)}
-    assert between(suite)["train_overlap"] == (0.0, -1.0)  # the loaded suite is untouched
+    assert between(changed) == {"n_tokens": n_tokens, "train_overlap": (None, 0.25)}
+    assert between(suite)["train_overlap"] == (None, -1.0)  # the loaded suite is untouched
     everywhere = with_kwargs(suite, BETWEEN, max_value=7)  # no column named: every between expectation
-    assert between(everywhere) == {"n_tokens": (n_tokens[0], 7), "train_overlap": (0.0, 7)}
-    with pytest.raises(InputError, match=f"suite 'chat_rows' has no {BETWEEN} to override"):
+    assert between(everywhere) == {"n_tokens": (n_tokens[0], 7), "train_overlap": (None, 7)}
+    with pytest.raises(InputError, match=f"has no {BETWEEN} on column 'n_chars' to override"):
         with_kwargs(suite, BETWEEN, on_column="n_chars", max_value=1)
-    with pytest.raises(InputError, match=f"suite 'chat_rows' has no {ROW_PATTERN} to override"):
+    with pytest.raises(InputError, match=f"has no {ROW_PATTERN} on column 'train_overlap' to override"):
         with_kwargs(suite, ROW_PATTERN, on_column="train_overlap", regex=".*")
 
 
@@ -135,8 +135,7 @@ def test_the_suite_file_holds_no_row_pattern_of_its_own_and_fails_closed_without
     # run without the overrides, the gate rejects every row instead of passing them
     assert {r.name: r.sample_ids for r in result.failed} == {
         "expect_column_values_to_match_regex[text]": ("c0", "c1", "c2"),
-        "expect_column_values_to_be_between[train_overlap]": (),  # see the next test
-    }
+    }  # these rows are train rows (train_overlap null): the overlap placeholder is the next test's
 
 
 def test_without_the_threshold_override_the_train_overlap_check_fails_whatever_the_rows():
@@ -144,14 +143,14 @@ def test_without_the_threshold_override_the_train_overlap_check_fails_whatever_t
                         regex=harmony.FORMAT.row_regex())
     [overlap] = [e for e in suite.expectations
                  if e.expectation_type == BETWEEN and e.column == "train_overlap"]
-    assert (overlap.min_value, overlap.max_value) == (0.0, -1.0)  # a placeholder no share can meet
+    assert (overlap.min_value, overlap.max_value) == (None, -1.0)  # a placeholder no share can meet
     val_rows = chat_rows(c0={"split": "val", "train_overlap": 0.0},
                          c2={"split": "test", "train_overlap": 0.0})
-    for df in (val_rows, chat_rows()):  # with val/test rows, and with train rows (null) only
-        [failed] = run_suite(suite, df, id_column="pair_id", samples=5).failed
-        # min above max: GE refuses the expectation itself, so no table can pass it
-        assert (failed.name, failed.error) == ("expect_column_values_to_be_between[train_overlap]",
-                                               "min_value cannot be greater than max_value")
+    [failed] = run_suite(suite, val_rows, id_column="pair_id", samples=5).failed
+    # every checked row fails, named: even an answer sharing nothing with train is over -1
+    assert (failed.name, failed.sample_ids) == ("expect_column_values_to_be_between[train_overlap]",
+                                                ("c0", "c2"))
+    assert run_suite(suite, chat_rows(), id_column="pair_id", samples=5).success  # train rows: null, skipped
 
 
 def test_a_val_row_over_the_leak_threshold_fails_the_gate_and_one_at_it_passes(chat_suite):

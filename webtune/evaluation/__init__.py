@@ -95,7 +95,7 @@ class EvaluateParams:
     no_repeat_ngram_size: int = knob(at_least(0))
     batch_size: int = knob(at_least(1))
     threads: int = knob(at_least(1))
-    held_out_bytes: int = knob(at_least(0))
+    page_bytes: int = knob(at_least(0))
     text_window: int = knob(at_least(2))
     bootstrap: int = knob(at_least(100))
     confidence: float = knob(between(0.5, 0.999))

@@ -214,7 +214,7 @@ class ChatModel:
         start = self.tokenizer.eos_token_id if start is None else start
         pieces, owner = [], []
         for i, text in enumerate(texts):
-            ids = [start, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+            ids = [start, *self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]]
             for at in range(0, len(ids) - 1, window):
                 piece = ids[at : at + window + 1]
                 pieces.append((piece, [IGNORE, *piece[1:]]))
