@@ -110,11 +110,11 @@ def verdict_line(compared: dict) -> str:
     return "; ".join(parts) + " (intervals of the difference excluding zero)"
 
 
-def fingerprint(pair_ids: Sequence[str], rows: Sequence[Sequence[dict]], doc_ids, docs) -> str:
-    """What the numbers were measured on: the test prompts, references and held-out text (a gate against a
-    committed run compares only over the same)."""
-    h = hashlib.sha256(json.dumps([list(pair_ids), [list(r) for r in rows], list(doc_ids), list(docs)],
-                                  ensure_ascii=False).encode())
+def fingerprint(pair_ids: Sequence[str], rows: Sequence[Sequence[dict]], doc_ids, docs, samples: int) -> str:
+    """What the numbers were measured on: the test prompts and references, how many were answered, and the
+    held-out text (a gate against a committed run compares only over the same)."""
+    measured = [list(pair_ids), [list(r) for r in rows], list(doc_ids), list(docs), samples]
+    h = hashlib.sha256(json.dumps(measured, ensure_ascii=False).encode())
     return h.hexdigest()[:16]
 
 
@@ -144,7 +144,7 @@ def evaluate(chat: Chat, *, pair_ids: list[str], rows: list[list[dict]], doc_ids
         "held_out_docs": len(docs) if scored else 0,
         "held_out_bytes": sum(len(d.encode()) for d in docs) if scored else 0,
         "confidence": params.confidence, "bootstrap": params.bootstrap,
-        "test_fingerprint": fingerprint(pair_ids, rows, doc_ids, docs),
+        "test_fingerprint": fingerprint(pair_ids, rows, doc_ids, docs, n_samples),
     }
     if params.gate != "off":
         reference, note = (committed() if params.gate_against and committed else (None, ""))
