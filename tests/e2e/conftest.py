@@ -27,6 +27,10 @@ KNOBS = {
     "train.max_steps": 80, "train.batch_size": 4, "train.learning_rate": 0.006, "train.save_steps": 20,
     "train.eval_steps": 40, "train.logging_steps": 10,
     "evaluate.samples": 4, "evaluate.max_new_tokens": 24,
+    # A 1 M-parameter base after 80 steps beats itself on loss, not reliably on 4 short answers; the files
+    # that retrain with fewer steps must still run, so the gate warns (tests/stages/test_evaluate.py fails
+    # it, test_pipeline_model.py runs it against a commit), and nothing depends on what HEAD holds.
+    "evaluate.gate": "warn", "evaluate.gate_metrics": ["loss"], "evaluate.gate_against": "",
 }
 
 

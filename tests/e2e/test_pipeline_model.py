@@ -48,7 +48,9 @@ def project(built, tmp_path_factory) -> Path:
 def test_repro_trains_and_evaluates_and_the_adapter_beats_the_base(project):
     m = json.loads((project / "metrics/evaluate.json").read_text())
     assert m["adapter"]["loss"] <= 0.9 * m["base"]["loss"], m
-    assert m["loss_ratio"] == pytest.approx(m["adapter"]["loss"] / m["base"]["loss"], abs=1e-5)
+    assert m["ratio"]["loss"] == pytest.approx(m["adapter"]["loss"] / m["base"]["loss"], abs=1e-5)
+    assert m["delta"]["loss"]["high"] < 0 and m["delta"]["loss"]["verdict"] == "adapter"
+    assert m["gate"]["passed"] is True and m["held_out_docs"] >= 1 and m["adapter"]["bits_per_byte"] > 0
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["val_loss"] < train["base_val_loss"] and train["steps"] == 80
 
@@ -127,6 +129,23 @@ def test_an_evaluate_knob_in_an_experiment_reruns_only_evaluate_and_is_listed(pr
     assert "samples: 4" in (project / "params.yaml").read_text()
     assert len((project / "reports/eval_samples.jsonl").read_text().splitlines()) == 4
     assert sha256(project / ADAPTER) == state["adapter_sha"]
+
+
+def test_an_experiment_gated_against_head_compares_with_the_committed_adapter(project):
+    """`evaluate.gate_against: HEAD` in an experiment reads the committed metrics through DVC's API: the
+    same adapter over the same test split is not worse than itself, and the gate says it compared."""
+    commit(project, "the adapter the experiment is judged against")
+    out = dvc(project, "exp", "run", "--temp", "-S", "evaluate.gate=fail",
+              "-S", "evaluate.gate_against=HEAD", "-S", "evaluate.bootstrap=500")
+    assert ran_stages(out.stdout) == ["evaluate"]
+    passed = "evaluate: gate passed: the adapter beats the base on loss and is not worse than HEAD's"
+    assert passed in out.stderr
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    runs = [r for commit_ in shown for e in (commit_.get("experiments") or []) for r in e["revs"]]
+    [gated] = [r["data"]["metrics"]["metrics/evaluate.json"]["data"] for r in runs
+               if r["data"]["params"]["params.yaml"]["data"]["evaluate"]["gate_against"] == "HEAD"]
+    assert [(c["against"], c["passed"]) for c in gated["gate"]["checks"]] == [("base", True), ("HEAD", True)]
+    assert gated["gate"]["checks"][1]["line"].endswith("not worse than the adapter at HEAD")
 
 
 def test_a_past_adapter_comes_back_byte_identical_after_dvc_pull(project):
