@@ -58,6 +58,7 @@ def measure(chat: Chat, rows: list[list[dict]], docs: list[str], params: Evaluat
     answers, stats, n_tokens = {}, {name: {} for name in MODELS}, 0
     n_samples = len(rows) if params.samples == 0 else min(params.samples, len(rows))
     for name in MODELS:
+        start = time.perf_counter()
         with chat.base_only() if name == "base" else contextlib.nullcontext():
             if chat.can_score_loss:
                 losses = np.array(chat.row_losses(rows, params.batch_size, supervised.channels,
@@ -72,12 +73,15 @@ def measure(chat: Chat, rows: list[list[dict]], docs: list[str], params: Evaluat
                                                                 [len(d.encode()) for d in docs]])
                 progress(f"evaluate: {name} loss {loss:.4f} on {n_tokens:,} tokens, "
                          f"{METRICS['bits_per_byte'].value(stats[name]['bits_per_byte'].sum(0)):.4f} bits "
-                         f"per byte of {len(docs)} held-out pages; generating")
+                         f"per byte of {len(docs)} held-out pages ({time.perf_counter() - start:.0f} s); "
+                         "generating")
+                start = time.perf_counter()
             answers[name] = chat.generate(
                 rows[:n_samples], params.max_new_tokens, params.batch_size,
                 progress=lambda line, name=name: progress(f"evaluate: {name} {line}"),
                 repetition_penalty=params.repetition_penalty,
                 no_repeat_ngram_size=params.no_repeat_ngram_size)
+            progress(f"evaluate: {name} answered {n_samples} prompts in {time.perf_counter() - start:.0f} s")
     references = [m[-1]["content"] for m in rows[:n_samples]]
     for name in MODELS:
         stats[name] |= answer_stats(answers[name], references)

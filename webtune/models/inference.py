@@ -241,9 +241,11 @@ class ChatModel:
             logits = self.model(input_ids=ids.to(self.model.device),
                                 attention_mask=attention.to(self.model.device), use_cache=False).logits.cpu()
             # Position t predicts token t + 1.
-            per_token = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=IGNORE, reduction="none")
-            nll, counted = per_token.double().sum(1), (labels[:, 1:] != IGNORE).sum(1)
+            targets = labels[:, 1:]
+            per_token = torch.nn.functional.cross_entropy(  # flattened: (tokens, vocab) is the fast layout
+                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                reduction="none").view(targets.shape)
+            nll, counted = per_token.double().sum(1), (targets != IGNORE).sum(1)
             for j, i in enumerate(batch):
                 out[i] = (nll[j].item(), int(counted[j]))
         return out
