@@ -209,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # a local adapter, or a hosted fine-tune and its base model (hosted.json: train.backend openai)
         chat = load_chat(args.base, args.adapter, api_key=lambda model: secrets.require(
             KEY_ENV, needed_by=f"evaluate of hosted {model}"))
+        context = chat.tokenizer.model_max_length if chat.can_score_loss else None
+        if context and params.text_window >= context:
+            raise errors.ParamsError(f"evaluate.text_window: {params.text_window} tokens and their context "
+                                     f"token exceed the base's context of {context}")
         judged = None
         if params.judge.enabled:
             key = read_key(params.judge)

@@ -402,3 +402,11 @@ def test_main_with_a_judge_scores_both_orders_and_a_rerun_pays_nothing(tmp_path,
     assert [r["judge_score"] for r in records] == [1.0] * 3
     assert "Judge judge-1: adapter wins 3, base wins 0, ties 0" in out["report"].read_text()
     assert key not in "".join(p.read_text() for p in out.values())
+
+
+def test_a_text_window_beyond_the_bases_context_is_refused_naming_the_key(tmp_path, repo, tiny_base, adapters,
+                                                                           capsys):
+    context = ChatModel.load(tiny_base).tokenizer.model_max_length
+    argv, out = stage_args(tmp_path, repo, tiny_base, adapters["fresh"], text_window=context)
+    assert_refused(tmp_path, argv, out, capsys, f"evaluate.text_window: {context} tokens",
+                   f"the base's context of {context}")
