@@ -317,6 +317,13 @@ def test_committed_metrics_reads_a_commit_and_says_why_it_has_none(tmp_path, mon
               "'no-such-ref'")
     missing, note = committed_metrics("metrics/other.json", "HEAD")
     assert missing is None and note.startswith("could not read metrics/other.json at HEAD: FileNotFoundError")
+    # inside a stage run DVC has removed the stage's outputs: the committed file is still what is read
+    (tmp_path / "metrics" / "evaluate.json").write_text('{"adapter": {"loss": 1.2}, "test_fingerprint": "g"}')
+    subprocess.run([*git, "commit", "-qam", "newer"], cwd=tmp_path, check=True)
+    (tmp_path / "metrics" / "evaluate.json").unlink()
+    assert committed_metrics("metrics/evaluate.json", "HEAD")[0] == {"adapter": {"loss": 1.2},
+                                                                     "test_fingerprint": "g"}
+    assert committed_metrics("metrics/evaluate.json", "HEAD~1")[0]["adapter"] == {"loss": 1.5}
 
 
 # --- reports -------------------------------------------------------------------------------------

@@ -73,13 +73,22 @@ def decide(params, compared: dict[str, dict], committed: dict | None, fingerprin
             "passed": not failed, "checks": checks, "line": line}
 
 
-def committed_metrics(path: str, rev: str) -> tuple[dict | None, str]:
-    """(the metrics file at git `rev`, read through DVC's API, or None; a note saying why it is None)."""
-    import dvc.api
+def committed_metrics(path: str, rev: str, root: str = ".") -> tuple[dict | None, str]:
+    """(the metrics file at git `rev` of the DVC repository at `root`, or None; a note saying why None).
+
+    Through DVC's Repo.metrics.show, not dvc.api.metrics_show: the latter also reads the workspace copy and
+    raises when it is missing, and inside a stage run DVC has removed the stage's own outputs before the
+    command starts, so it never reaches the committed file."""
+    from dvc.repo import Repo
 
     try:
-        with contextlib.redirect_stderr(_io.StringIO()):  # DVC logs a missing target as an error
-            shown = dvc.api.metrics_show(path, rev=rev)
+        with contextlib.redirect_stderr(_io.StringIO()), Repo(root) as repo:  # DVC logs misses as errors
+            shown = repo.metrics.show([path], revs=[rev])
     except Exception as e:  # noqa: BLE001 - any DVC or git failure means "nothing to compare with"
         return None, f"could not read {path} at {rev}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-    return (shown or None), ("" if shown else f"{path} at {rev} holds no metrics")
+    found = next((v for k, v in shown.items() if k != "workspace"), {}).get("data", {}).get(path, {})
+    if "data" not in found:
+        error = found.get("error")
+        why = f"{type(error).__name__}" if error is not None else "nothing there"
+        return None, f"could not read {path} at {rev}: {why}"
+    return (found["data"] or None), ("" if found["data"] else f"{path} at {rev} holds no metrics")
