@@ -240,9 +240,10 @@ def seeds_table(records: list[dict]) -> list[str]:
     r = records[-1]["results"]
     over, seeds = r["over_seeds"], r["seeds"]
     rows = []
-    for name, ratio in over["ratio"].items():
-        delta, verdicts = over["delta"].get(name, {}), over["verdicts"].get(name, {})
-        rows.append((name, f"{ratio['mean']:.4f} ± {ratio['sd'] or 0:.4f}",
+    for name in sorted(over["ratio"].keys() | over["delta"].keys()):  # loop_rate: no ratio (base 0)
+        ratio, delta = over["ratio"].get(name), over["delta"].get(name, {})
+        verdicts = over["verdicts"].get(name, {})
+        rows.append((name, f"{ratio['mean']:.4f} ± {ratio['sd'] or 0:.4f}" if ratio else "",
                      f"{delta.get('mean', 0):+.4f} ± {delta.get('sd') or 0:.4f}" if delta else "",
                      " / ".join(str(verdicts.get(v, 0)) for v in ("adapter", "neither", "base"))))
     return [*table(("metric", "adapter / base (mean ± sd)", "adapter − base (mean ± sd)",
