@@ -37,7 +37,7 @@ import torch
 from webtune import errors, io, secrets
 from webtune.evaluation import METRICS, MODELS, EvaluateParams, round6
 from webtune.evaluation.answers import answer_stats
-from webtune.evaluation.gate import committed_metrics, decide
+from webtune.evaluation.gate import as_metrics, committed_metrics, decide
 from webtune.evaluation.intervals import compare, mean_interval, resample_weights
 from webtune.evaluation.judge import JudgeItem, judge, read_key
 from webtune.evaluation.report import compare_csv, sample_records, samples_report
@@ -152,7 +152,7 @@ def evaluate(chat: Chat, *, pair_ids: list[str], rows: list[list[dict]], doc_ids
     }
     if params.gate != "off":
         reference, note = (committed() if params.gate_against and committed else (None, ""))
-        metrics["gate"] = decide(params, compared, reference, metrics["test_fingerprint"])
+        metrics["gate"] = as_metrics(decide(params, compared, reference, metrics["test_fingerprint"]))
         if note:
             metrics["gate"]["note"] = note
     if chat.hosted_models:  # which models on the host answered (the samples report names them)

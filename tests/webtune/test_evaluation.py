@@ -14,7 +14,7 @@ from sacrebleu.metrics import CHRF
 
 from webtune.evaluation import METRICS, answers, round6
 from webtune.evaluation.answers import answer_stats, chrf_counts, loops, similarities
-from webtune.evaluation.gate import committed_metrics, decide
+from webtune.evaluation.gate import as_metrics, committed_metrics, decide
 from webtune.evaluation.intervals import compare, mean_interval, resample_weights, verdict
 from webtune.evaluation.report import cell, compare_csv, sample_records, samples_report, summary_table
 from webtune.models.chat import Answer
@@ -439,7 +439,11 @@ def test_sample_records_hold_each_answers_own_scores():
 
 def test_the_report_opens_with_the_verdict_the_table_the_gate_and_the_judge(params):
     warn = dataclasses.replace(params, gate="warn", gate_metrics=("loss", "chrf1"), gate_against="HEAD")
-    gate = decide(warn, {"loss": LOSS_ROW, "chrf1": dict(CHRF_ROW, low=-1.0, verdict="neither")}, None, "fp1")
+    rows = {"loss": LOSS_ROW, "chrf1": dict(CHRF_ROW, low=-1.0, verdict="neither")}
+    verdict = decide(warn, rows, None, "fp1")
+    gate = as_metrics(verdict)  # as metrics/evaluate.json holds it
+    assert gate["checks"]["HEAD"]["chrf1"] == {"passed": None,
+                                               "line": "chrf1: no committed value at HEAD to compare with"}
     judge = {"model": "judge|x", "adapter_wins": 3, "base_wins": 1, "ties": 1, "win_rate": 0.7,
              "score": {"value": 0.4, "low": -0.2, "high": 1.0}, "usage": {"calls": 10, "cached": 2}}
     records = report_inputs(["What is x?", "What is y?"])
@@ -449,7 +453,7 @@ def test_the_report_opens_with_the_verdict_the_table_the_gate_and_the_judge(para
     assert lines[4:12] == summary_table(metrics_json())
     assert lines[12:19] == [
         "", "Gate (warn): failed", "",
-        "- pass: " + gate["checks"][0]["line"],
+        "- pass: " + verdict["checks"][0]["line"],
         "- FAIL: chrf1: adapter 35.000 vs base 30.000, difference +5.000 (95% interval -1.000 to +9.000): "
         "the adapter is not better than the base",
         "- skipped: loss: no committed value at HEAD to compare with",

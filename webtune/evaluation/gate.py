@@ -1,6 +1,7 @@
 """The promotion gate: is this adapter better than the base, and not worse than the one it replaces?
 
     verdict = decide(params, compared, committed, fingerprint)   # {"passed", "checks", "line", ...}
+    as_metrics(verdict)                                          # checks by ref and metric, for the JSON
     committed = committed_metrics("metrics/evaluate.json", "HEAD")  # that commit's metrics, or None
 
 For each metric in `evaluate.gate_metrics`:
@@ -71,6 +72,15 @@ def decide(params, compared: dict[str, dict], committed: dict | None, fingerprin
             + (f" and is not worse than {params.gate_against}'s" if ref_compared else ""))
     return {"mode": params.gate, "metrics": names, "against": params.gate_against or None,
             "passed": not failed, "checks": checks, "line": line}
+
+
+def as_metrics(verdict: dict) -> dict:
+    """The verdict as metrics/evaluate.json holds it: checks keyed by what they compare with, then by metric
+    (`gate.checks.HEAD.loss.passed`), since DVC's metrics and `dvc exp show` drop lists."""
+    checks: dict[str, dict] = {}
+    for c in verdict["checks"]:
+        checks.setdefault(c["against"], {})[c["metric"]] = {"passed": c["passed"], "line": c["line"]}
+    return verdict | {"checks": checks}
 
 
 def committed_metrics(path: str, rev: str, root: str = ".") -> tuple[dict | None, str]:

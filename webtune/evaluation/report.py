@@ -123,7 +123,7 @@ def samples_report(metrics: dict, records: Sequence[dict], params) -> str:
     if gate.get("checks"):
         lines += ["", f"Gate ({gate['mode']}): " + ("passed" if gate["passed"] else "failed"), ""]
         lines += [f"- {'pass' if c['passed'] else 'FAIL' if c['passed'] is False else 'skipped'}: "
-                  f"{c['line']}" for c in gate["checks"]]
+                  f"{c['line']}" for by_metric in gate["checks"].values() for c in by_metric.values()]
     if metrics.get("judge"):
         j = metrics["judge"]
         score = j["score"]
