@@ -88,9 +88,10 @@ def measure(chat: Chat, rows: list[list[dict]], docs: list[str], params: Evaluat
     return answers, stats, n_tokens
 
 
-def summarize(stats: dict, params: EvaluateParams, weights: dict) -> dict:
+def summarize(stats: dict, params: EvaluateParams, weights: dict, row_pages: Sequence[str]) -> dict:
     """{metric: intervals.compare row} for every metric both models have; the same resamples for every
-    metric over the same items (rows, answers or pages): `weights` caches them by (items, count)."""
+    metric over the same items (rows, answers or pages): `weights` caches them by (items, count). With
+    `evaluate.resample: pages` a resample draws whole pages (`row_pages`: each test row's page)."""
     compared = {}
     for name, metric in METRICS.items():
         if name not in stats["base"]:
@@ -98,7 +99,9 @@ def summarize(stats: dict, params: EvaluateParams, weights: dict) -> dict:
         base, adapter = stats["base"][name], stats["adapter"][name]
         key = (metric.over, len(base))
         if key not in weights:
-            weights[key] = resample_weights(len(base), params.bootstrap, seed=0)
+            by_page = params.resample == "pages" and metric.over == "rows"
+            weights[key] = resample_weights(len(base), params.bootstrap, seed=0,
+                                            groups=row_pages[: len(base)] if by_page else None)
         compared[name] = compare(metric, base, adapter, weights[key], params.confidence)
     return compared
 
@@ -123,14 +126,14 @@ def fingerprint(pair_ids: Sequence[str], rows: Sequence[Sequence[dict]], doc_ids
 
 
 def evaluate(chat: Chat, *, pair_ids: list[str], rows: list[list[dict]], doc_ids: list[str], docs: list[str],
-             params: EvaluateParams, supervised: TrainParams, committed=None, judged=None,
-             progress=io.stderr) -> tuple[dict, list[dict]]:
+             params: EvaluateParams, supervised: TrainParams, row_pages: Sequence[str] | None = None,
+             committed=None, judged=None, progress=io.stderr) -> tuple[dict, list[dict]]:
     """(metrics, sample records) for base and adapter; writes nothing. `committed`: a callable returning
     (the metrics at evaluate.gate_against, a note) for the gate; `judged`: JudgeItems -> JudgeResult (the
     judge, when evaluate.judge.base_url is set)."""
     answers, stats, n_tokens = measure(chat, rows, docs, params, supervised, progress)
-    weights = {}
-    compared = summarize(stats, params, weights)
+    weights, row_pages = {}, list(row_pages) if row_pages is not None else list(pair_ids)
+    compared = summarize(stats, params, weights, row_pages)
     scored = chat.can_score_loss
     metrics = {name: {m: round6(row[name]) for m, row in compared.items()} for name in MODELS}
     for name in MODELS:
@@ -163,7 +166,8 @@ def evaluate(chat: Chat, *, pair_ids: list[str], rows: list[list[dict]], doc_ids
                          for r in records])
         resampled = weights.get(("rows", n_samples))
         if resampled is None:
-            resampled = resample_weights(n_samples, params.bootstrap, seed=0)
+            resampled = resample_weights(n_samples, params.bootstrap, seed=0,
+                                         groups=row_pages[:n_samples] if params.resample == "pages" else None)
         score = {k: round6(v) for k, v in mean_interval(result.scores, resampled, params.confidence).items()}
         metrics["judge"] = {"model": params.judge.model, **result.summary, "score": score}
         for record, s, v in zip(records, result.scores, result.verdicts, strict=True):
@@ -200,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with errors.reported(STAGE):
         params, supervised = load_section(STAGE, args.params), load_section("train", args.params)
         pair_ids, rows = io.read_chat_rows(args.test)
+        row_pages = io.parquet_file(args.test, ["doc_id"], "the format stage").read(
+            columns=["doc_id"]).column("doc_id").to_pylist()
         if not rows:
             raise errors.InputError(f"{args.test} has no rows: nothing to evaluate")
         doc_ids, docs = held_out(args.test_docs, params.page_bytes)
@@ -219,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             judged = lambda items: judge(items, params.judge, cache=args.judge_cache, api_key=key,  # noqa: E731
                                          progress=lambda line: io.stderr(f"evaluate: {line}"))
         metrics, samples = evaluate(chat, pair_ids=pair_ids, rows=rows, doc_ids=doc_ids, docs=docs,
-                                    params=params, supervised=supervised, judged=judged,
+                                    params=params, supervised=supervised, row_pages=row_pages, judged=judged,
                                     committed=lambda: committed_metrics(str(args.metrics),
                                                                         params.gate_against))
         with io.text_writer(args.samples) as f:

@@ -160,6 +160,22 @@ def test_resample_weights_draw_every_item_n_times_per_resample_the_same_for_a_se
     assert resample_weights(0, 300).shape == (300, 0)
 
 
+def test_resampling_by_page_draws_every_row_of_a_page_together_and_widens_the_interval():
+    pages = ["a", "a", "a", "b", "c", "c"]
+    w = resample_weights(6, 500, seed=1, groups=pages)
+    assert ((w[:, 0] == w[:, 1]) & (w[:, 1] == w[:, 2]) & (w[:, 4] == w[:, 5])).all()  # a page comes whole
+    assert (w[:, [0, 3, 4]].sum(1) == 3).all()  # three page draws per resample
+    # rows of one page agree (page a: the adapter 1.0 better on each; b and c: no better): drawing rows one
+    # by one counts page a three times as evidence, drawing pages counts it once
+    base = np.column_stack([np.full(6, 3.0), np.ones(6)])
+    adapter = base - np.array([[1.0, 0], [1.0, 0], [1.0, 0], [0, 0], [0, 0], [0, 0]])
+    by_row = compare(METRICS["loss"], base, adapter, resample_weights(6, 2000, seed=0), 0.95)
+    by_page = compare(METRICS["loss"], base, adapter, resample_weights(6, 2000, seed=0, groups=pages), 0.95)
+    assert by_row["delta"] == by_page["delta"] == -0.5
+    assert by_page["high"] - by_page["low"] > by_row["high"] - by_row["low"]
+    assert by_page["high"] == 0.0 and by_page["verdict"] == "neither"  # pages b and c drawn alone: no gain
+
+
 def loss_stats(nats, tokens) -> np.ndarray:
     return np.column_stack([nats, tokens]).astype(float)
 
@@ -465,7 +481,7 @@ def test_the_report_opens_with_the_verdict_the_table_the_gate_and_the_judge(para
         "Loss on all 92 test rows (10,403 supervised tokens); bits per byte on 4 held-out test pages (52,100 "
         "bytes). Answers, decoded the same way for both models: greedy, max_new_tokens 128, "
         "repetition_penalty 1.1, no_repeat_ngram_size off; 2 of 92 test rows answered (in file order). "
-        "Intervals: paired bootstrap, 2000 resamples of test rows (of pages for bits per byte). A loop: one "
+        "Intervals: paired bootstrap, 2000 resamples of whole held-out pages. A loop: one "
         "4-word sequence 3 or more times in an answer.")
     plain = samples_report(metrics_json(), records, dataclasses.replace(params, repetition_penalty=1.0,
                                                                         no_repeat_ngram_size=3))

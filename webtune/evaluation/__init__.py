@@ -23,6 +23,7 @@ from webtune.params import at_least, between, knob, one_of
 
 MODELS = ("base", "adapter")
 GATE_MODES = ("off", "warn", "fail")
+RESAMPLE_UNITS = ("pages", "rows")  # what the bootstrap draws: whole held-out pages, or test rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,7 @@ class EvaluateParams:
     page_bytes: int = knob(at_least(0))
     text_window: int = knob(at_least(2))
     bootstrap: int = knob(at_least(100))
+    resample: str = knob(one_of(*RESAMPLE_UNITS))
     confidence: float = knob(between(0.5, 0.999))
     gate: str = knob(one_of(*GATE_MODES))
     gate_metrics: tuple[str, ...] = knob(_metric_names)

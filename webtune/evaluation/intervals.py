@@ -17,12 +17,20 @@ import numpy as np
 from webtune.evaluation import Metric
 
 
-def resample_weights(n: int, resamples: int, seed: int = 0) -> np.ndarray:
-    """(resamples, n): how many times each of n items is drawn in each resample (each row sums to n)."""
+def resample_weights(n: int, resamples: int, seed: int = 0, groups=None) -> np.ndarray:
+    """(resamples, n): how many times each of n items is drawn in each resample.
+
+    `groups` (one label per item, e.g. its page): whole groups are drawn with replacement and every item
+    of a drawn group comes along (a cluster bootstrap). Items of one page are related, so resampling them
+    one by one would count one page's agreement as independent evidence and narrow the interval."""
     rng = np.random.default_rng(seed)
     if n == 0:
         return np.zeros((resamples, 0))
-    return rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+    if groups is None:
+        return rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+    labels, member = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    k = len(labels)
+    return rng.multinomial(k, np.full(k, 1 / k), size=resamples).astype(float)[:, member]
 
 
 def verdict(metric: Metric, low: float, high: float) -> str:

@@ -146,8 +146,10 @@ def samples_report(metrics: dict, records: Sequence[dict], params) -> str:
                     f"greedy, max_new_tokens {params.max_new_tokens}, repetition_penalty {penalty}, "
                     f"no_repeat_ngram_size {ngram}")
     lines += ["", f"{decoding}; {metrics['samples']} of {metrics['test_rows']} test rows answered (in file "
-                  f"order). Intervals: paired bootstrap, {params.bootstrap} resamples of test rows (of pages "
-                  f"for bits per byte). A loop: one {LOOP_NGRAM}-word sequence {LOOP_REPEATS} or more times "
+                  f"order). Intervals: paired bootstrap, {params.bootstrap} resamples "
+                  + ("of whole held-out pages" if params.resample == "pages"
+                     else "of test rows (of pages for bits per byte)")
+                  + f". A loop: one {LOOP_NGRAM}-word sequence {LOOP_REPEATS} or more times "
                   "in an answer.", ""]
     if not records:
         return "\n".join(lines + ["No samples."]) + "\n"
