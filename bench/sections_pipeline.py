@@ -254,7 +254,7 @@ def seeds_table(records: list[dict]) -> list[str]:
 SEEDS = Section(
     bench="seeds", title="Seed noise of the evaluation",
     what="The embedded default trained and evaluated once per `train.seed` (`dvc exp run -S train.seed=N` "
-         "in a fresh clone sharing this checkout's DVC cache). Each seed's interval covers the test rows it "
+         "in a fresh clone sharing this checkout's DVC cache). Each seed's interval covers the test pages it "
          "was scored on; the spread over seeds is the training noise no single run's interval sees.",
     run="`make bench-seeds`", table=seeds_table)
 

@@ -80,7 +80,6 @@ METRICS: dict[str, Metric] = {
     "loop_rate": Metric("loop rate", "lower", ratio_of_sums, 0, percent=True),
     "answer_tokens": Metric("answer tokens (mean)", "", ratio_of_sums, 1),
 }
-LOCAL_ONLY = ("loss", "bits_per_byte")  # need logits: a hosted model has none
 
 
 def _metric_names(names: tuple) -> str | None:

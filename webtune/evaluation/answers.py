@@ -27,8 +27,6 @@ from webtune.models.chat import Answer
 # ordinary prose (a definition restated, a parallel list), a third time is a model going round in circles.
 LOOP_NGRAM = 4
 LOOP_REPEATS = 3
-ANSWER_METRICS = ("chrf1", "chrf_precision", "chrf_recall", "chrf2", "rougeL_f1", "rougeL_precision",
-                  "rougeL_recall", "similarity", "length_ratio", "stop_rate", "loop_rate", "answer_tokens")
 
 
 def loops(text: str) -> bool:
@@ -83,7 +81,7 @@ def similarities(answers: Sequence[str], references: Sequence[str]) -> np.ndarra
 
 
 def answer_stats(answers: Sequence[Answer], references: Sequence[str]) -> dict[str, np.ndarray]:
-    """{metric: (n, k) per-answer stats} for ANSWER_METRICS: webtune.evaluation.METRICS[metric].value of
+    """{metric: (n, k) per-answer stats} for every answer metric: webtune.evaluation.METRICS[metric].value of
     their column sums is the metric over all answers, and of a resample's sums, over that resample."""
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers for {len(references)} references")
