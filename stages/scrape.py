@@ -1,9 +1,10 @@
-"""scrape: fetch raw documents from the configured source into one Parquet table.
+"""scrape: fetch raw documents from the configured source into a folder of Parquet shards.
 
-    python -m stages.scrape --sources-dir data/sources --out data/raw/docs.parquet \
+    python -m stages.scrape --sources-dir data/sources --out data/raw/docs \
         --ledger .webtune/scrape-ledger.sqlite --metrics metrics/scrape.json
 
-The raw table is written once and is all later stages read: re-running clean or anything after it
+The raw table (shards of scrape.shard_docs documents, in fetch order) is written once and is all later
+stages read: re-running clean or anything after it
 never re-scrapes. Documents that could not be fetched are rows with `fetch_error` set, so clean
 drops them with a reason and the metrics count them; a source that yields nothing at all fails.
 
@@ -25,9 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from webtune import errors, io, schema, secrets
+from webtune import errors, io, schema, secrets, shards
 from webtune.params import load_section
 from webtune.sources import EmptySourceError, ScrapeParams, SourceError, get_fetch, token_env, utc_now
 from webtune.sources.ledger import Ledger
@@ -70,8 +70,8 @@ def scrape(params: ScrapeParams, *, sources_dir: Path, now: Callable[[], str] = 
 def previous_fetch_times(path: Path) -> dict[tuple[str, str], str]:
     """(doc_id, content_sha256) -> fetched_at of the table a previous run left at `path` (empty if none)."""
     try:
-        table = pq.read_table(path, columns=["doc_id", "content_sha256", "fetched_at", "fetch_error"])
-    except (FileNotFoundError, pa.ArrowInvalid, KeyError):  # no previous run, or one of an older layout
+        table = shards.read_table(path, ["doc_id", "content_sha256", "fetched_at", "fetch_error"], STAGE)
+    except (errors.InputError, pa.ArrowInvalid, KeyError):  # no previous run, or one of an older layout
         return {}
     return {(d, c): t for d, c, t, e in zip(*(table.column(n).to_pylist() for n in table.column_names),
                                             strict=True) if e is None}
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
             table = scrape(params, sources_dir=args.sources_dir, first_seen=previous_fetch_times(args.out),
                            ledger=ledger, token=token)
             metrics = summarize(table, dict(ledger.counts) if ledger else None)
-        io.write_parquet(table, args.out, schema.RAW_DOCS)
+        shards.write_shards(table, args.out, schema.RAW_DOCS, params.shard_docs)
         io.write_json(metrics, args.metrics)
     io.stderr(f"scrape: {metrics['docs']} documents ({metrics['bytes'] / 1e6:.1f} MB), "
               f"failed {metrics['failed']} ({time.perf_counter() - start:.1f} s)")

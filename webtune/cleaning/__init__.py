@@ -22,8 +22,8 @@ class CleanParams:
     minhash_bands: int = knob(at_least(1))
     shingle_words: int = knob(at_least(1))
     seed: int = knob()
+    tasks: int = knob(at_least(1))
     workers: int = knob(at_least(1))
-    batch_docs: int = knob(at_least(1))
     pairs: PairsParams = knob()
 
     def problems(self):

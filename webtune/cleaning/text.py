@@ -6,8 +6,8 @@
   remove_boilerplate   short navigation/boilerplate lines (never inside code fences)
   mask         API-key shapes (an AWS access key id with the secret key that follows it) and e-mail
                addresses
-  score_doc    all of the above for one raw row, then length bounds, a dedup key and a MinHash (score first:
-               the stage applies the thresholds and the dedup in input order)
+  score_doc    all of the above for one raw row, then length bounds and a dedup key (score first: the
+               stage applies the thresholds, and dedups with `minhash` signatures)
 Every format's chat control tags are neutralised (`<|x|>` -> `<¦x¦>`): scraped text is data.
 """
 
@@ -225,8 +225,7 @@ def score_doc(raw: dict, params: CleanParams) -> dict:
     elif len(text) > params.max_chars:
         out["drop"] = ("too_long", f"{len(text)} chars > clean.max_chars={params.max_chars}")
     else:
-        out["dedup_key"] = dedup_key(text)
-        out["minhash"] = minhash(text, params)
+        out["dedup_key"] = dedup_key(text)  # its MinHash is the signature step's (cleaning.steps)
     return out
 
 

@@ -40,6 +40,7 @@ class ScrapeParams(Sectioned):
 
     source: str = knob(one_of(*SOURCES))
     max_doc_bytes: int = knob(at_least(1))
+    shard_docs: int = knob(at_least(1))
     variants: Variants = variant_sections(SOURCES, selector="source")  # scrape.pydoc, scrape.http, ...
 
 

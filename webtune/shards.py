@@ -1,0 +1,78 @@
+"""Shard folders: how the data half's tables are stored (`data/raw/docs/`, `data/clean/pairs/`, ...).
+
+A table is a folder of Parquet files named `00000.parquet`, `00001.parquet`, ... (one per task of the
+stage that wrote it), read in name order as one table. Every task writes its shard even when it has no
+rows, so a folder written by `tasks` tasks always holds exactly `tasks` files and a reader never has
+to guess whether a missing shard was empty or lost.
+
+Tasks read contiguous runs of their input's shards (`contiguous_shard`): task 0 the first files, task 1
+the next ones. datatrove's readers stride instead (files[rank::world_size]); contiguous runs keep
+"(task, row)" order equal to the input's order, which is what "the first copy of a document wins" and
+"the same output whatever the number of tasks" rest on.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from webtune import io
+from webtune.errors import InputError
+
+SUFFIX = ".parquet"
+
+
+def shard_name(rank: int) -> str:
+    return f"{rank:05d}{SUFFIX}"
+
+
+def shard_files(folder: str | Path, written_by: str) -> list[Path]:
+    """The shards of a table folder in order; InputError naming the folder if it is missing or empty."""
+    folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"{folder}: a single file where a folder of shards is expected "
+                         f"(written by an older {written_by}? re-run it)")
+    files = sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+    if not files:
+        raise InputError(f"{folder}: no shards (*{SUFFIX}); was it written by {written_by}?")
+    return files
+
+
+def contiguous_shard(n_files: int, rank: int, world_size: int) -> range:
+    """The indices of the input files task `rank` of `world_size` reads: a contiguous run, the runs
+    ordered by rank and covering all files; sizes differ by at most one."""
+    per, extra = divmod(n_files, world_size)
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (rank < extra))
+
+
+def iter_batches(folder: str | Path, columns: list[str], written_by: str,
+                 batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Every shard's record batches, in shard order: the folder read as one table, streamed."""
+    for path in shard_files(folder, written_by):
+        yield from io.parquet_file(path, columns, written_by).iter_batches(batch_size=batch_rows,
+                                                                            columns=columns)
+
+
+def num_rows(folder: str | Path, written_by: str) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files(folder, written_by))
+
+
+def read_table(folder: str | Path, columns: list[str], written_by: str) -> pa.Table:
+    """The whole table (small tables only: it is read into memory)."""
+    tables = [io.parquet_file(p, columns, written_by).read(columns=columns)
+              for p in shard_files(folder, written_by)]
+    return pa.concat_tables(tables)
+
+
+def write_shards(table: pa.Table, folder: str | Path, schema: pa.Schema, rows_per_shard: int) -> int:
+    """Write `table` as shards of at most rows_per_shard rows (at least one, maybe empty), replacing
+    `folder` atomically; return the number of shards."""
+    table = table.select(schema.names).cast(schema)
+    n = max(1, -(-table.num_rows // rows_per_shard))
+    with io.atomic_dir(folder) as tmp:
+        for i in range(n):
+            pq.write_table(table.slice(i * rows_per_shard, rows_per_shard), tmp / shard_name(i),
+                           compression="zstd")
+    return n
