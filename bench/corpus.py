@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from webtune import schema
+from webtune import schema, shards
 from webtune.sources import HTML, MARKDOWN, raw_row
 
 SOURCE = "bench"
@@ -253,16 +253,19 @@ def _inline_code_html(text: str) -> str:
     return "".join(p if k % 2 == 0 else f"<code>{p}</code>" for k, p in enumerate(parts))
 
 
-def generate(path: Path, pages: int, kind: str, seed: int, rows_per_group: int = 2000) -> dict:
-    """Stream `pages` generated pages into a RAW_DOCS Parquet file; return its size figures."""
+def generate(folder: Path, pages: int, kind: str, seed: int, shard_docs: int = 1000) -> dict:
+    """Stream `pages` generated pages into a folder of RAW_DOCS shards of shard_docs pages, as the scrape
+    stage writes them (webtune.shards); return its size figures."""
     gen = PageGenerator(seed)
     n_bytes = 0
-    with pq.ParquetWriter(path, schema.RAW_DOCS, compression="zstd") as writer:
-        for start in range(0, pages, rows_per_group):
-            rows = [gen.page(i, kind) for i in range(start, min(pages, start + rows_per_group))]
-            n_bytes += sum(r["n_bytes"] for r in rows)
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema.RAW_DOCS))
-    return {"pages": pages, "input_bytes": n_bytes, "parquet_bytes": path.stat().st_size}
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, start in enumerate(range(0, pages, shard_docs)):
+        rows = [gen.page(i, kind) for i in range(start, min(pages, start + shard_docs))]
+        n_bytes += sum(r["n_bytes"] for r in rows)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema.RAW_DOCS), folder / shards.shard_name(k),
+                       compression="zstd")
+    return {"pages": pages, "input_bytes": n_bytes,
+            "parquet_bytes": sum(p.stat().st_size for p in folder.iterdir())}
 
 
 def sample_pages(kind: str, n: int, seed: int) -> Iterator[dict]:

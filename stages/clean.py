@@ -49,7 +49,7 @@ def clean(raw: Path, out: dict[str, Path], scratch_root: Path, params: CleanPara
         progress(f"clean: {name} pass, {tasks} task{'s' * (tasks > 1)}, {time.perf_counter() - start:.1f} s")
     metrics = summarize(scratch, params.tasks)
     for name, path in out.items():
-        io.replace_dir(scratch / "out" / name, path)
+        shards.replace_dir(scratch / "out" / name, path)
     shutil.rmtree(scratch)
     return metrics
 

@@ -1,6 +1,6 @@
 """format: validated pairs -> chat rows (structured messages and their rendering), split by document, checked.
 
-    python -m stages.format --pairs data/validated/pairs.parquet --docs data/clean/docs.parquet \
+    python -m stages.format --pairs data/validated/pairs --docs data/clean/docs \
         --tokenizer models/base/tokenizer --suite expectations/chat_rows.json --out-dir data/format \
         --test-docs data/format/test_docs.parquet --openai-dir data/format/openai \
         --dropped data/format/dropped.parquet --report reports/format.md --metrics metrics/format.json \
@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from webtune import errors, expectations, expectations_batched, expectations_report, formats, io, schema
+from webtune import errors, expectations, expectations_batched, expectations_report, formats, io, schema, shards
 from webtune.parallel import ordered_map
 from webtune.params import load_section
 from webtune.split_files import Tally, write_test_docs
@@ -159,10 +159,9 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
                                      max_value=params.leak_threshold)
     if params.workers > 1:  # one tokenizer thread per worker process: the workers already fill the cores
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    pairs_file = io.parquet_file(args.pairs, schema.PAIRS.names, "the validate stage")
-    n_pairs, done, checks, tally = pairs_file.metadata.num_rows, 0, [], Tally()
-    seen = train_shingles(pair_text(p) for batch in pairs_file.iter_batches(
-        batch_size=params.batch_rows, columns=["doc_id", "system", "instruction", "response"])
+    n_pairs, done, checks, tally = shards.num_rows(args.pairs, "the validate stage"), 0, [], Tally()
+    seen = train_shingles(pair_text(p) for batch in shards.iter_batches(
+        args.pairs, ["doc_id", "system", "instruction", "response"], "the validate stage", params.batch_rows)
         for p in batch.to_pylist() if doc_split(p["doc_id"], params) == "train")
     progress(f"format: {len(seen):,} distinct 13-word shingles in train rows")
     with contextlib.ExitStack() as stack:
@@ -172,7 +171,7 @@ def format_files(args, params: FormatParams, progress=io.stderr) -> tuple[Tally,
         jsonl_out = {s: stack.enter_context(io.text_writer(args.openai_dir / f"{s}.jsonl"))
                      for s in ("train", "val")}
         dropped_out = stack.enter_context(io.parquet_writer(args.dropped, schema.DROPPED))
-        batches = pairs_file.iter_batches(batch_size=params.batch_rows, columns=schema.PAIRS.names)
+        batches = shards.iter_batches(args.pairs, schema.PAIRS.names, "the validate stage", params.batch_rows)
         for out in ordered_map(format_batch, batches, params.workers, params, initializer=init_worker,
                                initargs=(tokenizer, fmt, suite, seen)):
             tally.add(out.rows, out.dropped_rows)

@@ -1,11 +1,11 @@
 """validate: the gate between clean and format. Pairs that fail the suite never reach training.
 
-    python -m stages.validate --pairs data/clean/pairs.parquet --suite expectations/pairs.json \
-        --out data/validated/pairs.parquet --report reports/validate.md --metrics metrics/validate.json
+    python -m stages.validate --pairs data/clean/pairs --suite expectations/pairs.json \
+        --out data/validated/pairs --report reports/validate.md --metrics metrics/validate.json
 
 The suite file holds every threshold except the minimum row count, which is a knob
 (params.yaml validate.min_rows) set on the suite's row-count expectation at run time.
-The report and metrics are written whatever the outcome; the validated pairs (the input table, unchanged)
+The report and metrics are written whatever the outcome; the validated pairs (the input shards, unchanged)
 only on success. On failure the stage prints which expectations failed, with sample pair ids, removes any
 previous --out so format cannot run on stale data, and exits 1.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from webtune import errors, expectations, expectations_batched, expectations_report, io, schema
+from webtune import errors, expectations, expectations_batched, expectations_report, io, schema, shards
 from webtune.params import load_section
 
 STAGE = "validate"
@@ -37,10 +37,9 @@ def validate(
 
 
 def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """The pairs file as DataFrames of at most batch_rows rows (one empty frame for an empty file)."""
-    parquet = io.parquet_file(path, schema.PAIRS.names, "the clean stage")
+    """The pairs shards as DataFrames of at most batch_rows rows (one empty frame for no pairs)."""
     yielded = False
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=schema.PAIRS.names):
+    for batch in shards.iter_batches(path, schema.PAIRS.names, "the clean stage", batch_rows):
         yielded = True
         yield batch.to_pandas()
     if not yielded:
@@ -80,12 +79,13 @@ def main(argv=None) -> None:
                       args.report)
         io.write_json(summarize(result), args.metrics)
         if not result.success:
-            args.out.unlink(missing_ok=True)  # a previous run's pairs must not pass for validated ones
+            shutil.rmtree(args.out, ignore_errors=True)  # a previous run's pairs must not pass for validated ones
             raise errors.GateFailed(f"{args.pairs} failed {args.suite}:\n"
                                     f"{expectations_report.failure_message(result)}\n"
                                     f"report: {args.report}")
-        with io.atomic_path(args.out) as tmp:  # the validated pairs are the input, unchanged
-            shutil.copyfile(args.pairs, tmp)
+        with io.atomic_dir(args.out) as tmp:  # the validated pairs are the input, unchanged
+            for path in shards.shard_files(args.pairs, "the clean stage"):
+                shutil.copyfile(path, tmp / path.name)
     io.stderr(f"validate: {result.rows} pairs passed {len(result.results)} expectations")
 
 

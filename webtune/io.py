@@ -67,7 +67,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it 0700; the output folder should be as readable as any other
     try:
         yield tmp
-        replace_dir(tmp, path)
+        old = None
+        if path.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -129,16 +135,3 @@ os.umask(_UMASK)
 
 # C0 controls except \t \n \r, and DEL. A regex, not str.translate: ~10x faster (scrape decodes every page).
 _C0_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def replace_dir(src: str | Path, dst: str | Path) -> None:
-    """Move the finished folder `src` onto `dst` (same filesystem), replacing what was there."""
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if dst.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside first
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old)

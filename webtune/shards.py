@@ -11,6 +11,7 @@ the next ones. datatrove's readers stride instead (files[rank::world_size]); con
 "the same output whatever the number of tasks" rest on.
 """
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,12 @@ def read_table(folder: str | Path, columns: list[str], written_by: str) -> pa.Ta
     tables = [io.parquet_file(p, columns, written_by).read(columns=columns)
               for p in shard_files(folder, written_by)]
     return pa.concat_tables(tables)
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move the finished folder `src` (same filesystem) onto `dst`, replacing what was there."""
+    with io.atomic_dir(dst) as tmp:
+        os.replace(src, tmp)  # a rename onto atomic_dir's empty temp folder, which then replaces dst
 
 
 def write_shards(table: pa.Table, folder: str | Path, schema: pa.Schema, rows_per_shard: int) -> int:

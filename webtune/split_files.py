@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from webtune import io, schema
+from webtune import io, schema, shards
 from webtune.splits import SPLITS, shingles
 
 
@@ -21,9 +21,8 @@ def write_test_docs(docs: Path, out: Path, seen: frozenset[int], split_of_doc: C
     test text's size and the share of its shingles that train rows also hold (pages of one site share
     text: a high share means bits per byte partly measures memory)."""
     per_split, n_bytes, own, shared = collections.Counter(), 0, 0, 0
-    docs_file = io.parquet_file(docs, schema.CLEAN_DOCS.names, "the clean stage")
     with io.parquet_writer(out, schema.CLEAN_DOCS) as writer:
-        for batch in docs_file.iter_batches(batch_size=batch_rows, columns=schema.CLEAN_DOCS.names):
+        for batch in shards.iter_batches(docs, schema.CLEAN_DOCS.names, "the clean stage", batch_rows):
             test = []
             for doc in batch.to_pylist():
                 per_split[split := split_of_doc(doc["doc_id"])] += 1
