@@ -33,7 +33,16 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from webtune import errors, expectations, expectations_batched, expectations_report, formats, io, schema, shards
+from webtune import (
+    errors,
+    expectations,
+    expectations_batched,
+    expectations_report,
+    formats,
+    io,
+    schema,
+    shards,
+)
 from webtune.parallel import ordered_map
 from webtune.params import load_section
 from webtune.split_files import Tally, write_test_docs

@@ -79,7 +79,8 @@ def main(argv=None) -> None:
                       args.report)
         io.write_json(summarize(result), args.metrics)
         if not result.success:
-            shutil.rmtree(args.out, ignore_errors=True)  # a previous run's pairs must not pass for validated ones
+            # a previous run's pairs must not pass for validated ones
+            shutil.rmtree(args.out, ignore_errors=True)
             raise errors.GateFailed(f"{args.pairs} failed {args.suite}:\n"
                                     f"{expectations_report.failure_message(result)}\n"
                                     f"report: {args.report}")

@@ -33,7 +33,7 @@ def shard_files(folder: str | Path, written_by: str) -> list[Path]:
     folder = Path(folder)
     if folder.is_file():
         raise InputError(f"{folder}: a single file where a folder of shards is expected "
-                         f"(written by an older {written_by}? re-run it)")
+                         f"(an older version of {written_by} wrote it: re-run that stage)")
     files = sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
     if not files:
         raise InputError(f"{folder}: no shards (*{SUFFIX}); was it written by {written_by}?")

@@ -1,5 +1,6 @@
-"""clean, the stage: raw Parquet in, docs/dropped/pairs Parquet out through clean_files, each drop with its
-exact reason and detail. The per-document steps are tested in tests/webtune/cleaning/test_text.py."""
+"""clean, the stage: raw shards in, docs/dropped/pairs shard folders out through `clean` (datatrove passes
+on the local executor), each drop with its exact reason and detail. The per-document steps are tested in
+tests/webtune/cleaning/test_text.py, the cluster pass in tests/webtune/cleaning/test_dedup.py."""
 
 import dataclasses
 import itertools
@@ -8,11 +9,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from stages import clean as C
 from tests.webtune.cleaning.test_text import HTML_PAGE, prose
-from webtune.cleaning.text import dedup_key
+from webtune import shards
+from webtune.cleaning.text import dedup_key, minhash
 from webtune.errors import InputError
 from webtune.schema import CLEAN_DOCS, DROPPED, PAIRS, RAW_DOCS
 from webtune.sources import HTML, MARKDOWN, TEXT, failed_row, raw_row
@@ -26,22 +27,28 @@ def doc(url, body, content_type=MARKDOWN, title=""):
                    fetched_at=T)
 
 
-def run(rows, params, tmp_path):
-    """The stage's path: rows -> a RAW_DOCS Parquet file -> clean_files -> the three outputs read back."""
-    folder = tmp_path / f"run{next(_runs)}"
-    folder.mkdir()
-    raw = folder / "raw.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=RAW_DOCS), raw)
-    outs = [folder / f"{name}.parquet" for name in ("docs", "dropped", "pairs")]
-    metrics = C.clean_files(raw, *outs, params, progress=lambda line: None)
-    docs, dropped, pairs = (pq.read_table(p) for p in outs)
+OUTS = ("docs", "dropped", "pairs")
+
+
+def run(rows, params, tmp_path, shard_docs=3, folder=None):
+    """The stage's path: rows -> raw shards -> clean -> the three output folders read back, each as one
+    table (shards in order)."""
+    folder = folder or tmp_path / f"run{next(_runs)}"
+    raw = folder / "raw"
+    shards.write_shards(pa.Table.from_pylist(rows, schema=RAW_DOCS), raw, RAW_DOCS, shard_docs)
+    outs = {name: folder / name for name in OUTS}
+    metrics = C.clean(raw, outs, folder / "scratch", params, progress=lambda line: None)
+    assert [len(list(outs[name].iterdir())) for name in OUTS] == [params.tasks] * 3
+    docs, dropped, pairs = (shards.read_table(outs[n], s.names, "clean")
+                            for n, s in zip(OUTS, (CLEAN_DOCS, DROPPED, PAIRS), strict=True))
     assert (docs.schema, dropped.schema, pairs.schema) == (CLEAN_DOCS, DROPPED, PAIRS)
+    assert not any((folder / "scratch").iterdir()), "a finished run leaves no scratch behind"
     return docs, dropped, pairs, metrics
 
 
 @pytest.fixture
 def params(load):
-    return dataclasses.replace(load("clean"), workers=1, min_chars=100)
+    return dataclasses.replace(load("clean"), workers=1, tasks=2, min_chars=100)
 
 
 def reasons(dropped):
@@ -115,8 +122,9 @@ def test_exact_and_near_duplicates_are_dropped_first_one_wins(params, tmp_path):
     assert reasons(dropped) == {"b": "exact_duplicate", "c": "near_duplicate"}
     a_id = docs.column("doc_id")[0].as_py()
     assert details(dropped)["b"] == f"same normalised text as doc {a_id}"
-    assert details(dropped)["c"].startswith("estimated Jaccard")
-    assert details(dropped)["c"].endswith(f"with doc {a_id}")
+    # the cluster pass's Jaccard, from the signatures on disk, is rensa's own estimate
+    similarity = minhash(near, params).jaccard(minhash(base, params))
+    assert details(dropped)["c"] == f"estimated Jaccard {similarity:.2f} with doc {a_id}"
 
 
 def test_near_dup_threshold_is_a_knob(params, tmp_path):
@@ -170,40 +178,54 @@ def test_the_same_section_under_two_pages_is_dropped_as_a_duplicate_response(par
     assert len({dedup_key(p["response"]) for p in kept}) == len(kept)
 
 
-def test_two_workers_give_the_same_result_as_one(load, tmp_path):
+def shard_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_two_workers_write_the_bytes_one_writes_and_the_task_count_moves_rows_not_decisions(load, tmp_path):
     rows = [doc(f"d{i}", prose(i, 5)) for i in range(40)] + [doc("dup", prose(3, 5))]
-    p1 = dataclasses.replace(load("clean"), workers=1, batch_docs=7)
-    p2 = dataclasses.replace(p1, workers=2)
-    out1, out2 = run(rows, p1, tmp_path), run(rows, p2, tmp_path)
-    for t1, t2 in zip(out1[:3], out2[:3], strict=True):
-        assert t1.equals(t2)
-    assert out1[3] == out2[3]
+    p1 = dataclasses.replace(load("clean"), workers=1, tasks=3)
+    run(rows, p1, tmp_path, shard_docs=7, folder=tmp_path / "one")
+    run(rows, dataclasses.replace(p1, workers=2), tmp_path, shard_docs=7, folder=tmp_path / "two")
+    for name in OUTS:
+        assert shard_bytes(tmp_path / "one" / name) == shard_bytes(tmp_path / "two" / name)
+    # One task: other shards, the same rows in the same order, the same metrics.
+    out3, out1 = run(rows, p1, tmp_path, shard_docs=7), run(rows, dataclasses.replace(p1, tasks=1), tmp_path)
+    for t3, t1 in zip(out3[:3], out1[:3], strict=True):
+        assert t3.equals(t1)
+    assert out3[3] == out1[3]
     assert out1[1].column("reason").to_pylist() == ["exact_duplicate"]
 
 
-def test_a_raw_table_without_the_raw_columns_is_refused_naming_them(params, tmp_path):
-    raw = tmp_path / "raw.parquet"
-    pq.write_table(pa.table({"doc_id": ["a"], "body": ["text"]}), raw)
-    outs = [tmp_path / f"{name}.parquet" for name in ("docs", "dropped", "pairs")]
-    with pytest.raises(InputError, match=rf"^{raw}: missing columns source, url, fetched_at, content_sha256, "
-                                         r"content_type, title, record, n_bytes, n_bad_chars, fetch_error, "
-                                         r"fetch_detail \(was it written by the scrape stage\?\)$"):
-        C.clean_files(raw, *outs, params)
-    assert not any(p.exists() for p in outs)
+def test_a_raw_shard_without_the_raw_columns_is_refused_naming_it(params, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(pa.table({"doc_id": ["a"], "body": ["text"]}), raw / "00000.parquet")
+    outs = {name: tmp_path / name for name in OUTS}
+    with pytest.raises(InputError, match=(
+            rf"^{raw}/00000.parquet: missing columns source, url, fetched_at, content_sha256, content_type, "
+            r"title, record, n_bytes, n_bad_chars, fetch_error, fetch_detail "
+            r"\(was it written by the scrape stage\?\)$")):
+        C.clean(raw, outs, tmp_path / "scratch", params)
+    assert not any(p.exists() for p in outs.values())
 
 
-def test_main_streams_to_parquet_and_metrics(repo, tmp_path):
+def test_a_single_raw_file_is_refused_in_one_line(params, tmp_path):
+    pq.write_table(pa.table({"doc_id": ["a"]}), tmp_path / "docs.parquet")
+    with pytest.raises(InputError, match="a single file where a folder of shards is expected"):
+        C.clean(tmp_path / "docs.parquet", {n: tmp_path / n for n in OUTS}, tmp_path / "scratch", params)
+
+
+def test_main_writes_shards_and_metrics(repo, tmp_path):
     rows = [doc(f"d{i}", prose(i, 5)) for i in range(12)] + [doc("d0-again", prose(0, 5))]
-    pq.write_table(pa.Table.from_pylist(rows, schema=RAW_DOCS), tmp_path / "raw.parquet")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["clean"]["batch_docs"] = 5  # three batches: dedup must see across them
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    outs = {k: tmp_path / f"{k}.parquet" for k in ("docs", "dropped", "pairs")}
-    C.main(["--raw", str(tmp_path / "raw.parquet"), "--docs", str(outs["docs"]),
+    shards.write_shards(pa.Table.from_pylist(rows, schema=RAW_DOCS), tmp_path / "raw", RAW_DOCS, 5)
+    outs = {k: tmp_path / k for k in OUTS}
+    C.main(["--raw", str(tmp_path / "raw"), "--docs", str(outs["docs"]),
             "--dropped", str(outs["dropped"]), "--pairs", str(outs["pairs"]),
-            "--metrics", str(tmp_path / "m.json"), "--params", str(tmp_path / "params.yaml")])
+            "--scratch", str(tmp_path / "scratch"), "--metrics", str(tmp_path / "m.json"),
+            "--params", str(repo / "params.yaml")])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["docs_in"] == 13 and metrics["docs_out"] == 12
     assert metrics["dropped"]["exact_duplicate"] == 1
-    assert pq.read_table(outs["docs"]).num_rows == 12
-    assert pq.read_table(outs["pairs"]).num_rows == metrics["pairs_out"] > 0
+    assert shards.num_rows(outs["docs"], "clean") == 12
+    assert shards.num_rows(outs["pairs"], "clean") == metrics["pairs_out"] > 0

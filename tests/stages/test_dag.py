@@ -100,7 +100,7 @@ def test_each_stage_runs_its_module_and_depends_on_the_code_it_runs(repo, dag, n
 # Paths a command names on purpose without DVC tracking them: the scrape ledger is a resume cache of what
 # a paid source already fetched (git-ignored), not a dataset (stages/scrape.py, webtune/sources/ledger.py).
 # The judge cache likewise holds paid verdicts, so a re-run never pays twice (webtune/evaluation/judge.py).
-OUTSIDE_DVC = {".webtune/scrape-ledger.sqlite", ".webtune/judge-cache.sqlite"}
+OUTSIDE_DVC = {".webtune/scrape-ledger.sqlite", ".webtune/judge-cache.sqlite", ".webtune/scratch/clean"}
 
 
 @pytest.mark.parametrize("name", STAGES)

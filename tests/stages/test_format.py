@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from stages import format as F
-from webtune import expectations, expectations_batched, formats
+from webtune import expectations, expectations_batched, formats, shards
 from webtune.formats import harmony
 from webtune.schema import CLEAN_DOCS, PAIRS, short_hash
 from webtune.split_files import Tally
@@ -237,7 +237,7 @@ def write_params(repo, path, **fmt):
 
 def write_pairs(path, pairs):
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(pairs, schema=PAIRS), path)
+    shards.write_shards(pa.Table.from_pylist(pairs, schema=PAIRS), path, PAIRS, rows_per_shard=16)
     return path
 
 
@@ -250,7 +250,7 @@ def doc(i: int, text: str | None = None) -> dict:
 
 
 def write_docs(path, docs):
-    pq.write_table(pa.Table.from_pylist(docs, schema=CLEAN_DOCS), path)
+    shards.write_shards(pa.Table.from_pylist(docs, schema=CLEAN_DOCS), path, CLEAN_DOCS, rows_per_shard=16)
     return path
 
 
@@ -279,8 +279,8 @@ def run_main(folder, *, pairs, docs, tokenizer, suite, params):
 
 
 def test_main_writes_splits_jsonl_report_and_metrics(tiny_base, repo, tmp_path):
-    pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(60)] + [too_long()])
-    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(60)])
+    pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(60)] + [too_long()])
+    docs = write_docs(tmp_path / "docs", [doc(i) for i in range(60)])
     out = run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,
                    params=repo / "params.yaml")
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -300,8 +300,8 @@ def test_a_pool_of_two_workers_writes_what_one_writes(tiny_base, repo, tmp_path,
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # format sets it for a pool: undo after
     # No tokenizer in this process that forked workers could inherit: only the pool's initializer sets one.
     monkeypatch.setattr(F, "_worker", {})
-    pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(40)] + [too_long()])
-    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(50)])
+    pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(40)] + [too_long()])
+    docs = write_docs(tmp_path / "docs", [doc(i) for i in range(50)])
     suite = repo / SUITE
     outputs = {}
     for workers in (2, 1):  # the pool first, while this process holds no tokenizer
@@ -328,11 +328,11 @@ def test_main_drops_leaking_answers_and_writes_exactly_the_test_documents(tiny_b
     # only train text counts: a long val answer, and a test answer repeating it, are kept
     own = "A val page has its own answer, longer than thirteen words, that no train row holds anywhere."
     kept = [pair(102, response=own, doc=doc_in("val", params)), pair(103, response=own, doc=test_doc)]
-    pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(30)] + [source, copy, *kept])
+    pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(30)] + [source, copy, *kept])
     # 50 pages, 20 of them without pairs; one test page half-quotes a train answer (1 of its 2 shingles)
     docs = [doc(i, HALF_COPY if i == test_doc else None) for i in range(50)]
     # a threshold off the default, so the drop and the gate must both read it from params
-    out = run_main(tmp_path, pairs=pairs, docs=write_docs(tmp_path / "docs.parquet", docs),
+    out = run_main(tmp_path, pairs=pairs, docs=write_docs(tmp_path / "docs", docs),
                    tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,
                    params=write_params(repo, tmp_path / "params.yaml", workers=1, leak_threshold=0.4))
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -357,8 +357,8 @@ def test_main_drops_leaking_answers_and_writes_exactly_the_test_documents(tiny_b
 
 
 def test_main_gate_failure_writes_no_rows_and_removes_stale_ones(tiny_base, repo, tmp_path, capsys):
-    pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(30)])
-    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(30)])
+    pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(30)])
+    docs = write_docs(tmp_path / "docs", [doc(i) for i in range(30)])
     strict = tmp_path / "strict.json"  # every row has more than 5 tokens: the gate must fail
     suite = expectations.load_suite(repo / SUITE)
     strict_suite = expectations.with_kwargs(suite, F.BETWEEN, on_column="n_tokens", max_value=5)
@@ -399,8 +399,8 @@ def test_the_gate_checks_rows_against_the_formats_own_row_regex(tiny_base, repo,
         return text
 
     monkeypatch.setattr(harmony.Harmony, "render", off_channel)
-    pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(6)])
-    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(6)])
+    pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(6)])
+    docs = write_docs(tmp_path / "docs", [doc(i) for i in range(6)])
     params = write_params(repo, tmp_path / "params.yaml", workers=1)
     with pytest.raises(SystemExit) as exit_info:
         run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=lax,
@@ -414,8 +414,8 @@ def test_the_gate_checks_rows_against_the_formats_own_row_regex(tiny_base, repo,
 
 
 def test_a_max_length_beyond_the_bases_context_is_refused(tiny_base, repo, tmp_path, capsys):
-    pairs = write_pairs(tmp_path / "pairs.parquet", [pair(i) for i in range(3)])
-    docs = write_docs(tmp_path / "docs.parquet", [doc(i) for i in range(3)])
+    pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(3)])
+    docs = write_docs(tmp_path / "docs", [doc(i) for i in range(3)])
     params = write_params(repo, tmp_path / "params.yaml", max_length=4096)
     with pytest.raises(SystemExit) as exit_info:
         run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,

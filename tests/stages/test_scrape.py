@@ -206,7 +206,7 @@ def write_params(repo, tmp_path, **scrape) -> Path:
 
 
 def main_args(tmp_path, params_file, src) -> list[str]:
-    return ["--sources-dir", str(src), "--out", str(tmp_path / "raw.parquet"), "--ledger",
+    return ["--sources-dir", str(src), "--out", str(tmp_path / "raw"), "--ledger",
             str(tmp_path / "ledger.sqlite"), "--metrics", str(tmp_path / "m.json"),
             "--params", str(params_file)]
 
@@ -225,11 +225,11 @@ def test_main_writes_table_and_metrics_and_fails_cleanly_on_empty(repo, tmp_path
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == ("scrape: source 'files' produced no documents: check scrape.files in "
                                        "params.yaml\n")
-    assert not (tmp_path / "raw.parquet").exists()
-    assert list(tmp_path.glob(".raw.parquet*")) == [], "a temporary file was left behind"
+    assert not (tmp_path / "raw").exists()
+    assert list(tmp_path.glob(".raw*")) == [], "a temporary folder was left behind"
     (src / "a.md").write_text("# A\n\ntext")
     S.main(args)
-    assert pq.read_table(tmp_path / "raw.parquet").num_rows == 1
+    assert pq.read_table(tmp_path / "raw").num_rows == 1
     assert json.loads((tmp_path / "m.json").read_text())["docs_ok"] == 1
 
 
@@ -240,12 +240,12 @@ def test_previous_fetch_times_reads_what_main_wrote_and_skips_failures(repo, tmp
     (src / "big.txt").write_text("x" * 200)  # over max_doc_bytes: a failed row, which has no content time
     with_clock(monkeypatch, OLD_TIME)
     S.main(main_args(tmp_path, write_params(repo, tmp_path, source="files", max_doc_bytes=100), src))
-    rows = pq.read_table(tmp_path / "raw.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "raw").to_pylist()
     assert sorted(r["fetch_error"] or "" for r in rows) == ["", "too_large"]
     ok = next(r for r in rows if r["fetch_error"] is None)
-    times = S.previous_fetch_times(tmp_path / "raw.parquet")
+    times = S.previous_fetch_times(tmp_path / "raw")
     assert times == {(ok["doc_id"], ok["content_sha256"]): OLD_TIME}
-    assert S.previous_fetch_times(tmp_path / "missing.parquet") == {}
+    assert S.previous_fetch_times(tmp_path / "missing") == {}
 
 
 def test_main_twice_on_unchanged_files_writes_a_byte_identical_table(repo, tmp_path, monkeypatch):
@@ -256,11 +256,11 @@ def test_main_twice_on_unchanged_files_writes_a_byte_identical_table(repo, tmp_p
     args = main_args(tmp_path, write_params(repo, tmp_path, source="files"), src)
     with_clock(monkeypatch, OLD_TIME)
     S.main(args)
-    first = (tmp_path / "raw.parquet").read_bytes()
+    first = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
     with_clock(monkeypatch, FIXED_TIME)
     S.main(args)
-    assert (tmp_path / "raw.parquet").read_bytes() == first
-    assert set(pq.read_table(tmp_path / "raw.parquet").column("fetched_at").to_pylist()) == {OLD_TIME}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == first
+    assert set(pq.read_table(tmp_path / "raw").column("fetched_at").to_pylist()) == {OLD_TIME}
 
 
 def unlocker_params(repo, tmp_path, brightdata, urls, **knobs) -> Path:
@@ -307,12 +307,12 @@ def test_the_token_is_read_from_dot_env_and_appears_in_no_output(repo, tmp_path,
     brightdata.pages["https://t.test/b"] = Page("", faults=[echo] * 9)
     params = unlocker_params(repo, tmp_path, brightdata, ["https://t.test/a", "https://t.test/b"])
     S.main(main_args(tmp_path, params, tmp_path))
-    rows = pq.read_table(tmp_path / "raw.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "raw").to_pylist()
     assert [r["fetch_error"] for r in rows] == [None, "unlocker_error"]
     this_run = json.loads((tmp_path / "m.json").read_text())["this_run"]
     assert this_run == {"cached": 0, "fetched": 1, "requested": 2}
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env"]
-    assert {p.name for p in written} >= {"raw.parquet", "m.json", "ledger.sqlite", "params.yaml"}
+    assert {p.name for p in written} >= {"00000.parquet", "m.json", "ledger.sqlite", "params.yaml"}
     for path in written:
         assert FAKE_BRIGHTDATA_TOKEN.encode() not in path.read_bytes(), path
     assert FAKE_BRIGHTDATA_TOKEN not in capsys.readouterr().err
@@ -346,7 +346,7 @@ def test_a_killed_scrape_resumes_and_ends_with_the_table_of_an_uninterrupted_run
     killed.wait(10)
     with Ledger.open(tmp_path / "killed" / "ledger.sqlite") as ledger:
         done = {u for u in urls if ledger.fetched("brightdata_unlocker", normalise_url(u), generation=0)}
-    assert 10 <= len(done) < 40 and not (tmp_path / "killed" / "raw.parquet").exists()
+    assert 10 <= len(done) < 40 and not (tmp_path / "killed" / "raw").exists()
     at_kill = len(brightdata.seen)
     resumed = run_scrape(tmp_path / "killed", args)
     assert resumed.wait(60) == 0, resumed.stderr.read()
@@ -354,7 +354,7 @@ def test_a_killed_scrape_resumes_and_ends_with_the_table_of_an_uninterrupted_run
     again = [s.body["url"] for s in brightdata.seen[at_kill:]]
     assert not done & set(again), "a page the ledger held was requested again"
     assert sorted(set(again) | done) == sorted(urls)
-    table, reference = (pq.read_table(tmp_path / d / "raw.parquet").drop(["fetched_at"])
+    table, reference = (pq.read_table(tmp_path / d / "raw").drop(["fetched_at"])
                         for d in ("killed", "whole"))
     assert table.equals(reference)
     metrics = json.loads((tmp_path / "killed" / "m.json").read_text())
@@ -378,5 +378,5 @@ def test_a_scrape_killed_while_polling_resumes_the_stored_snapshot_and_never_tri
     resumed = run_scrape(tmp_path, args)
     assert resumed.wait(60) == 0, resumed.stderr.read()
     assert len(brightdata.requests_to("/datasets/v3/trigger")) == 1
-    assert pq.read_table(tmp_path / "raw.parquet").column("url").to_pylist() == urls
+    assert pq.read_table(tmp_path / "raw").column("url").to_pylist() == urls
     assert json.loads((tmp_path / "m.json").read_text())["this_run"] == {"records": 3, "resumed": 1}

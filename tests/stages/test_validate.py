@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from stages.validate import main, validate
-from webtune import io, schema
+from webtune import schema, shards
 from webtune.expectations import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,17 +154,17 @@ def test_batched_validation_gives_the_same_outcome_as_one_table(suite):
 # --- main(): files in, files out -------------------------------------------------------------------
 
 
-PAIRS_FILE = Path("clean") / "pairs.parquet"  # under tmp_path
+PAIRS_FILE = Path("clean") / "pairs"  # under tmp_path: a folder of shards
 REPORT_FILE = Path("reports") / "validate.md"
 
 
 def run_main(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path, Path]:
-    pairs, out = tmp_path / PAIRS_FILE, tmp_path / "validated" / "pairs.parquet"
+    pairs, out = tmp_path / PAIRS_FILE, tmp_path / "validated" / "pairs"
     report, metrics = tmp_path / REPORT_FILE, tmp_path / "metrics" / "validate.json"
     params = tmp_path / "params.yaml"
     # batch_rows 4: main reads 6 rows as two batches, so cross-batch duplicates must still be caught
     params.write_text(f"validate:\n  min_rows: {MIN_ROWS}\n  report_samples: 5\n  batch_rows: 4\n")
-    io.write_parquet(table(rows), pairs, schema.PAIRS)
+    shards.write_shards(table(rows), pairs, schema.PAIRS, rows_per_shard=4)  # two shards
     main(["--pairs", str(pairs), "--suite", str(SUITE_PATH), "--out", str(out), "--report", str(report),
           "--metrics", str(metrics), "--params", str(params)])  # fmt: skip
     return out, report, metrics
@@ -173,8 +172,9 @@ def run_main(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path, Path]:
 
 def test_main_writes_validated_pairs_report_and_metrics_on_success(tmp_path):
     out, report, metrics = run_main(tmp_path, good_rows())
-    assert pq.read_table(out).equals(table(good_rows()))
-    assert out.read_bytes() == (tmp_path / PAIRS_FILE).read_bytes()  # the input, unchanged
+    assert shards.read_table(out, schema.PAIRS.names, "validate").equals(table(good_rows()))
+    assert [(p.name, p.read_bytes()) for p in shards.shard_files(out, "validate")] == [
+        (p.name, p.read_bytes()) for p in shards.shard_files(tmp_path / PAIRS_FILE, "clean")]  # unchanged
     assert "**PASSED**" in report.read_text()
     m = json.loads(metrics.read_text())
     assert (m["rows"], m["failed"], m["success"]) == (6, 0, True)
@@ -187,8 +187,8 @@ def test_main_exits_1_naming_the_failures_and_removes_a_stale_out(tmp_path, caps
     rows = good_rows()
     rows[5]["instruction"] = rows[0]["instruction"]
     rows[2]["response"] = "too short"
-    stale = tmp_path / "validated" / "pairs.parquet"
-    io.write_parquet(table(good_rows()), stale, schema.PAIRS)  # a previous run's output
+    stale = tmp_path / "validated" / "pairs"
+    shards.write_shards(table(good_rows()), stale, schema.PAIRS, 4)  # a previous run's output
 
     with pytest.raises(SystemExit) as exit_info:
         run_main(tmp_path, rows)

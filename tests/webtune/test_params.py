@@ -232,7 +232,8 @@ from webtune.sources import get_fetch
 
 scrape = P.load_section("scrape", sys.argv[1])
 assert (scrape.source, scrape.rss.feeds, scrape.rss.max_items) == ("rss", ("https://example.test/feed",), 5)
-assert [k for k in P.without_report_knobs(scrape) if k not in ("source", "max_doc_bytes")] == ["rss"]
+shared = ("source", "max_doc_bytes", "shard_docs")
+assert [k for k in P.without_report_knobs(scrape) if k not in shared] == ["rss"]
 assert list(get_fetch("rss")(scrape, sources_dir=None, now=lambda: "")) == []
 print("loaded")
 """

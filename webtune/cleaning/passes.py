@@ -22,8 +22,15 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 from webtune import schema, shards
 from webtune.cleaning import CleanParams
 from webtune.cleaning.dedup import Cluster
-from webtune.cleaning.steps import STAGE, RawShards, RensaSignature, Score, ScoredShard, ShardSink, \
-    minhash_config
+from webtune.cleaning.steps import (
+    STAGE,
+    RawShards,
+    RensaSignature,
+    Score,
+    ScoredShard,
+    ShardSink,
+    minhash_config,
+)
 
 OUTPUTS = {"docs": schema.CLEAN_DOCS, "pairs": schema.PAIRS, "dropped": schema.DROPPED}
 
@@ -82,7 +89,8 @@ def clean_passes(params: CleanParams, raw: Path, scratch: Path) -> list[tuple[st
     """(name, datatrove pipeline, tasks) of each pass, in order."""
     s = str(scratch)
     return [
-        ("score", [RawShards(raw), Score(params, s), ScoredShard(s), RensaSignature(params, s)], params.tasks),
+        ("score", [RawShards(raw), Score(params, s), ScoredShard(s), RensaSignature(params, s)],
+         params.tasks),
         ("buckets", [MinhashDedupBuckets(f"{s}/sigs", f"{s}/dups", config=minhash_config(params))],
          params.minhash_bands),
         ("cluster", [Cluster(params, s, params.tasks)], 1),

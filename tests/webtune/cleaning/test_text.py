@@ -243,13 +243,12 @@ def test_length_bounds_and_empty_extraction_name_the_knob(params):
         "empty_after_extraction", "no text left after extraction and cleaning")
 
 
-def test_a_kept_doc_has_its_dedup_key_minhash_and_html_title(params):
+def test_a_kept_doc_has_its_dedup_key_and_html_title(params):
     page = HTML_PAGE.replace("{p1}", prose(1, 2)).replace("{p2}", prose(2, 2))
     scored = T.score_doc(doc("https://w.example/guide", page, HTML, title="raw title"), params)
     assert scored["drop"] is None
     assert scored["title"] == "Widget guide"  # the page's <title> wins over the scrape's
     assert scored["dedup_key"] == T.dedup_key(scored["text"])
-    assert scored["minhash"].digest() == T.minhash(scored["text"], params).digest()
     assert T.score_doc(doc("md", prose(1), title="Kept <|start|>"), params)["title"] == "Kept <¦start¦>"
 
 
