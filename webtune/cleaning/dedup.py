@@ -29,8 +29,9 @@ from webtune.cleaning import CleanParams
 from webtune.cleaning.steps import KEY_BYTES, PAIR_KEY, ShardSink
 
 DECISIONS = schema.pa.schema([
-    schema.pa.field("doc", schema.pa.uint32(), nullable=False),    # index among the task's scored docs
-    schema.pa.field("pair", schema.pa.int64(), nullable=False),    # index among their pairs; -1: the doc
+    schema.pa.field("doc", schema.pa.int64(), nullable=False),    # index among the task's scored docs
+    schema.pa.field("pair", schema.pa.int64(), nullable=False),   # index among their pairs
+    # (-1: the row is about the other: a doc's decision has pair -1, a pair's has doc -1)
     schema.pa.field("reason", schema.pa.string(), nullable=False),
     schema.pa.field("detail", schema.pa.string(), nullable=False),
 ])
@@ -152,7 +153,7 @@ class Cluster(PipelineStep):
         for (task, doc), (reason, detail) in doc_drops.items():
             by_task[task].append({"doc": doc, "pair": -1, "reason": reason, "detail": detail})
         for (task, pair), (reason, detail) in pair_drops.items():
-            by_task[task].append({"doc": 0, "pair": pair, "reason": reason, "detail": detail})
+            by_task[task].append({"doc": -1, "pair": pair, "reason": reason, "detail": detail})
         for task in range(self.tasks):
             sink = ShardSink(f"{self.scratch}/decisions", task, DECISIONS)
             for row in sorted(by_task[task], key=lambda r: (r["pair"], r["doc"])):

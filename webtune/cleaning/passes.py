@@ -14,8 +14,10 @@ import collections
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
 
@@ -28,7 +30,6 @@ from webtune.cleaning.steps import (
     RensaSignature,
     Score,
     ScoredShard,
-    ShardSink,
     minhash_config,
 )
 
@@ -36,53 +37,69 @@ OUTPUTS = {"docs": schema.CLEAN_DOCS, "pairs": schema.PAIRS, "dropped": schema.D
 
 
 class WriteClean(PipelineStep):
-    """Task r: scored shard r less the cluster's decisions -> output shards r, and its counts."""
+    """Task r: the scored docs and pairs of shard r less the cluster's decisions -> output shards r (in
+    Arrow batches: no row becomes a Python object unless it is dropped), and its counts."""
 
     name = "write"
     type = "webtune"
 
     def __init__(self, scratch: str | Path):
         super().__init__()
-        self.scratch = str(scratch)
+        self.scratch = Path(scratch)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        s = Path(self.scratch)
-        decisions = pq.read_table(s / "decisions" / shards.shard_name(rank)).to_pylist()
-        doc_drops = {d["doc"]: d for d in decisions if d["pair"] < 0}
-        pair_drops = {d["pair"]: d for d in decisions if d["pair"] >= 0}
-        out = {name: ShardSink(f"{self.scratch}/out/{name}", rank, table) for name, table in OUTPUTS.items()}
-        for row in pq.read_table(s / "drops" / shards.shard_name(rank)).to_pylist():
-            out["dropped"].add(row)
-        counts, n_pair = collections.Counter(), 0
-        scored = pq.ParquetFile(s / "scored" / shards.shard_name(rank))
-        i = 0
-        for batch in scored.iter_batches(batch_size=512):
-            for row in batch.to_pylist():
-                pairs, skipped = row.pop("pairs"), row.pop("skipped")
-                del row["dedup_key"]
-                if i in doc_drops:
-                    out["dropped"].add(_dropped(row, doc_drops[i], row["doc_id"]))
+        s, name = self.scratch, shards.shard_name(rank)
+        decisions = pq.read_table(s / "decisions" / name)
+        is_doc = pc.less(decisions["pair"], 0)
+        docs, pairs = pq.ParquetFile(s / "docs" / name), pq.ParquetFile(s / "pairs" / name)
+        n_pairs = docs.read(columns=["n_pairs"])["n_pairs"].to_numpy()
+        doc_drop = _reasons(decisions.filter(is_doc), "doc", docs.metadata.num_rows)
+        pair_drop = _reasons(decisions.filter(pc.invert(is_doc)), "pair", pairs.metadata.num_rows)
+        pair_drop[0][np.repeat(doc_drop[0], n_pairs)] = False  # a dropped doc's pairs go silently with it
+        for n in OUTPUTS:
+            (s / "out" / n).mkdir(parents=True, exist_ok=True)
+        out = {n: pq.ParquetWriter(s / "out" / n / name, t, compression="zstd") for n, t in OUTPUTS.items()}
+        out["dropped"].write_table(pq.read_table(s / "drops" / name))
+        counts = collections.Counter()
+        for table, (drop, reasons), id_col, keep in (
+                (docs, doc_drop, "doc_id", ~doc_drop[0]),
+                (pairs, pair_drop, "pair_id", ~pair_drop[0] & np.repeat(~doc_drop[0], n_pairs))):
+            start = 0
+            for batch in table.iter_batches(batch_size=4096):
+                window = slice(start, start + batch.num_rows)
+                start += batch.num_rows
+                if id_col == "doc_id":
+                    kept = batch.filter(keep[window])
+                    counts.update(pc.list_flatten(kept["skipped"]).to_pylist())
+                    counts["docs_without_pairs"] += pc.sum(pc.equal(kept["n_pairs"], 0)).as_py() or 0
+                    out["docs"].write_table(pa.Table.from_batches([kept]).select(schema.CLEAN_DOCS.names))
                 else:
-                    out["docs"].add(row)
-                    counts.update(f"pair_skipped_{reason}" for reason in skipped)
-                    counts["docs_without_pairs"] += not pairs
-                    for k, pair in enumerate(pairs, start=n_pair):
-                        if k in pair_drops:
-                            out["dropped"].add(_dropped(pair, pair_drops[k], pair["pair_id"]))
-                        else:
-                            out["pairs"].add(pair)
-                n_pair += len(pairs)
-                i += 1
-        for sink in out.values():
-            sink.close()
-        with get_datafolder(f"{self.scratch}/out/counts").open(f"{rank:05d}.json", "w") as f:
-            json.dump(counts, f)
-        return iter(())
+                    out["pairs"].write_table(pa.Table.from_batches([batch.filter(keep[window])]))
+                gone = np.flatnonzero(drop[window]) + window.start
+                if len(gone):
+                    rows = pa.Table.from_batches([batch.filter(drop[window])])
+                    out["dropped"].write_table(_dropped(rows, [reasons[i] for i in gone.tolist()], id_col))
+        for writer in out.values():
+            writer.close()
+        counts = {f"pair_skipped_{k}" if k != "docs_without_pairs" else k: v for k, v in counts.items()}
+        (s / "out" / "counts").mkdir(parents=True, exist_ok=True)
+        (s / "out" / "counts" / f"{rank:05d}.json").write_text(json.dumps(counts))
 
 
-def _dropped(row: dict, decision: dict, row_id: str) -> dict:
-    return schema.dropped_row(row, stage=STAGE, reason=decision["reason"], detail=decision["detail"],
-                              row_id=row_id)
+def _reasons(decisions: pa.Table, column: str, n: int) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    """(a mask of the rows the decisions drop, row index -> (reason, detail))."""
+    idx = decisions[column].to_pylist()
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    return mask, dict(zip(idx, zip(decisions["reason"].to_pylist(), decisions["detail"].to_pylist(),
+                                   strict=True), strict=True))
+
+
+def _dropped(rows: pa.Table, reasons: list[tuple[str, str]], id_col: str) -> pa.Table:
+    columns = {k: rows[k] for k in schema.PROVENANCE_KEYS}
+    columns |= {"stage": pa.array([STAGE] * rows.num_rows), "reason": pa.array([r for r, _ in reasons]),
+                "detail": pa.array([d for _, d in reasons]), "row_id": rows[id_col]}
+    return pa.table(columns).cast(schema.DROPPED)
 
 
 def clean_passes(params: CleanParams, raw: Path, scratch: Path) -> list[tuple[str, list, int]]:

@@ -32,11 +32,11 @@ from webtune.cleaning.pairs import build_pairs
 from webtune.cleaning.text import dedup_key, minhash, score_doc
 
 STAGE = "clean"
-# Survivors of the score pass: a clean document plus what the write pass needs of it.
+# Survivors of the score pass: a clean document with its number of pairs and the reasons of the sections
+# that did not become pairs (counted by the write pass, for documents it keeps); their pairs are PAIRS.
 SCORED = pa.schema(list(schema.CLEAN_DOCS) + [
-    pa.field("dedup_key", pa.binary(16), nullable=False),
-    pa.field("pairs", pa.list_(pa.struct(list(schema.PAIRS))), nullable=False),
-    pa.field("skipped", pa.list_(pa.string()), nullable=False),  # reasons of sections not made pairs
+    pa.field("n_pairs", pa.int32(), nullable=False),
+    pa.field("skipped", pa.list_(pa.string()), nullable=False),
 ])
 # A pair's instruction or response key (the first 8 bytes of its dedup key), its document's index among
 # the task's survivors, its own index among their pairs and its pair_id (16 hex digits as an integer):
@@ -101,8 +101,8 @@ def score_and_pair(raw: dict, params: CleanParams) -> tuple[dict, bool, collecti
     doc = schema.provenance(raw) | {"content_type": raw["content_type"], "title": s["title"],
                                     "text": s["text"], "record": s["record"], "n_chars": len(s["text"])}
     pairs, skipped = build_pairs(doc, params.pairs)
-    return (doc | {"dedup_key": s["dedup_key"], "pairs": pairs, "skipped": [r for r, _ in skipped]},
-            False, s["stats"])
+    return (doc | {"n_pairs": len(pairs), "skipped": [r for r, _ in skipped], "pairs": pairs,
+                   "dedup_key": s["dedup_key"]}, False, s["stats"])
 
 
 class Score(PipelineStep):
@@ -132,7 +132,8 @@ class Score(PipelineStep):
 
 
 class ScoredShard(PipelineStep):
-    """Keeps each surviving document for the write pass, in the order the signatures index them."""
+    """Keeps each surviving document (`docs/`) and its pairs (`pairs/`) for the write pass, in the order
+    the signatures index them, and the pairs' keys (`pairkeys/`) for the cluster pass."""
 
     name = "scored shard"
     type = "webtune"
@@ -142,19 +143,22 @@ class ScoredShard(PipelineStep):
         self.scratch = str(scratch)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        sink = ShardSink(f"{self.scratch}/scored", rank, SCORED, batch=512)
+        docs = ShardSink(f"{self.scratch}/docs", rank, SCORED, batch=512)
+        pairs = ShardSink(f"{self.scratch}/pairs", rank, schema.PAIRS)
         keys = {"instruction": [], "response": []}  # PAIR_KEY records: 24 bytes a pair and kind
         n_pairs = 0
         for i, doc in enumerate(data):
             row = doc.metadata["row"]
-            sink.add(row)
+            docs.add({k: row[k] for k in SCORED.names})
             for p in row["pairs"]:
+                pairs.add(p)
                 for kind in keys:
                     keys[kind].append((int.from_bytes(dedup_key(p[kind])[:8], "little"), i, n_pairs,
                                        int(p["pair_id"], 16)))
                 n_pairs += 1
             yield doc
-        sink.close()
+        docs.close()
+        pairs.close()
         folder = get_datafolder(f"{self.scratch}/pairkeys")
         for kind, records in keys.items():
             with folder.open(f"{rank:05d}.{kind}.bin", "wb") as f:
@@ -192,7 +196,7 @@ class RensaSignature(MinhashDedupSignature):
 
     def get_signature(self, digest: np.ndarray) -> list[list[int]]:
         self._full.write(digest.tobytes())
-        return [band.tolist() for band in np.split(digest, self.config.num_buckets)]
+        return digest.reshape(self.config.num_buckets, -1).tolist()
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         folder = get_datafolder(self.scratch)
