@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     parser.add_argument("--pages", type=int, default=100_000)
     parser.add_argument("--kind", choices=("html", "markdown", "both"), default="both")
     parser.add_argument("--workers", type=int, default=2, help="clean.workers (and the per-core divisor)")
-    parser.add_argument("--batch-docs", type=int, default=None, help="override clean.batch_docs")
+    parser.add_argument("--tasks", type=int, default=None, help="clean.tasks (default: --workers)")
     parser.add_argument("--scaling-pages", type=int, default=0,
                         help="also run this many pages per kind and compare peak PSS (memory must not grow)")
     parser.add_argument("--seed", type=int, default=0)
@@ -231,7 +231,7 @@ def main(argv=None) -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="webtune-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        params_path = bench_params(work / "params.yaml", args.workers, args.batch_docs)
+        params_path = bench_params(work / "params.yaml", args.workers, args.tasks)
         from webtune.params import load_section
 
         quality = check_quality(load_section("clean", params_path))

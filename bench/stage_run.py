@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("clean", "validate", "format")
-RAW_PATH, CLEAN_DOCS_PATH = "data/raw/docs.parquet", "data/clean/docs.parquet"  # as dvc.yaml names them
+RAW_PATH, CLEAN_DOCS_PATH = "data/raw/docs", "data/clean/docs"  # shard folders, as dvc.yaml names them
 
 
 def run_stage(args: list[str], log: Path, max_rss_gb: float, poll_s: float = 0.1) -> dict:
@@ -81,13 +81,12 @@ def _children(ps: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def bench_params(out: Path, workers: int, batch_docs: int | None) -> Path:
-    """A copy of params.yaml with clean.workers (and clean.batch_docs) set; validate.min_rows 1, so a
-    small corpus is judged by its rows' content, not refused for its size."""
+def bench_params(out: Path, workers: int, tasks: int | None) -> Path:
+    """A copy of params.yaml with clean.workers (and clean.tasks, default: workers) set; validate.min_rows
+    1, so a small corpus is judged by its rows' content, not refused for its size."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["clean"]["workers"] = workers
-    if batch_docs:
-        params["clean"]["batch_docs"] = batch_docs
+    params["clean"]["tasks"] = tasks or workers
     params["validate"]["min_rows"] = 1
     out.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     return out
@@ -101,7 +100,7 @@ def stage_command(name: str, d: Path, base: Path, params_path: Path) -> list[str
     for arg in cmd[2:]:
         if arg == "models/base/tokenizer":
             arg = str(base)
-        elif arg.startswith(("data/", "reports/", "metrics/")):
+        elif arg.startswith(("data/", "reports/", "metrics/", ".webtune/")):
             arg = str(d / arg)
         elif arg.startswith("expectations/"):
             arg = str(REPO / arg)
