@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from webtune import errors, executors, io, schema, scratch_dirs, shards
+from webtune import errors, executors, io, schema, sharded, shards
 from webtune.cleaning import CleanParams, passes
 from webtune.params import as_dict, load_section
 
@@ -40,13 +40,10 @@ def clean(raw: Path, out: dict[str, Path], scratch_root: Path, params: CleanPara
     inputs = shards.shard_files(raw, "the scrape stage")
     for path in inputs:
         io.parquet_file(path, schema.RAW_DOCS.names, "the scrape stage")
-    scratch = scratch_dirs.scratch_dir(scratch_root, params=as_dict(params), inputs=inputs,
-                                    code=[Path(passes.__file__).parent, Path(__file__)])
-    for name, pipeline, tasks in passes.clean_passes(params, raw, scratch):
-        start = time.perf_counter()
-        executors.run(pipeline, name=f"{STAGE}-{name}", tasks=tasks, workers=params.workers,
-                      logging_dir=scratch / "logs" / name, executor=executor)
-        progress(f"clean: {name} pass, {tasks} task{'s' * (tasks > 1)}, {time.perf_counter() - start:.1f} s")
+    scratch = sharded.scratch_dir(scratch_root, params=as_dict(params), inputs=inputs,
+                                  code=[Path(passes.__file__).parent, Path(__file__)])
+    sharded.run_passes(STAGE, passes.clean_passes(params, raw, scratch), scratch, params.workers, executor,
+                       progress)
     metrics = summarize(scratch, params.tasks)
     for name, path in out.items():
         shards.replace_dir(scratch / "out" / name, path)

@@ -1,10 +1,13 @@
 """validate: the gate between clean and format. Pairs that fail the suite never reach training.
 
     python -m stages.validate --pairs data/clean/pairs --suite expectations/pairs.json \
-        --out data/validated/pairs --report reports/validate.md --metrics metrics/validate.json
+        --out data/validated/pairs --scratch .webtune/scratch/validate --report reports/validate.md \
+        --metrics metrics/validate.json
 
 The suite file holds every threshold except the minimum row count, which is a knob
-(params.yaml validate.min_rows) set on the suite's row-count expectation at run time.
+(params.yaml validate.min_rows) set on the suite's row-count expectation at run time. It runs as
+datatrove passes, one task per shard (webtune.expectations_sharded): the row-level expectations per
+shard, uniqueness through datatrove's exact dedup across all shards; the outcomes merge into one report.
 The report and metrics are written whatever the outcome; the validated pairs (the input shards, unchanged)
 only on success. On failure the stage prints which expectations failed, with sample pair ids, removes any
 previous --out so format cannot run on stale data, and exits 1.
@@ -12,14 +15,26 @@ previous --out so format cannot run on stale data, and exits 1.
 
 import argparse
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
-from webtune import errors, expectations, expectations_batched, expectations_report, io, schema, shards
-from webtune.params import load_section
+from webtune import (
+    errors,
+    executors,
+    expectations,
+    expectations_batched,
+    expectations_report,
+    expectations_sharded,
+    io,
+    schema,
+    sharded,
+    shards,
+)
+from webtune.expectations import ValidateParams, suite_dict
+from webtune.params import as_dict, load_section
 
 STAGE = "validate"
 ROW_COUNT = "expect_table_row_count_to_be_between"
@@ -36,14 +51,22 @@ def validate(
     return expectations_batched.run_suite_batched(suite, pairs, id_column="pair_id", samples=samples)
 
 
-def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """The pairs shards as DataFrames of at most batch_rows rows (one empty frame for no pairs)."""
-    yielded = False
-    for batch in shards.iter_batches(path, schema.PAIRS.names, "the clean stage", batch_rows):
-        yielded = True
-        yield batch.to_pandas()
-    if not yielded:
-        yield schema.PAIRS.empty_table().to_pandas()
+def validate_shards(pairs: Path, suite, params: ValidateParams, scratch_root: Path, executor=None,
+                    progress=io.stderr) -> expectations.SuiteResult:
+    """The stage's path: `validate` over the shards of `pairs`, as datatrove passes."""
+    suite = expectations.with_kwargs(suite, ROW_COUNT, min_value=params.min_rows)
+    inputs = shards.shard_files(pairs, "the clean stage")
+    for path in inputs:
+        io.parquet_file(path, schema.PAIRS.names, "the clean stage")
+    scratch = sharded.scratch_dir(scratch_root, params=as_dict(params) | {"suite": suite_dict(suite)},
+                                  inputs=inputs, code=[Path(__file__), Path(expectations_sharded.__file__)])
+    passes = expectations_sharded.passes(suite, pairs, schema.PAIRS.names, "pair_id", "the clean stage",
+                                         params.batch_rows, params.report_samples, scratch)
+    sharded.run_passes(STAGE, passes, scratch, workers=2, executor=executor, progress=progress)
+    result = expectations_sharded.result(suite, pairs, "pair_id", "the clean stage", params.report_samples,
+                                         scratch, tasks=len(inputs))
+    shutil.rmtree(scratch)
+    return result
 
 
 def summarize(result: expectations.SuiteResult) -> dict:
@@ -67,14 +90,14 @@ def summarize(result: expectations.SuiteResult) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("--pairs", "--suite", "--out", "--report", "--metrics"):
+    for name in ("--pairs", "--suite", "--out", "--scratch", "--report", "--metrics"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     with errors.reported(STAGE):
         params = load_section(STAGE, args.params)
-        result = validate(read_batches(args.pairs, params.batch_rows), expectations.load_suite(args.suite),
-                          min_rows=params.min_rows, samples=params.report_samples)
+        result = validate_shards(args.pairs, expectations.load_suite(args.suite), params, args.scratch,
+                                 executor=executors.executor_config())
         io.write_text(expectations_report.render_report(result, title="validate: instruction/response pairs"),
                       args.report)
         io.write_json(summarize(result), args.metrics)

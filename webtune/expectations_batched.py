@@ -60,6 +60,29 @@ def check_batch(suite: gx.ExpectationSuite, df: pd.DataFrame | pa.Table, id_colu
     return BatchCheck(rows=rows, slim=slim)
 
 
+def row_level(suite: gx.ExpectationSuite) -> gx.ExpectationSuite:
+    """The suite less its whole-table expectations: what can run on each batch alone."""
+    data, rows, _ = _split(suite)
+    return _subsuite(data, rows)
+
+
+def add_up(per_batch: list[SuiteResult], samples: int) -> list[ExpectationResult]:
+    """The row-level expectations' outcomes over all batches: counts summed, the first `samples` ids."""
+    added = []
+    for j, first in enumerate(per_batch[0].results):
+        results = [b.results[j] for b in per_batch]
+        counts = [r.unexpected_count for r in results if r.unexpected_count is not None]
+        added.append(dataclasses.replace(
+            first,
+            success=all(r.success for r in results),
+            unexpected_count=sum(counts) if counts else None,
+            element_count=sum(r.element_count or 0 for r in results),
+            sample_ids=tuple(x for r in results for x in r.sample_ids)[:samples],
+            error=next((r.error for r in results if r.error), None),
+        ))
+    return added
+
+
 def combine(suite: gx.ExpectationSuite, checks: list[BatchCheck], id_column: str,
             samples: int) -> SuiteResult:
     """The whole-table half: add up the batches' row-level outcomes, run WHOLE_TABLE on the slim frames."""
@@ -72,17 +95,9 @@ def combine(suite: gx.ExpectationSuite, checks: list[BatchCheck], id_column: str
         for i, r in zip(whole_idx, run_suite(_subsuite(data, whole_idx), slim, id_column, samples).results,
                         strict=True):
             results[i] = r
-    for j, i in enumerate(row_idx):
-        per_batch = [c.rows.results[j] for c in checks]
-        counts = [r.unexpected_count for r in per_batch if r.unexpected_count is not None]
-        results[i] = dataclasses.replace(
-            per_batch[0],
-            success=all(r.success for r in per_batch),
-            unexpected_count=sum(counts) if counts else None,
-            element_count=sum(r.element_count or 0 for r in per_batch),
-            sample_ids=tuple(x for r in per_batch for x in r.sample_ids)[:samples],
-            error=next((r.error for r in per_batch if r.error), None),
-        )
+    if row_idx:
+        for i, r in zip(row_idx, add_up([c.rows for c in checks], samples), strict=True):
+            results[i] = r
     return SuiteResult(suite=data["name"], id_column=id_column, rows=len(slim),
                        success=all(r.success for r in results), results=tuple(results))
 

@@ -58,7 +58,7 @@ def test_flow_b_unlocker_markdown_becomes_doc_qa_chat_rows_with_control_tags_neu
                            "scrape.brightdata_unlocker.period_s": 0.1})
     out = dvc(project, "repro", "format", env=ENV)
     assert ran_stages(out.stdout) == ["scrape", "clean", "validate", "format"]  # the base is not rebuilt
-    pairs = pq.read_table(project / "data/clean/pairs.parquet").to_pylist()
+    pairs = pq.read_table(project / "data/clean/pairs").to_pylist()
     assert {p["url"] for p in pairs} == set(urls) and {p["task"] for p in pairs} == {"doc_qa"}
     assert len(pairs) == 7 * 5 + 1
     rows = [r for split in ("train", "val", "test")
@@ -88,7 +88,7 @@ def test_flow_a_an_amazon_snapshot_trains_and_evaluates_and_is_never_paid_twice(
     scrape = json.loads((project / "metrics/scrape.json").read_text())
     assert scrape["failed"] == {"dead_page": 1} and scrape["docs_ok"] == 40
     assert scrape["this_run"] == {"error_records": 1, "records": 40, "triggered": 1}
-    pairs = pq.read_table(project / "data/clean/pairs.parquet").to_pylist()
+    pairs = pq.read_table(project / "data/clean/pairs").to_pylist()
     assert len(pairs) == 40 and {p["system"] for p in pairs} == {
         "You are an expert copywriter. Generate concise, accurate product descriptions."}
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())

@@ -56,4 +56,4 @@ def test_a_failing_gate_stops_the_dag_naming_expectations(built, tmp_path):
     assert "expect_table_row_count_to_be_between" in out.stderr + out.stdout
     assert "validate: " in out.stderr and "Traceback" not in out.stderr
     assert "Running stage 'format'" not in out.stdout
-    assert not (project / "data/validated/pairs.parquet").exists()
+    assert not (project / "data/validated/pairs").exists()

@@ -100,7 +100,8 @@ def test_each_stage_runs_its_module_and_depends_on_the_code_it_runs(repo, dag, n
 # Paths a command names on purpose without DVC tracking them: the scrape ledger is a resume cache of what
 # a paid source already fetched (git-ignored), not a dataset (stages/scrape.py, webtune/sources/ledger.py).
 # The judge cache likewise holds paid verdicts, so a re-run never pays twice (webtune/evaluation/judge.py).
-OUTSIDE_DVC = {".webtune/scrape-ledger.sqlite", ".webtune/judge-cache.sqlite", ".webtune/scratch/clean"}
+OUTSIDE_DVC = {".webtune/scrape-ledger.sqlite", ".webtune/judge-cache.sqlite", ".webtune/scratch/clean",
+               ".webtune/scratch/validate"}
 
 
 @pytest.mark.parametrize("name", STAGES)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from stages.validate import main, validate
+from stages.validate import main, validate, validate_shards
 from webtune import schema, shards
-from webtune.expectations import load_suite
+from webtune.expectations import ValidateParams, load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE_PATH = ROOT / "expectations" / "pairs.json"
@@ -151,6 +151,24 @@ def test_batched_validation_gives_the_same_outcome_as_one_table(suite):
     assert batched.rows == 30 and len(batched.failed) == 3
 
 
+@pytest.mark.parametrize("rows_per_shard", [7, 30])
+def test_validating_shards_with_datatrove_gives_the_outcome_of_one_table(suite, tmp_path, rows_per_shard):
+    """Row-level expectations per shard, uniqueness from the engine's exact dedup: GE's outcome, counts
+    and sample ids (in table order) included."""
+    rows = good_rows(30)
+    rows[25]["instruction"] = rows[3]["instruction"]  # a duplicate across shards
+    rows[28]["response"] = rows[27]["response"]  # and one within a shard
+    rows[12]["response"] = "has <|start|> in it and is long enough"
+    rows[7]["instruction"] = "short"
+    whole = validate(table(rows), suite, min_rows=MIN_ROWS, samples=5)
+    shards.write_shards(table(rows), tmp_path / "pairs", schema.PAIRS, rows_per_shard)
+    params = ValidateParams(min_rows=MIN_ROWS, report_samples=5, batch_rows=4)
+    on_shards = validate_shards(tmp_path / "pairs", suite, params, tmp_path / "scratch",
+                                progress=lambda _: None)
+    assert on_shards == whole
+    assert not any((tmp_path / "scratch").iterdir())
+
+
 # --- main(): files in, files out -------------------------------------------------------------------
 
 
@@ -166,7 +184,8 @@ def run_main(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path, Path]:
     params.write_text(f"validate:\n  min_rows: {MIN_ROWS}\n  report_samples: 5\n  batch_rows: 4\n")
     shards.write_shards(table(rows), pairs, schema.PAIRS, rows_per_shard=4)  # two shards
     main(["--pairs", str(pairs), "--suite", str(SUITE_PATH), "--out", str(out), "--report", str(report),
-          "--metrics", str(metrics), "--params", str(params)])  # fmt: skip
+          "--scratch", str(tmp_path / "scratch"), "--metrics", str(metrics),
+          "--params", str(params)])  # fmt: skip
     return out, report, metrics
 
 
@@ -195,7 +214,11 @@ def test_main_exits_1_naming_the_failures_and_removes_a_stale_out(tmp_path, caps
     assert exit_info.value.code == 1
     assert not stale.exists()
 
-    assert capsys.readouterr().err == (
+    err = capsys.readouterr().err
+    passes = [line for line in err.splitlines() if line.startswith("validate: ") and " pass, " in line]
+    assert [p.split(",")[:2] for p in passes] == [["validate: check pass", " 2 tasks"],
+                                                  ["validate: find pass", " 1 task"]]
+    assert err.split("\n", len(passes))[-1] == (
         f"validate: {tmp_path / PAIRS_FILE} failed {SUITE_PATH}:\n"
         "2 of 22 expectations failed (suite pairs, 6 rows)\n"
         "  expect_column_values_to_be_unique(column=instruction): 2 of 6 rows unexpected; "

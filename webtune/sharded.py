@@ -1,4 +1,5 @@
-"""Scratch folders of sharded stages, named by a fingerprint of everything that decides their contents.
+"""How a sharded stage (clean, validate, format) runs: datatrove passes over a scratch folder named by a
+fingerprint of everything that decides its contents.
 
 A stage's passes write under `<root>/<fingerprint>/`; the fingerprint hashes the stage's params, the bytes
 of its input files and the source of the code that processes them. A killed run started again with the
@@ -10,7 +11,10 @@ under the same root are removed when a new one is made: only the latest run can 
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
+
+from webtune import executors, io
 
 CHUNK = 1 << 20
 
@@ -38,3 +42,15 @@ def scratch_dir(root: Path, **parts) -> Path:
                 shutil.rmtree(other, ignore_errors=True) if other.is_dir() else other.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def run_passes(stage: str, passes: list[tuple[str, list, int]], scratch: Path, workers: int, executor=None,
+               progress=io.stderr) -> None:
+    """Run each (name, pipeline, tasks) pass to completion with the executor, in order; its logs and
+    completion markers under scratch/logs/<name>."""
+    for name, pipeline, tasks in passes:
+        start = time.perf_counter()
+        executors.run(pipeline, name=f"{stage}-{name}", tasks=tasks, workers=workers,
+                      logging_dir=scratch / "logs" / name, executor=executor)
+        seconds = time.perf_counter() - start
+        progress(f"{stage}: {name} pass, {tasks} task{'s' * (tasks > 1)}, {seconds:.1f} s")
