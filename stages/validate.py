@@ -63,8 +63,7 @@ def validate_shards(pairs: Path, suite, params: ValidateParams, scratch_root: Pa
     passes = expectations_sharded.passes(suite, pairs, schema.PAIRS.names, "pair_id", "the clean stage",
                                          params.batch_rows, params.report_samples, scratch)
     sharded.run_passes(STAGE, passes, scratch, workers=2, executor=executor, progress=progress)
-    result = expectations_sharded.result(suite, pairs, "pair_id", "the clean stage", params.report_samples,
-                                         scratch, tasks=len(inputs))
+    result = expectations_sharded.result(suite, "pair_id", params.report_samples, scratch, tasks=len(inputs))
     shutil.rmtree(scratch)
     return result
 

@@ -6,22 +6,25 @@ or a user command uses lives here, each variant one module behind one small seam
     schema.py        column names and Arrow schemas of every table; provenance and dropped-row builders
     errors.py        the one error path: `stage: message`, exit 1
     io.py            atomic files and folders, Parquet inputs, the byte-decoding policy
+    shards.py        shard folders: the data half's tables as numbered Parquet files, a contiguous run per task
+    sharded.py       how a sharded stage runs: datatrove passes over a fingerprinted scratch folder
+    executors/       who runs a pass's tasks: local (default), slurm, ray (WEBTUNE_EXECUTOR)
     quiet.py         library warnings and progress bars kept out of logs a script reads
-    parallel.py      order-preserving worker-process map with bounded memory
     secrets.py       API tokens from the environment or a git-ignored .env; redaction of messages
     splits.py        the format stage's knobs, its split by document and the leakage check (13-word shingles)
-    split_files.py   format's per-split tallies and the held-out test pages it writes for evaluate
+    chat_rows.py     pairs -> chat rows (messages, rendering, split, drops); format_passes (format's
+                     datatrove passes); split_files (per-split tallies)
     expectations.py  the Great Expectations gate (validate, format): suites and run_suite;
-                     expectations_batched (a table in batches), expectations_report (failure message,
-                     markdown report, check)
+                     expectations_batched (a table in batches), expectations_sharded (shards, as datatrove
+                     passes), expectations_report (failure message, markdown report, check)
     evaluation/      evaluate's knobs, answer metrics, bootstrap intervals, the gate, the judge and the report
     sources/         where raw documents come from: the source contract and ScrapeParams (__init__), pydoc
                      (embedded default), files, http, brightdata_unlocker (Web Unlocker), brightdata_dataset
                      and brightdata_snapshot (Web Scraper API); brightdata_client (token, retries, 429
                      policy), pool (bounded concurrent fetches), ledger (what paid sources already
                      fetched), ratelimit (pacing, 429 fuse)
-    cleaning/        CleanParams (__init__); text (per-document steps), dedup (exact and near duplicates),
-                     pairs (doc_qa, product_copy)
+    cleaning/        CleanParams (__init__); text (per-document steps), pairs (doc_qa, product_copy); the
+                     datatrove passes: steps (score, signatures), dedup (the cluster pass), passes (write)
     formats/         the ChatFormat seam (__init__); harmony (gpt-oss), chatml (SmolLM2, Qwen), llama3
     models/          BaseParams and loading a base, its tokenizer and format, an adapter (__init__); packaged
                      (the default SmolLM2), tiny (tiny-gpt-oss: recipe and model; tiny_tokenizer,

@@ -50,9 +50,41 @@ def dedup_config(column: str) -> ExactDedupConfig:
                             hash_config=HashConfig(precision=64, hash_fc="sha1"))
 
 
+class Gate:
+    """One task's share of the gate: the row-level outcome of each batch it checks, the ids of the rows
+    in order, and the signatures of the unique columns. `close` writes them under `scratch`."""
+
+    def __init__(self, suite: dict, scratch: str | Path, rank: int, id_column: str, samples: int):
+        suite = gx.ExpectationSuite(**suite)
+        self.row_suite = expectations_batched.row_level(suite)
+        self.unique = unique_columns(suite)
+        self.sigs = {c: ExactDedupSignature(f"{scratch}/sigs/{c}", dedup_config(c)) for c in self.unique}
+        self.hashes: dict[str, list] = {c: [] for c in self.unique}
+        self.scratch, self.rank, self.id_column, self.samples = Path(scratch), rank, id_column, samples
+        self.checks, self.ids = [], []
+
+    def add(self, df) -> None:
+        """Check one batch (a pandas DataFrame holding every column the suite looks at)."""
+        check = expectations_batched.check_batch(self.row_suite, df, self.id_column, self.samples)
+        self.checks.append(check.rows)
+        start = len(self.ids)
+        self.ids += df[self.id_column].tolist()
+        rows = df[self.unique].itertuples(index=False) if self.unique else ()
+        for i, values in enumerate(rows, start):
+            doc = Document(text="", id="", metadata=dict(zip(self.unique, values, strict=True)))
+            for c in self.unique:
+                self.hashes[c].extend(self.sigs[c].get_hashes(doc, i))
+
+    def close(self) -> None:
+        for c in self.unique:
+            self.sigs[c].save_hashes(self.rank, self.hashes[c])
+        path = self.scratch / "checks" / f"{self.rank:05d}.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps({"ids": self.ids, "checks": [c for c in self.checks if c]}))
+
+
 class CheckShard(PipelineStep):
-    """Task r: the row-level expectations on every batch of shard r (`checks/{r}.pkl`), and the
-    signatures of its unique columns (`sigs/<column>/`)."""
+    """Task r: the gate on every batch of its contiguous run of the shards of `folder`."""
 
     name = "check shard"
     type = "webtune"
@@ -65,30 +97,20 @@ class CheckShard(PipelineStep):
             str(scratch)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        suite = gx.ExpectationSuite(**self.suite)
-        row_suite = expectations_batched.row_level(suite)
+        gate = Gate(self.suite, self.scratch, rank, self.id_column, self.samples)
         files = shards.shard_files(self.folder, self.written_by)
-        unique = unique_columns(suite)
-        sigs = {c: ExactDedupSignature(f"{self.scratch}/sigs/{c}", dedup_config(c)) for c in unique}
-        hashes: dict[str, list] = {c: [] for c in unique}
-        checks, i = [], 0
         for k in shards.contiguous_shard(len(files), rank, world_size):
-            parquet = pq.ParquetFile(files[k])
-            for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=self.columns):
-                df = batch.to_pandas()
-                checks.append(expectations_batched.check_batch(row_suite, df, self.id_column, self.samples))
-                for values in df[unique].itertuples(index=False) if unique else ():
-                    doc = Document(text="", id="", metadata=dict(zip(unique, values, strict=True)))
-                    for c in unique:
-                        hashes[c].extend(sigs[c].get_hashes(doc, i))
-                    i += 1
-                if not unique:
-                    i += len(df)
-        for c in unique:
-            sigs[c].save_hashes(rank, hashes[c])
-        path = Path(self.scratch) / "checks" / f"{rank:05d}.pkl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pickle.dumps({"rows": i, "checks": [c.rows for c in checks]}))
+            for batch in pq.ParquetFile(files[k]).iter_batches(batch_size=self.batch_rows,
+                                                                columns=self.columns):
+                gate.add(batch.to_pandas())
+        gate.close()
+
+
+def find_pass(suite: gx.ExpectationSuite, scratch: Path) -> list[tuple[str, list, int]]:
+    """The one-task pass that finds repeated values of the suite's unique columns (none if it has none)."""
+    find = [ExactFindDedups(f"{scratch}/sigs/{c}", f"{scratch}/dups/{c}", dedup_config(c))
+            for c in unique_columns(suite)]
+    return [("find", find, 1)] if find else []
 
 
 def passes(suite: gx.ExpectationSuite, folder: Path, columns: list[str], id_column: str, written_by: str,
@@ -97,20 +119,18 @@ def passes(suite: gx.ExpectationSuite, folder: Path, columns: list[str], id_colu
     n = len(shards.shard_files(folder, written_by))
     check = CheckShard(suite_dict(suite), folder, columns, id_column, written_by, batch_rows, samples,
                        scratch)
-    find = [ExactFindDedups(f"{scratch}/sigs/{c}", f"{scratch}/dups/{c}", dedup_config(c))
-            for c in unique_columns(suite)]
-    return [("check", [check], n), *([("find", find, 1)] if find else [])]
+    return [("check", [check], n), *find_pass(suite, scratch)]
 
 
-def result(suite: gx.ExpectationSuite, folder: Path, id_column: str, written_by: str, samples: int,
-           scratch: Path, tasks: int) -> SuiteResult:
-    """The suite's outcome on the whole folder, from what the passes left in `scratch`."""
+def result(suite: gx.ExpectationSuite, id_column: str, samples: int, scratch: Path,
+           tasks: int) -> SuiteResult:
+    """The suite's outcome on every row the `tasks` gates checked, from what the passes left in
+    `scratch`."""
     parts = [pickle.loads((scratch / "checks" / f"{r:05d}.pkl").read_bytes()) for r in range(tasks)]
-    rows = sum(p["rows"] for p in parts)
+    rows = sum(len(p["ids"]) for p in parts)
     data = suite_dict(suite)
     row_level = [c for p in parts for c in p["checks"]]
     summed = iter(expectations_batched.add_up(row_level, samples) if row_level else ())
-    files = shards.shard_files(folder, written_by)
     results = []
     for e in data["expectations"]:
         base = ExpectationResult(type=e["type"], kwargs=e["kwargs"], success=True,
@@ -121,9 +141,9 @@ def result(suite: gx.ExpectationSuite, folder: Path, id_column: str, written_by:
             results.append(dataclasses.replace(base, success=ok, observed=rows))
         elif e["type"] == UNIQUE:
             repeated = _repeated_rows(scratch / "dups" / e["kwargs"]["column"], tasks)
-            ids = _ids(files, tasks, repeated[:samples], id_column)
+            ids = tuple(parts[t]["ids"][i] for t, i in repeated[:samples])
             results.append(dataclasses.replace(base, success=not repeated, unexpected_count=len(repeated),
-                                               element_count=rows, sample_ids=tuple(ids)))
+                                               element_count=rows, sample_ids=ids))
         else:
             results.append(next(summed))
     return SuiteResult(suite=data["name"], id_column=id_column, rows=rows,
@@ -140,13 +160,3 @@ def _repeated_rows(dups: Path, tasks: int) -> list[tuple[int, int]]:
         for f in dups.glob(f"*/{r:05d}{ExtensionHelperSD.stage_2_counts}"):
             found += [(r, int(i)) for i in np.fromfile(f, dtype="<u4").reshape(-1, 2)[:, 0]]
     return sorted(set(found))
-
-
-def _ids(files: list[Path], tasks: int, rows: list[tuple[int, int]], id_column: str) -> list[str]:
-    """The ids of (task, row) rows: task t's rows are its contiguous shards' rows, in order."""
-    out = []
-    for t in sorted({t for t, _ in rows}):
-        ids = [i for k in shards.contiguous_shard(len(files), t, tasks)
-               for i in pq.read_table(files[k], columns=[id_column])[id_column].to_pylist()]
-        out += [ids[i] for tt, i in rows if tt == t]
-    return out

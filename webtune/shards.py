@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datatrove.io import get_datafolder
 
 from webtune import io
 from webtune.errors import InputError
@@ -83,3 +84,28 @@ def write_shards(table: pa.Table, folder: str | Path, schema: pa.Schema, rows_pe
             pq.write_table(table.slice(i * rows_per_shard, rows_per_shard), tmp / shard_name(i),
                            compression="zstd")
     return n
+
+
+class Sink:
+    """Rows -> one Parquet shard of a (scratch or output) folder, flushed every `batch` rows, created even
+    when no row comes (a folder of `tasks` shards always has `tasks` files)."""
+
+    def __init__(self, folder, rank: int, table_schema: pa.Schema, batch: int = 2048):
+        self.file = get_datafolder(str(folder)).open(shard_name(rank), "wb")
+        self.writer = pq.ParquetWriter(self.file, table_schema, compression="zstd")
+        self.schema, self.batch, self.rows = table_schema, batch, []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        self.file.close()

@@ -1,39 +1,11 @@
-"""What the format stage writes about its splits: running tallies of rows and tokens per split, and the
-held-out test pages (the cleaned text evaluate scores as bits per byte).
+"""What the format stage reports about its splits: running tallies of rows and tokens per split.
 
     tally = Tally(); tally.add(rows, dropped); tally.summary()   # metrics/format.json
-    write_test_docs(docs, out, seen, split_of_doc, batch_rows)    # data/format/test_docs.parquet
 """
 
 import collections
-from collections.abc import Callable
-from pathlib import Path
 
-import pyarrow as pa
-
-from webtune import io, schema, shards
-from webtune.splits import SPLITS, shingles
-
-
-def write_test_docs(docs: Path, out: Path, seen: frozenset[int], split_of_doc: Callable[[str], str],
-                    batch_rows: int) -> dict:
-    """The test documents' cleaned text (what evaluate's bits per byte scores); documents per split, the
-    test text's size and the share of its shingles that train rows also hold (pages of one site share
-    text: a high share means bits per byte partly measures memory)."""
-    per_split, n_bytes, own, shared = collections.Counter(), 0, 0, 0
-    with io.parquet_writer(out, schema.CLEAN_DOCS) as writer:
-        for batch in shards.iter_batches(docs, schema.CLEAN_DOCS.names, "the clean stage", batch_rows):
-            test = []
-            for doc in batch.to_pylist():
-                per_split[split := split_of_doc(doc["doc_id"])] += 1
-                if split == "test":
-                    test.append(doc)
-                    n_bytes += len(doc["text"].encode())
-                    grams = shingles(doc["text"])
-                    own, shared = own + len(grams), shared + len(grams & seen)
-            writer.write_table(pa.Table.from_pylist(test, schema=schema.CLEAN_DOCS))
-    return {"docs_per_split": {s: per_split[s] for s in SPLITS}, "test_docs_bytes": n_bytes,
-            "test_docs_train_overlap": round(shared / own, 6) if own else 0.0}
+from webtune.splits import SPLITS
 
 
 class Tally:
@@ -43,7 +15,7 @@ class Tally:
     """
 
     def __init__(self):
-        self.docs: dict = {}  # write_test_docs' counts
+        self.docs: dict = {}  # the documents' counts (webtune.format_passes.tally)
         self.lengths: collections.Counter = collections.Counter()  # (split, n_tokens) -> rows
         self.dropped: collections.Counter = collections.Counter()  # reason -> rows
 

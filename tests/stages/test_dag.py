@@ -101,7 +101,7 @@ def test_each_stage_runs_its_module_and_depends_on_the_code_it_runs(repo, dag, n
 # a paid source already fetched (git-ignored), not a dataset (stages/scrape.py, webtune/sources/ledger.py).
 # The judge cache likewise holds paid verdicts, so a re-run never pays twice (webtune/evaluation/judge.py).
 OUTSIDE_DVC = {".webtune/scrape-ledger.sqlite", ".webtune/judge-cache.sqlite", ".webtune/scratch/clean",
-               ".webtune/scratch/validate"}
+               ".webtune/scratch/validate", ".webtune/scratch/format"}
 
 
 @pytest.mark.parametrize("name", STAGES)

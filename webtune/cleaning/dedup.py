@@ -24,9 +24,9 @@ import numpy as np
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
-from webtune import schema
+from webtune import schema, shards
 from webtune.cleaning import CleanParams
-from webtune.cleaning.steps import KEY_BYTES, PAIR_KEY, ShardSink
+from webtune.cleaning.steps import KEY_BYTES, PAIR_KEY
 
 DECISIONS = schema.pa.schema([
     schema.pa.field("doc", schema.pa.int64(), nullable=False),    # index among the task's scored docs
@@ -155,7 +155,7 @@ class Cluster(PipelineStep):
         for (task, pair), (reason, detail) in pair_drops.items():
             by_task[task].append({"doc": -1, "pair": pair, "reason": reason, "detail": detail})
         for task in range(self.tasks):
-            sink = ShardSink(f"{self.scratch}/decisions", task, DECISIONS)
+            sink = shards.Sink(f"{self.scratch}/decisions", task, DECISIONS)
             for row in sorted(by_task[task], key=lambda r: (r["pair"], r["doc"])):
                 sink.add(row)
             sink.close()

@@ -45,31 +45,6 @@ PAIR_KEY = np.dtype([("hash", "<u8"), ("doc", "<u4"), ("pair", "<u4"), ("id", "<
 KEY_BYTES = 16 + 8  # per signed document: its dedup key, then its doc_id (16 hex digits) as bytes
 
 
-class ShardSink:
-    """Rows -> one Parquet shard of a (scratch or output) folder, flushed every `batch` rows, created even
-    when no row comes (a folder of `tasks` shards always has `tasks` files)."""
-
-    def __init__(self, folder, rank: int, table_schema: pa.Schema, batch: int = 2048):
-        self.file = get_datafolder(str(folder)).open(shards.shard_name(rank), "wb")
-        self.writer = pq.ParquetWriter(self.file, table_schema, compression="zstd")
-        self.schema, self.batch, self.rows = table_schema, batch, []
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
-            self.rows = []
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
-        self.file.close()
-
-
 class RawShards(BaseDiskReader):
     """The scrape's shards, a contiguous run per task (webtune.shards.contiguous_shard), every row a
     Document (failed fetches too: their drop reason is clean's to record)."""
@@ -116,7 +91,7 @@ class Score(PipelineStep):
         self.params, self.scratch = params, str(scratch)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        drops = ShardSink(f"{self.scratch}/drops", rank, schema.DROPPED)
+        drops = shards.Sink(f"{self.scratch}/drops", rank, schema.DROPPED)
         counts = collections.Counter()
         for doc in data:
             counts["docs_in"] += 1
@@ -143,8 +118,8 @@ class ScoredShard(PipelineStep):
         self.scratch = str(scratch)
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        docs = ShardSink(f"{self.scratch}/docs", rank, SCORED, batch=512)
-        pairs = ShardSink(f"{self.scratch}/pairs", rank, schema.PAIRS)
+        docs = shards.Sink(f"{self.scratch}/docs", rank, SCORED, batch=512)
+        pairs = shards.Sink(f"{self.scratch}/pairs", rank, schema.PAIRS)
         keys = {"instruction": [], "response": []}  # PAIR_KEY records: 24 bytes a pair and kind
         n_pairs = 0
         for i, doc in enumerate(data):
