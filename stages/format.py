@@ -59,7 +59,8 @@ def gate_suite(path: Path, fmt, params: FormatParams):
     """The chat rows suite with its run-time kwargs: the chat format's own row pattern (so the suite and
     the renderer cannot disagree) and the leak threshold."""
     suite = expectations.with_kwargs(expectations.load_suite(path), ROW_PATTERN, regex=fmt.row_regex())
-    return expectations.with_kwargs(suite, BETWEEN, on_column="train_overlap", max_value=params.leak_threshold)
+    return expectations.with_kwargs(suite, BETWEEN, on_column="train_overlap",
+                                    max_value=params.leak_threshold)
 
 
 def format_shards(pairs: Path, docs: Path, tokenizer: Path, suite_path: Path, params: FormatParams,
@@ -93,19 +94,19 @@ def format_shards(pairs: Path, docs: Path, tokenizer: Path, suite_path: Path, pa
 
 
 def join_outputs(scratch: Path, tasks: int, out: dict[str, Path], rows_per_group: int) -> None:
-    """The tasks' shards -> one file per output, in task order (each atomic): Parquet row groups of up to
-    rows_per_group rows, JSONL concatenated."""
+    """The tasks' shards -> one file per output, in task order (each atomic): Parquet row groups of exactly
+    rows_per_group rows but the last, so the bytes do not depend on how the rows were sharded; JSONL
+    concatenated."""
     for name, table_schema in format_passes.OUTPUTS.items():
         with io.parquet_writer(out[name], table_schema) as writer:
-            pending, n = [], 0
+            pending = table_schema.empty_table()
             for r in range(tasks):
                 for batch in pq.ParquetFile(scratch / "out" / name / shards.shard_name(r)).iter_batches():
-                    pending.append(batch)
-                    n += batch.num_rows
-                    if n >= rows_per_group:
-                        writer.write_table(pa.Table.from_batches(pending, schema=table_schema))
-                        pending, n = [], 0
-            writer.write_table(pa.Table.from_batches(pending, schema=table_schema))
+                    pending = pa.concat_tables([pending, pa.Table.from_batches([batch], schema=table_schema)])
+                    while pending.num_rows >= rows_per_group:
+                        writer.write_table(pending.slice(0, rows_per_group))
+                        pending = pending.slice(rows_per_group)
+            writer.write_table(pending)
     for split in ("train", "val"):
         with io.text_writer(out[f"openai_{split}"]) as f:
             for r in range(tasks):
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
         io.write_text(expectations_report.render_report(result, title="format: rendered chat rows"),
                       args.report)
         if not result.success:
-            for path in out.values():  # never leave a previous run's rows where the next stage would read them
+            for path in out.values():  # no previous run's rows where the next stage would read them
                 path.unlink(missing_ok=True)
             shutil.rmtree(scratch)
             raise errors.GateFailed(f"rendered rows failed {args.suite}:\n"

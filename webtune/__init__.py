@@ -6,7 +6,7 @@ or a user command uses lives here, each variant one module behind one small seam
     schema.py        column names and Arrow schemas of every table; provenance and dropped-row builders
     errors.py        the one error path: `stage: message`, exit 1
     io.py            atomic files and folders, Parquet inputs, the byte-decoding policy
-    shards.py        shard folders: the data half's tables as numbered Parquet files, a contiguous run per task
+    shards.py        shard folders: the data half's tables as numbered Parquet files, a run of them per task
     sharded.py       how a sharded stage runs: datatrove passes over a fingerprinted scratch folder
     executors/       who runs a pass's tasks: local (default), slurm, ray (WEBTUNE_EXECUTOR)
     quiet.py         library warnings and progress bars kept out of logs a script reads

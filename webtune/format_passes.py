@@ -133,7 +133,8 @@ class Render(_Step):
         for path in jsonl.values():
             path.parent.mkdir(parents=True, exist_ok=True)
         files = {s: path.open("w", encoding="utf-8") for s, path in jsonl.items()}
-        gate = expectations_sharded.Gate(self.suite, self.scratch, rank, "pair_id", self.params.report_samples)
+        gate = expectations_sharded.Gate(self.suite, self.scratch, rank, "pair_id",
+                                         self.params.report_samples)
         overlaps, start = self.load("overlap", rank), 0
         lengths, dropped_reasons = collections.Counter(), collections.Counter()
         for batch in self.pair_batches(rank, world_size):

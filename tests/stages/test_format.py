@@ -5,7 +5,6 @@ two). The split and shingle functions themselves: tests/webtune/test_splits.py."
 import collections
 import dataclasses
 import json
-import re
 
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +15,7 @@ import yaml
 from stages import format as F
 from webtune import expectations, expectations_batched, formats, shards
 from webtune.formats import harmony
-from webtune.schema import CLEAN_DOCS, PAIRS, short_hash
+from webtune.schema import CHAT_ROWS, CLEAN_DOCS, PAIRS, short_hash
 from webtune.split_files import Tally
 from webtune.splits import train_shingles
 
@@ -159,7 +158,9 @@ def test_check_rows_fails_a_val_row_over_the_leak_threshold(tok, params, repo):
                              seen_of([source, half], params))
 
     def failed(suite) -> dict:
-        result = expectations_batched.combine(suite, [F.check_rows(suite, rows, 5)], "pair_id", 5)
+        frame = pd.DataFrame(rows, columns=CHAT_ROWS.names)
+        check = expectations_batched.check_batch(suite, frame, "pair_id", 5)
+        result = expectations_batched.combine(suite, [check], "pair_id", 5)
         return {r.name: r.sample_ids for r in result.failed}
 
     over = {"expect_column_values_to_be_between[train_overlap]": (half["pair_id"],)}
@@ -235,9 +236,9 @@ def write_params(repo, path, **fmt):
     return path
 
 
-def write_pairs(path, pairs):
+def write_pairs(path, pairs, rows_per_shard=16):
     path.parent.mkdir(parents=True, exist_ok=True)
-    shards.write_shards(pa.Table.from_pylist(pairs, schema=PAIRS), path, PAIRS, rows_per_shard=16)
+    shards.write_shards(pa.Table.from_pylist(pairs, schema=PAIRS), path, PAIRS, rows_per_shard)
     return path
 
 
@@ -259,11 +260,11 @@ def too_long():
 
 
 def error_lines(capsys) -> list[str]:
-    """stderr less the progress lines (`format: 7/30 pairs`, the count of train shingles): the stage's error
-    message."""
+    """stderr less the progress lines (`format: render pass, 2 tasks, 0.4 s`) and datatrove's task logs:
+    the stage's error message."""
     lines = capsys.readouterr().err.splitlines()
-    progress = re.compile(r"format: (\d+/\d+ pairs|[\d,]+ distinct 13-word shingles in train rows)")
-    return [line for line in lines if not progress.fullmatch(line)]
+    start = next(i for i, line in enumerate(lines) if line.startswith("format: ") and " pass, " not in line)
+    return lines[start:]
 
 
 def run_main(folder, *, pairs, docs, tokenizer, suite, params):
@@ -272,7 +273,8 @@ def run_main(folder, *, pairs, docs, tokenizer, suite, params):
     F.main(["--pairs", str(pairs), "--docs", str(docs), "--tokenizer", str(tokenizer), "--suite", str(suite),
             "--out-dir", str(out), "--test-docs", str(out / "test_docs.parquet"),
             "--openai-dir", str(out / "openai"),
-            "--dropped", str(out / "dropped.parquet"), "--report", str(folder / "report.md"),
+            "--dropped", str(out / "dropped.parquet"), "--scratch", str(folder / "scratch"),
+            "--report", str(folder / "report.md"),
             "--metrics", str(folder / "m.json"), "--params", str(params),
             "--lengths-plot", str(folder / "lengths.csv")])
     return out
@@ -296,10 +298,9 @@ def test_main_writes_splits_jsonl_report_and_metrics(tiny_base, repo, tmp_path):
     assert sum(int(line.rsplit(",", 1)[1]) for line in histogram[1:]) == 60
 
 
-def test_a_pool_of_two_workers_writes_what_one_writes(tiny_base, repo, tmp_path, monkeypatch):
-    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # format sets it for a pool: undo after
-    # No tokenizer in this process that forked workers could inherit: only the pool's initializer sets one.
-    monkeypatch.setattr(F, "_worker", {})
+def test_two_workers_write_what_one_writes_and_the_shard_count_changes_no_byte(tiny_base, repo, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # format sets it for side-by-side tasks
     pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(40)] + [too_long()])
     docs = write_docs(tmp_path / "docs", [doc(i) for i in range(50)])
     suite = repo / SUITE
@@ -310,12 +311,18 @@ def test_a_pool_of_two_workers_writes_what_one_writes(tiny_base, repo, tmp_path,
         params = write_params(repo, folder / "params.yaml", workers=workers, batch_rows=7)
         run_main(folder, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=suite,
                  params=params)
-        if workers == 2:
-            assert F._worker == {}, "the pool's batches were formatted in this process"
         outputs[workers] = {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
                             if p.is_file() and p.name != "params.yaml"}
     assert len(outputs[1]) == 10  # 3 splits, test docs, 2 JSONL, dropped, report, metrics, lengths
     assert outputs[2] == outputs[1]
+    # the same pairs in one shard: the same bytes (the tasks' shards are joined in pair order)
+    one = write_pairs(tmp_path / "pairs1", [pair(i) for i in range(40)] + [too_long()], rows_per_shard=100)
+    folder = tmp_path / "one-shard"
+    folder.mkdir()
+    run_main(folder, pairs=one, docs=docs, tokenizer=tiny_base / "tokenizer", suite=suite,
+             params=write_params(repo, folder / "params.yaml", workers=1, batch_rows=7))
+    assert {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "params.yaml"} == outputs[1]
     metrics = json.loads(outputs[1][next(p for p in outputs[1] if p.name == "m.json")])
     assert sum(metrics["rows_per_split"].values()) == 40 and metrics["dropped"] == {"too_many_tokens": 1}
 
