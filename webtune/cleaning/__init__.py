@@ -1,9 +1,10 @@
-"""Cleaning: per-document steps (text.py), near-duplicate detection (dedup.py) and pair building
-(pairs.py), configured by the `clean:` section of params.yaml (CleanParams)."""
+"""Cleaning: per-document steps (text.py), web-quality filters (quality.py), near-duplicate detection
+(dedup.py) and pair building (pairs.py), configured by the `clean:` section of params.yaml (CleanParams)."""
 
 import dataclasses
 
 from webtune.cleaning.pairs import PairsParams
+from webtune.cleaning.quality import QualityParams
 from webtune.params import at_least, between, knob, one_of
 
 
@@ -24,6 +25,7 @@ class CleanParams:
     seed: int = knob()
     tasks: int = knob(at_least(1))
     workers: int = knob(at_least(1))
+    quality: QualityParams = knob()
     pairs: PairsParams = knob()
 
     def problems(self):

@@ -6,8 +6,9 @@
   remove_boilerplate   short navigation/boilerplate lines (never inside code fences)
   mask         API-key shapes (an AWS access key id with the secret key that follows it) and e-mail
                addresses
-  score_doc    all of the above for one raw row, then length bounds and a dedup key (score first: the
-               stage applies the thresholds, and dedups with `minhash` signatures)
+  score_doc    all of the above for one raw row, then length bounds, the web-quality filters (quality.py:
+               language, repetition) and a dedup key (score first: the stage applies the thresholds, and
+               dedups with `minhash` signatures)
 Every format's chat control tags are neutralised (`<|x|>` -> `<¦x¦>`): scraped text is data.
 """
 
@@ -24,6 +25,7 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.html import HTMLTree
 
 from webtune.cleaning import CleanParams
+from webtune.cleaning.quality import quality_drop
 from webtune.formats import count_control_tags, neutralise
 from webtune.sources import HTML, MARKDOWN, RECORD
 
@@ -224,6 +226,8 @@ def score_doc(raw: dict, params: CleanParams) -> dict:
         out["drop"] = ("too_short", f"{len(text)} chars < clean.min_chars={params.min_chars}")
     elif len(text) > params.max_chars:
         out["drop"] = ("too_long", f"{len(text)} chars > clean.max_chars={params.max_chars}")
+    elif drop := quality_drop(text, params.quality):  # a record's text too: it is what gets paired
+        out["drop"] = drop
     else:
         out["dedup_key"] = dedup_key(text)  # its MinHash is the signature step's (cleaning.steps)
     return out
