@@ -127,7 +127,7 @@ def _dup_scan(pos: list[int], grams: list[tuple]) -> int:
     return chars
 
 
-def ngram_chars(words: list[str]) -> tuple[list[int], list[int]]:
+def ngram_chars(words: list[str], dup: bool = True) -> tuple[list[int], list[int]]:
     """(chars of the most common n-gram x its count for n in TOP_NGRAMS, chars of the duplicate n-grams
     for n in DUP_NGRAMS), exactly as datatrove's find_top_duplicate(get_n_grams(...)) and
     find_all_duplicate compute them (tests check it), ~10x faster.
@@ -138,12 +138,12 @@ def ngram_chars(words: list[str]) -> tuple[list[int], list[int]]:
     past the bigrams only the few positions where they repeat are looked at. N-grams are word tuples
     (datatrove joins the duplicate scan's words without a separator, so ('ab', 'c') is ('a', 'bc') there).
     """
-    top, dup = [], []
+    top, dups = [], []
     grams = list(zip(words, words[1:], strict=False))
     counts = Counter(grams)
     repeated = {g for g, k in counts.items() if k > 1}
     pos = list(compress(range(len(grams)), map(repeated.__contains__, grams)))
-    for n in range(2, max(DUP_NGRAMS) + 1):
+    for n in range(2, max(DUP_NGRAMS if dup else TOP_NGRAMS) + 1):  # no duplicate scan: stop at 4-grams
         if n > 2:
             follows = set(pos)
             pos = [i for i in pos if i + 1 in follows and i + n <= len(words)]
@@ -160,8 +160,8 @@ def ngram_chars(words: list[str]) -> tuple[list[int], list[int]]:
             else:  # every n-gram occurs once: the first one is the most common
                 top.append(sum(map(len, words[:n])) + n - 1)
         if n in DUP_NGRAMS:
-            dup.append(_dup_scan(pos, grams) if pos else 0)
-    return top, dup
+            dups.append(_dup_scan(pos, grams) if pos else 0)
+    return top, dups
 
 
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
@@ -196,7 +196,7 @@ def measure(text: str, params: QualityParams) -> Quality:
     line_dups, line_chars = _duplicates(lines)
     top, dup = [], []
     if min(params.max_top_ngram_char_frac + params.max_dup_ngram_char_frac) < 1:
-        top, dup = ngram_chars(text.split())
+        top, dup = ngram_chars(text.split(), dup=min(params.max_dup_ngram_char_frac) < 1)
     return Quality(language, score, para_dups / len(paragraphs), para_chars / size, line_dups / len(lines),
                    line_chars / size, tuple(c / size for c in top), tuple(c / size for c in dup))
 
