@@ -179,7 +179,8 @@ def test_a_record_is_judged_by_the_text_built_from_its_fields(load):
 
 def test_measure_returns_every_fraction_as_datatrove_defines_it(params):
     text = "x y z\nx y z\n\nx y z\nx y z"  # 24 chars, 2 paragraphs, 4 lines, 12 words
-    on = dataclasses.replace(params, languages=(), max_dup_ngram_char_frac=(0.25, 0.24, 0.23, 0.22, 0.21, 0.2))
+    on = dataclasses.replace(params, languages=(),
+                             max_dup_ngram_char_frac=(0.25, 0.24, 0.23, 0.22, 0.21, 0.2))
     assert Q.measure(text, on) == Q.Quality(
         language=None, language_score=0.0,
         dup_para_frac=1 / 2, dup_para_char_frac=11 / 24, dup_line_frac=3 / 4, dup_line_char_frac=15 / 24,
@@ -188,7 +189,8 @@ def test_measure_returns_every_fraction_as_datatrove_defines_it(params):
         # the n-gram at word 3 repeats the one at word 0 for n = 5..9 ("".join: n chars); none for 10
         dup_ngram_char_frac=(5 / 24, 6 / 24, 7 / 24, 8 / 24, 9 / 24, 0.0))
     # off (every threshold 1, the default), the duplicate n-grams are not measured: they cost the most
-    assert Q.measure(text, dataclasses.replace(on, max_dup_ngram_char_frac=(1,) * 6)).dup_ngram_char_frac == ()
+    off = dataclasses.replace(on, max_dup_ngram_char_frac=(1,) * 6)
+    assert Q.measure(text, off).dup_ngram_char_frac == ()
 
 
 def test_a_page_repeating_one_line_40_times_is_dropped_for_its_lines(params, load):
