@@ -115,7 +115,7 @@ def build_tokenizer(out: Path, params_path: Path, n: int = 2000) -> Path:
     return out
 
 
-def bench_one(work: Path, kind: str, pages: int, workers: int, params_path: Path, base: Path, seed: int,
+def bench_one(work: Path, kind: str, pages: int, workers: int, docs_per_task: int, base: Path, seed: int,
               max_rss_gb: float, keep: bool) -> dict:
     d = work / f"{kind}-{pages}"
     t0 = time.perf_counter()
@@ -126,6 +126,8 @@ def bench_one(work: Path, kind: str, pages: int, workers: int, params_path: Path
     print(f"[{kind} {pages}] generated {corpus['input_bytes'] / 1e6:.1f} MB in {corpus['generate_s']} s",
           file=sys.stderr)
 
+    tasks = max(workers, -(-pages // docs_per_task))
+    params_path = bench_params(d / "params.yaml", workers, tasks)
     commands = {name: stage_command(name, d, base, params_path) for name in STAGES}
     mb = corpus["input_bytes"] / 1e6
     stages = {}
@@ -143,6 +145,7 @@ def bench_one(work: Path, kind: str, pages: int, workers: int, params_path: Path
     run = {
         "kind": kind,
         "corpus": corpus | {"input_mb": round(mb, 1)},
+        "tasks": tasks,
         "stages": stages,
         "end_to_end": {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), **_rates(mb, wall, cpu, workers),
                        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
@@ -211,7 +214,9 @@ def main(argv=None) -> None:
     parser.add_argument("--pages", type=int, default=100_000)
     parser.add_argument("--kind", choices=("html", "markdown", "both"), default="both")
     parser.add_argument("--workers", type=int, default=2, help="clean.workers (and the per-core divisor)")
-    parser.add_argument("--tasks", type=int, default=None, help="clean.tasks (default: --workers)")
+    parser.add_argument("--docs-per-task", type=int, default=5000,
+                        help="clean.tasks = pages / this (at least --workers): tasks of one size at any "
+                             "corpus size, as a user would set it; memory per task stays the same")
     parser.add_argument("--scaling-pages", type=int, default=0,
                         help="also run this many pages per kind and compare peak PSS (memory must not grow)")
     parser.add_argument("--seed", type=int, default=0)
@@ -231,7 +236,7 @@ def main(argv=None) -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="webtune-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        params_path = bench_params(work / "params.yaml", args.workers, args.tasks)
+        params_path = bench_params(work / "params.yaml", args.workers, args.workers)
         from webtune.params import load_section
 
         quality = check_quality(load_section("clean", params_path))
@@ -239,7 +244,7 @@ def main(argv=None) -> None:
         base = build_tokenizer(work / "base", params_path, tokenizer_pages)
         kinds = ["html", "markdown"] if args.kind == "both" else [args.kind]
         sizes = sorted({args.pages, args.scaling_pages} - {0})
-        runs = [bench_one(work, kind, n, args.workers, params_path, base, args.seed, args.max_rss_gb,
+        runs = [bench_one(work, kind, n, args.workers, args.docs_per_task, base, args.seed, args.max_rss_gb,
                           keep=args.workdir is not None) for kind in kinds for n in sizes]
         result = {"workers": args.workers, "quality_sample": quality, "runs": runs}
         if args.scaling_pages:
