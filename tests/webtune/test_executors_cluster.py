@@ -6,6 +6,7 @@ Slurm needs root and Debian's slurm-wlm and munge (`make cluster-deps`, run by `
 them its tests skip, except in CI (CI=true), where they fail instead.
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -87,19 +88,36 @@ def test_a_failed_slurm_task_is_named_and_resumed_alone(inputs, local_bytes, slu
     assert outputs(tmp_path / "out") == local_bytes
 
 
-def test_ray_at_ray_address_writes_the_local_bytes(inputs, local_bytes, monkeypatch, tmp_path, capfd):
-    # the head's workers import tests.webtune.executor_steps, as a cluster's import webtune
+def test_a_job_slurm_refuses_is_one_line_naming_the_settings(inputs, slurm, on_slurm, tmp_path, capfd):
+    config = dataclasses.replace(on_slurm, settings=dataclasses.replace(on_slurm.settings, partition="gpu"))
+    with pytest.raises(UserError) as refused:
+        executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3, workers=2,
+                      logging_dir=tmp_path / "logs", executor=config, progress=lambda line: None)
+    assert str(refused.value) == ("toy: sbatch refused the job array (exit 1, its message is above): "
+                                  "check slurm: in .webtune/executor.yaml")
+    assert "invalid partition specified: gpu" in capfd.readouterr().err
+    assert slurm.queue() == ""
+
+
+def test_ray_at_ray_address_writes_the_local_bytes_and_resumes_a_failed_task(inputs, local_bytes, monkeypatch,
+                                                                              tmp_path, capfd):
     for key, value in LOOPBACK_RAY.items():
         monkeypatch.setenv(key, value)
+    # the head's workers import tests.webtune.executor_steps, as a cluster's import webtune
     with RayHead(env={"PYTHONPATH": REPO}) as head:
         monkeypatch.setenv("RAY_ADDRESS", head.address)
         monkeypatch.setenv("WEBTUNE_EXECUTOR", "ray")
         config = executor_config(path=tmp_path / "absent.yaml")
         assert config.settings.address == head.address
+        with pytest.raises(UserError, match=r"^toy: 1 of 3 tasks failed \(ranks \[0\]\); see logs/task_0"):
+            executors.run(pipeline(inputs, tmp_path / "out", fail_rank=0), name="toy", tasks=3, workers=2,
+                          logging_dir=tmp_path / "logs", executor=config, progress=lambda line: None)
+        # Ray copies each task's log from its worker into logging_dir
+        assert "RuntimeError: toy failure on rank 0" in (tmp_path / "logs/logs/task_00000.log").read_text()
         lines = []
         executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3, workers=2,
                       logging_dir=tmp_path / "logs", executor=config, progress=lines.append)
+    assert lines[:2] == [f"toy: 1 of 3 tasks on ray, logs in {tmp_path / 'logs'}", "toy: task 0 done (3/3)"]
     assert outputs(tmp_path / "out") == local_bytes
-    assert sorted(lines[1:4]) == EVERY_TASK_DONE
     assert (tmp_path / "logs/logs/task_00001.log").read_text().count("Processing done for rank=1") == 1
     assert capfd.readouterr().out == ""

@@ -93,12 +93,16 @@ def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, lo
                    settings=settings, progress=progress)
     failed = incomplete_ranks(logging_dir, tasks)
     if failed:
-        logs = ", ".join(f"logs/task_{rank:05d}.log" for rank in failed[:3])
-        logs += " ..." if len(failed) > 3 else ""
-        raise UserError(f"{name}: {len(failed)} of {tasks} tasks failed (ranks {failed}); see {logs} in "
-                        f"{logging_dir}; a re-run resumes only those")
+        logs = _first([f"logs/task_{rank:05d}.log" for rank in failed], 3)
+        raise UserError(f"{name}: {len(failed)} of {tasks} tasks failed (ranks [{_first(failed, 10)}]); "
+                        f"see {logs} in {logging_dir}; a re-run resumes only those")
     progress(f"{name}: all {tasks} tasks complete, {len(todo)} run in {time.perf_counter() - start:.1f} s")
     return merged_stats(logging_dir, tasks)
+
+
+def _first(items: list, n: int) -> str:
+    """The first `n` items, comma-separated: an error line stays one readable line."""
+    return ", ".join(map(str, items[:n])) + (", ..." if len(items) > n else "")
 
 
 def incomplete_ranks(logging_dir: Path, tasks: int) -> list[int]:

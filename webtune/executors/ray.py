@@ -9,6 +9,7 @@ same pipeline steps (the same environment); workers do not start in the driver's
 
 import dataclasses
 import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,16 +41,17 @@ def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, lo
     if started_here:
         # log_to_driver=False: tasks' output would reach this process's stdout; each task's log is
         # copied to logging_dir/logs instead. A local runtime gets `workers` CPUs, like the local pool.
-        local = {} if settings.address else {"num_cpus": max(1, workers), "include_dashboard": False}
+        # (ray.init reads RAY_ADDRESS itself when address is None)
+        cluster = settings.address or os.environ.get("RAY_ADDRESS")
+        local = {} if cluster else {"num_cpus": max(1, workers), "include_dashboard": False}
         ray.init(address=settings.address, log_to_driver=False, **local)
-    executor = RayPipelineExecutor(
-        pipeline, tasks=tasks, workers=settings.workers, logging_dir=str(logging_dir),
-        cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb)
     # Its driver lines (a warning that a local logging_dir must be shared, a stats table) are the seam's
     # and docs/executors.md's to say; tasks still log in full to logs/task_NNNNN.log.
     logger.disable("datatrove.executor.ray")
     try:
-        executor.run()
+        RayPipelineExecutor(
+            pipeline, tasks=tasks, workers=settings.workers, logging_dir=str(logging_dir),
+            cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb).run()
     finally:
         logger.enable("datatrove.executor.ray")
         if started_here:

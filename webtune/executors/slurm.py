@@ -16,6 +16,7 @@ pipeline steps.
 
 import dataclasses
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -68,6 +69,8 @@ class _Executor(SlurmPipelineExecutor):
 
 def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, logging_dir: Path,
         settings: SlurmSettings, progress: Callable[[str], None]) -> None:
+    if missing := [cmd for cmd in ("sbatch", "squeue", "scancel") if shutil.which(cmd) is None]:
+        raise UserError(f"the slurm executor needs {', '.join(missing)}: run dvc repro on a login node")
     job_ids = _JobIds()
     executor = _Executor(
         pipeline, tasks=tasks, time=settings.time, partition=settings.partition,
@@ -81,6 +84,10 @@ def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, lo
     logger.disable("datatrove.executor.slurm")
     try:
         executor.launch_job()
+    except subprocess.CalledProcessError as e:
+        # sbatch printed why (an unknown partition or account, a limit) on stderr, just above
+        raise UserError(f"{name}: sbatch refused the job array (exit {e.returncode}, its message is above): "
+                        "check slurm: in .webtune/executor.yaml") from e
     finally:
         logger.enable("datatrove.executor.slurm")
     if not job_ids.ids:
