@@ -78,9 +78,9 @@ def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, lo
         workers=settings.workers, job_name=name, qos=settings.qos or "",
         env_command=f"export PATH={shlex.quote(str(Path(settings.venv) / 'bin'))}:$PATH",
         sbatch_args=dict(settings.sbatch_args), logging_dir=str(logging_dir), job_id_retriever=job_ids)
-    # launch_job, not run(): inside an allocation (a `dvc repro` under srun or sbatch) run() would see
-    # SLURM_ARRAY_TASK_ID and run a rank itself instead of submitting (datatrove #248). Its own
-    # "Launching..." lines are replaced by the one below.
+    # launch_job, not run(): run() takes SLURM_ARRAY_TASK_ID in the environment (a `dvc repro` inside an
+    # array job) to mean "run that rank here" instead of submitting. Its "Launching..." lines are replaced
+    # by the one below.
     logger.disable("datatrove.executor.slurm")
     try:
         executor.launch_job()
