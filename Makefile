@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup setup-dev repro test lint bench bench-repro bench-seeds bench-remote bench-cpu-train bench-serve \
+.PHONY: setup setup-dev cluster-deps repro test lint bench bench-repro bench-seeds bench-remote bench-cpu-train bench-serve \
 	bench-brightdata bench-tests results remote-s3 push pull
 
 # requirements.lock pins every package (torch==2.13.0 included: a local CPU build here; an open range
@@ -24,9 +24,19 @@ setup: $(VENV)/.installed
 repro: setup
 	dvc repro
 
+# The executor tests start a real single-node Slurm (tests/cluster.py): Debian's slurm-wlm and munge,
+# installed here once as root (about a minute). The tests start their own daemons, on free ports with their
+# own key and config, whatever the install started. Without root or apt-get this says so and those tests
+# skip, except under CI=true, where they fail.
+cluster-deps:
+	@if command -v slurmctld >/dev/null && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	else echo "cluster-deps: slurm-wlm and munge not installed (needs root and apt-get): the Slurm tests skip"; fi
+
 # Two worker processes, one test file each at a time (--dist loadfile: a file's module fixtures, such as
 # a built project copy, stay in one process); most end-to-end time is one dvc stage on one core.
-test: setup
+test: setup cluster-deps
 	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: setup

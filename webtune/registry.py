@@ -8,7 +8,10 @@ module, one line here and, for a source or backend, its section in params.yaml:
 - a source module (`webtune/sources/*.py`) exposes `fetch(params, ...)` and `PARAMS`, the frozen dataclass
   of its section under `scrape:` (scrape.<name>);
 - a backend module (`webtune/training/*.py`) exposes `BACKEND` and `PARAMS` (its section train.<name>);
-- a chat-format module (`webtune/formats/*.py`) exposes `FORMAT`.
+- a chat-format module (`webtune/formats/*.py`) exposes `FORMAT`;
+- an executor module (`webtune/executors/*.py`) exposes `run(pipeline, ...)` and `SETTINGS`, the frozen
+  dataclass of its section in the git-ignored .webtune/executor.yaml (executors are no params: the same
+  tasks give the same bytes on each).
 """
 
 # params.yaml section -> "module:dataclass" (webtune.params.load_section builds it; each stage lists
@@ -51,4 +54,11 @@ FORMATS = {
     "harmony": "webtune.formats.harmony",  # gpt-oss
     "chatml": "webtune.formats.chatml",  # SmolLM2, Qwen
     "llama3": "webtune.formats.llama3",  # Llama 3.x
+}
+
+# WEBTUNE_EXECUTOR or .webtune/executor.yaml's executor: -> module (webtune.executors.run picks one)
+EXECUTORS = {
+    "local": "webtune.executors.local",  # datatrove's local executor: this process or a process pool
+    "slurm": "webtune.executors.slurm",  # a Slurm job array, waited on until it ends
+    "ray": "webtune.executors.ray",  # a Ray cluster (RAY_ADDRESS) or a local Ray runtime
 }

@@ -1,0 +1,116 @@
+"""The executor seam on the local executor: byte-identical outputs for any worker count, a failed task
+named in one line and resumed alone, and where the executor's name and settings come from. Slurm and
+Ray against real runtimes: tests/webtune/test_executors_cluster.py."""
+
+import dataclasses
+
+import pytest
+
+from tests.webtune.executor_steps import outputs, pipeline, write_inputs
+from webtune import executors
+from webtune.errors import UserError
+from webtune.executors import ExecutorConfig, executor_config
+from webtune.executors.local import LocalSettings
+from webtune.executors.slurm import SlurmSettings
+
+EVERY_TASK_DONE = ["toy: task 0 done (1/3)", "toy: task 1 done (2/3)", "toy: task 2 done (3/3)"]
+FILES = ["000_00000.parquet", "000_00001.parquet", "000_00002.parquet"]  # ParquetWriter's ${rank}.parquet
+LOCAL = ExecutorConfig("local")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def run_local(inputs, root, workers, fail_rank=None, lines=None):
+    return executors.run(pipeline(inputs, root / "out", fail_rank), name="toy", tasks=3, workers=workers,
+                         logging_dir=root / "logs", executor=LOCAL,
+                         progress=(lines.append if lines is not None else lambda line: None))
+
+
+def test_one_worker_and_two_workers_write_the_same_bytes(inputs, tmp_path, capfd):
+    lines = []
+    stats = run_local(inputs, tmp_path / "one", workers=1, lines=lines)
+    run_local(inputs, tmp_path / "two", workers=2)
+    one, two = outputs(tmp_path / "one" / "out"), outputs(tmp_path / "two" / "out")
+    assert sorted(one) == FILES
+    assert one == two
+    # 3 files of 4 documents, one file per task
+    assert [s.name for s in stats.stats] == [step.stats.name for step in pipeline(inputs, tmp_path)]
+    assert stats.stats[1]["shouted"].total == 12
+    assert lines[0].startswith("toy: 3 of 3 tasks on local, logs in ")
+    assert sorted(lines[1:4]) == EVERY_TASK_DONE
+    out, err = capfd.readouterr()
+    assert out == ""  # a stage's stdout stays clean: datatrove logs to stderr, tasks' INFO only to files
+    assert "Launching pipeline" not in err and "Stats" not in err
+
+
+def test_a_failed_task_is_named_in_one_line_and_a_rerun_resumes_only_it(inputs, tmp_path):
+    with pytest.raises(UserError) as failed:
+        run_local(inputs, tmp_path, workers=2, fail_rank=1)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message == ("toy: 1 of 3 tasks failed (ranks [1]); see logs/task_00001.log in "
+                       f"{tmp_path / 'logs'}; a re-run resumes only those")
+    assert "RuntimeError: toy failure on rank 1" in (tmp_path / "logs/logs/task_00001.log").read_text()
+    done = {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in (FILES[0], FILES[2])}
+
+    lines = []
+    stats = run_local(inputs, tmp_path, workers=2, lines=lines)  # fixed: the step no longer raises
+    assert lines[0].startswith("toy: 1 of 3 tasks on local")
+    assert lines[1] == "toy: task 1 done (3/3)"
+    assert {name: (tmp_path / "out" / name).stat().st_mtime_ns for name in done} == done  # not re-run
+    assert stats.stats[1]["shouted"].total == 12  # merged over all 3 ranks, the earlier run's 2 included
+    fresh = tmp_path / "fresh"
+    run_local(inputs, fresh, workers=1)
+    assert outputs(tmp_path / "out") == outputs(fresh / "out")
+
+
+def test_a_complete_logging_dir_runs_nothing(inputs, tmp_path):
+    run_local(inputs, tmp_path, workers=1)
+    lines = []
+    stats = run_local(inputs, tmp_path, workers=1, fail_rank=0, lines=lines)  # would raise if it ran
+    assert lines == [f"toy: all 3 tasks already complete in {tmp_path / 'logs'}"]
+    assert stats.stats[1]["shouted"].total == 12
+
+
+def test_the_environment_variable_wins_over_the_file(tmp_path):
+    config = tmp_path / "executor.yaml"
+    config.write_text("executor: ray\nslurm:\n  partition: cpu\n  time: '01:00:00'\n"
+                      "  sbatch_args: {account: webtune}\n")
+    assert executor_config({}, config).name == "ray"
+    chosen = executor_config({"WEBTUNE_EXECUTOR": "slurm"}, config)
+    assert chosen == ExecutorConfig("slurm", SlurmSettings(partition="cpu", time="01:00:00",
+                                                           sbatch_args={"account": "webtune"}))
+    assert executor_config({}, tmp_path / "absent.yaml") == ExecutorConfig("local", LocalSettings())
+
+
+def test_ray_address_comes_from_the_environment_before_the_file(tmp_path):
+    config = tmp_path / "executor.yaml"
+    config.write_text("executor: ray\nray:\n  address: head:6379\n")
+    assert executor_config({}, config).settings.address == "head:6379"
+    assert executor_config({"RAY_ADDRESS": "10.0.0.7:6379"}, config).settings.address == "10.0.0.7:6379"
+
+
+@pytest.mark.parametrize("text, environ, message", [
+    ("", {"WEBTUNE_EXECUTOR": "dask"}, "WEBTUNE_EXECUTOR: 'dask' is not one of ['local', 'slurm', 'ray']"),
+    ("executor: spark\n", {}, "{config}: executor: 'spark' is not one of ['local', 'slurm', 'ray']"),
+    ("executer: slurm\n", {}, "{config}: unknown key 'executer' (expected 'executor' or one of "
+                              "['local', 'slurm', 'ray'])"),
+    ("slurm:\n  partiton: cpu\n", {}, "{config}: slurm.partiton is not a setting (one of ['partition', "),
+    ("slurm:\n  cpus_per_task: two\n", {}, "{config}: slurm.cpus_per_task: 'two' is not int"),
+    ("ray:\n  address: 6379\n", {}, "{config}: ray.address: 6379 is not str or null"),
+])
+def test_an_unknown_executor_or_setting_is_named(tmp_path, text, environ, message):
+    config = tmp_path / "executor.yaml"
+    config.write_text(text)
+    with pytest.raises(UserError) as bad:
+        executor_config(environ, config)
+    assert str(bad.value).startswith(message.format(config=config))
+
+
+def test_settings_keep_their_defaults_where_the_file_is_silent(tmp_path):
+    config = tmp_path / "executor.yaml"
+    config.write_text("executor: slurm\nslurm:\n  partition: cpu\n")
+    assert executor_config({}, config).settings == dataclasses.replace(SlurmSettings(), partition="cpu")

@@ -1,0 +1,62 @@
+"""The default executor: datatrove's LocalPipelineExecutor, tasks in this process (workers <= 1) or in a
+pool of `workers` processes. No server, no settings."""
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import multiprocess
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.logging import logger
+from datatrove.utils.stats import PipelineStats
+
+# forkserver (datatrove's default), not fork (which webtune.parallel uses): a forked child inherits
+# the parent's Rust thread pools in a broken state. After the parent called rensa's batch API
+# (RMinHash.digests_from_token_sets, rayon), a fork-started worker calling it again hung (60 s timeout,
+# rensa 0.5.0); under forkserver it returned. pyarrow survived fork (Arrow re-creates its pool). The
+# price: a 2-task pool of a pipeline importing pyarrow, resiliparse and rensa started in 0.13-0.24 s
+# with fork against 0.5-1.3 s with forkserver (1.2-2.5 s for the first pool of a process, which starts
+# the server) on 2 busy EPYC cores: under a second a pipeline, against hangs. The server preloads the
+# steps' modules so that each worker forks with them imported.
+START_METHOD = "forkserver"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSettings:
+    """No settings: `workers` (params) is the pool size."""
+
+
+SETTINGS = LocalSettings
+
+
+class _Executor(LocalPipelineExecutor):
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
+        # datatrove echoes a task's INFO log (its pipeline, a line per file, a stats table) to stderr for
+        # local_rank 0 and only its errors otherwise: every task here counts as "not first", and its full
+        # log stays in logs/task_NNNNN.log. Its "N/M tasks completed" lines are silenced in the workers:
+        # webtune.executors reports each task once, from the completion markers.
+        logger.disable("datatrove.executor.local")
+        try:
+            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        except Exception:
+            # Logged in full in the task's log. The rank stays incomplete and the other tasks go on,
+            # as on Slurm and Ray; the seam then names every failed rank at once.
+            return PipelineStats()
+
+
+def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, logging_dir: Path,
+        settings: LocalSettings, progress: Callable[[str], None]) -> None:
+    workers = max(1, min(workers, tasks))
+    if workers > 1:
+        # effective only before this process's first pool starts the server; later pools reuse it
+        multiprocess.get_context(START_METHOD).set_forkserver_preload(
+            ["__main__", *sorted({type(step).__module__ for step in pipeline})])
+    executor = _Executor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
+                         start_method=START_METHOD)
+    # its skip and summary lines (a multi-line stats table) are the seam's to print
+    logger.disable("datatrove.executor.local")
+    try:
+        executor.run()
+    finally:
+        logger.enable("datatrove.executor.local")
