@@ -11,10 +11,9 @@ under the same root are removed when a new one is made: only the latest run can 
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
-from webtune import executors, io
+from webtune import executors, io, quiet
 
 CHUNK = 1 << 20
 
@@ -47,10 +46,9 @@ def scratch_dir(root: Path, **parts) -> Path:
 def run_passes(stage: str, passes: list[tuple[str, list, int]], scratch: Path, workers: int, executor=None,
                progress=io.stderr) -> None:
     """Run each (name, pipeline, tasks) pass to completion with the executor, in order; its logs and
-    completion markers under scratch/logs/<name>."""
+    completion markers under scratch/logs/<name> (webtune.executors prints a line per task)."""
     for name, pipeline, tasks in passes:
-        start = time.perf_counter()
-        executors.run(pipeline, name=f"{stage}-{name}", tasks=tasks, workers=workers,
-                      logging_dir=scratch / "logs" / name, executor=executor)
-        seconds = time.perf_counter() - start
-        progress(f"{stage}: {name} pass, {tasks} task{'s' * (tasks > 1)}, {seconds:.1f} s")
+        # datatrove's exact dedup draws a tqdm bar in a task that runs in this process (a 1-task pass)
+        with quiet.tqdm_for_terminal("datatrove.pipeline.dedup.exact_dedup"):
+            executors.run(pipeline, name=f"{stage} {name}", tasks=tasks, workers=workers,
+                          logging_dir=scratch / "logs" / name, executor=executor, progress=progress)

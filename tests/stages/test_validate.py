@@ -215,10 +215,11 @@ def test_main_exits_1_naming_the_failures_and_removes_a_stale_out(tmp_path, caps
     assert not stale.exists()
 
     err = capsys.readouterr().err
-    passes = [line for line in err.splitlines() if line.startswith("validate: ") and " pass, " in line]
-    assert [p.split(",")[:2] for p in passes] == [["validate: check pass", " 2 tasks"],
-                                                  ["validate: find pass", " 1 task"]]
-    assert err.split("\n", len(passes))[-1] == (
+    lines = err.splitlines()
+    done = [line.split(" run in ")[0] for line in lines if " tasks complete, " in line]
+    assert done == ["validate check: all 2 tasks complete, 2", "validate find: all 1 tasks complete, 1"]
+    start = next(i for i, line in enumerate(lines) if line.startswith("validate: "))
+    assert "\n".join(lines[start:]) + "\n" == (
         f"validate: {tmp_path / PAIRS_FILE} failed {SUITE_PATH}:\n"
         "2 of 22 expectations failed (suite pairs, 6 rows)\n"
         "  expect_column_values_to_be_unique(column=instruction): 2 of 6 rows unexpected; "
