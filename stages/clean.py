@@ -37,6 +37,7 @@ def clean(raw: Path, out: dict[str, Path], scratch_root: Path, params: CleanPara
           progress=io.stderr) -> dict:
     """Run the passes on `raw` (a shard folder), move the outputs to `out` (docs, pairs, dropped
     folders); return the metrics."""
+    raw = raw.resolve()  # the passes' tasks may run on other machines or in other folders (Slurm, Ray)
     inputs = shards.shard_files(raw, "the scrape stage")
     for path in inputs:
         io.parquet_file(path, schema.RAW_DOCS.names, "the scrape stage")

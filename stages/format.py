@@ -69,6 +69,8 @@ def format_shards(pairs: Path, docs: Path, tokenizer: Path, suite_path: Path, pa
     only if the gate passed, then removes the scratch."""
     from webtune.models import load_tokenizer  # imports transformers: only the stage needs it
 
+    # the passes' tasks may run on other machines or in other folders (Slurm, Ray)
+    pairs, docs, tokenizer = pairs.resolve(), docs.resolve(), tokenizer.resolve()
     tok, fmt = load_tokenizer(tokenizer)
     if params.max_length > tok.model_max_length:
         raise errors.ParamsError(f"format.max_length: {params.max_length} is beyond the base's context of "

@@ -55,6 +55,7 @@ def validate_shards(pairs: Path, suite, params: ValidateParams, scratch_root: Pa
                     progress=io.stderr) -> expectations.SuiteResult:
     """The stage's path: `validate` over the shards of `pairs`, as datatrove passes."""
     suite = expectations.with_kwargs(suite, ROW_COUNT, min_value=params.min_rows)
+    pairs = pairs.resolve()  # the passes' tasks may run on other machines or in other folders (Slurm, Ray)
     inputs = shards.shard_files(pairs, "the clean stage")
     for path in inputs:
         io.parquet_file(path, schema.PAIRS.names, "the clean stage")

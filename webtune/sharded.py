@@ -33,7 +33,9 @@ def fingerprint(*, params: dict, inputs: list[Path], code: list[Path]) -> str:
 
 
 def scratch_dir(root: Path, **parts) -> Path:
-    """`root/<fingerprint of parts>`, created; every other folder under `root` removed."""
+    """`root/<fingerprint of parts>` (absolute: Slurm and Ray tasks may start elsewhere), created; every
+    other folder under `root` removed."""
+    root = root.resolve()
     folder = root / fingerprint(**parts)
     if root.is_dir():
         for other in root.iterdir():
@@ -50,5 +52,6 @@ def run_passes(stage: str, passes: list[tuple[str, list, int]], scratch: Path, w
     for name, pipeline, tasks in passes:
         # datatrove's exact dedup draws a tqdm bar in a task that runs in this process (a 1-task pass)
         with quiet.tqdm_for_terminal("datatrove.pipeline.dedup.exact_dedup"):
-            executors.run(pipeline, name=f"{stage} {name}", tasks=tasks, workers=workers,
+            # no space in the name: it is also the Slurm job's name, an #SBATCH directive
+            executors.run(pipeline, name=f"{stage}-{name}", tasks=tasks, workers=workers,
                           logging_dir=scratch / "logs" / name, executor=executor, progress=progress)

@@ -217,7 +217,7 @@ def test_main_exits_1_naming_the_failures_and_removes_a_stale_out(tmp_path, caps
     err = capsys.readouterr().err
     lines = err.splitlines()
     done = [line.split(" run in ")[0] for line in lines if " tasks complete, " in line]
-    assert done == ["validate check: all 2 tasks complete, 2", "validate find: all 1 tasks complete, 1"]
+    assert done == ["validate-check: all 2 tasks complete, 2", "validate-find: all 1 tasks complete, 1"]
     start = next(i for i, line in enumerate(lines) if line.startswith("validate: "))
     assert "\n".join(lines[start:]) + "\n" == (
         f"validate: {tmp_path / PAIRS_FILE} failed {SUITE_PATH}:\n"
