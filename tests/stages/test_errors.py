@@ -13,10 +13,10 @@ import yaml
 from stages import base, clean, evaluate, scrape, train, validate
 from stages import format as format_stage
 from stages.format import format_pairs
-from tests.stages.test_format import doc, pair, write_docs
+from tests.stages.test_format import doc, pair, write_pairs
 from webtune.formats import harmony
 from webtune.params import load_section
-from webtune.schema import CHAT_ROWS, PAIRS
+from webtune.schema import CHAT_ROWS, CLEAN_DOCS, PAIRS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,32 +77,35 @@ def test_scrape_run_as_a_module_with_an_unknown_source_prints_one_line(tmp_path)
 # --- clean ---------------------------------------------------------------------------------------
 
 
-def test_clean_refuses_a_raw_file_that_is_not_parquet(tmp_path, capsys):
-    raw = tmp_path / "raw.parquet"
-    raw.write_text("doc_id,body\na,text\n")
-    argv = ["--raw", str(raw), "--docs", str(tmp_path / "docs.parquet"),
-            "--dropped", str(tmp_path / "dropped.parquet"), "--pairs", str(tmp_path / "pairs.parquet"),
-            "--metrics", str(tmp_path / "m.json"),
+def test_clean_refuses_a_raw_shard_that_is_not_parquet(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    shard = tmp_path / "raw" / "00000.parquet"
+    shard.write_text("doc_id,body\na,text\n")
+    argv = ["--raw", str(tmp_path / "raw"), "--docs", str(tmp_path / "docs"),
+            "--dropped", str(tmp_path / "dropped"), "--pairs", str(tmp_path / "pairs"),
+            "--scratch", str(tmp_path / "scratch"), "--metrics", str(tmp_path / "m.json"),
             "--params", str(REPO / "params.yaml")]
     fails_with(capsys, clean.main, argv,
-               f"clean: {raw}: not a Parquet file (Parquet magic bytes not found in footer. Either the file "
-               "is corrupted or this is not a parquet file.)")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.parquet"]
+               f"clean: {shard}: not a Parquet file (Parquet magic bytes not found in footer. Either the "
+               "file is corrupted or this is not a parquet file.)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
 # --- validate ------------------------------------------------------------------------------------
 
 
-def test_validate_names_the_columns_a_pairs_file_lacks(tmp_path, capsys):
-    pairs = tmp_path / "pairs.parquet"
+def test_validate_names_the_columns_a_pairs_shard_lacks(tmp_path, capsys):
+    (tmp_path / "pairs").mkdir()
+    pairs = tmp_path / "pairs" / "00000.parquet"
     pq.write_table(pa.table({"pair_id": ["p1"], "instruction": ["What is x?"]}), pairs)
-    argv = ["--pairs", str(pairs), "--suite", str(REPO / "expectations/pairs.json"),
-            "--out", str(tmp_path / "validated.parquet"), "--report", str(tmp_path / "report.md"),
-            "--metrics", str(tmp_path / "m.json"), "--params", str(REPO / "params.yaml")]
+    argv = ["--pairs", str(tmp_path / "pairs"), "--suite", str(REPO / "expectations/pairs.json"),
+            "--out", str(tmp_path / "validated"), "--scratch", str(tmp_path / "scratch"),
+            "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "m.json"),
+            "--params", str(REPO / "params.yaml")]
     fails_with(capsys, validate.main, argv,
                f"validate: {pairs}: missing columns doc_id, source, url, fetched_at, content_sha256, task, "
                "system, response (was it written by the clean stage?)")
-    assert not (tmp_path / "validated.parquet").exists()
+    assert not (tmp_path / "validated").exists()
     assert PAIRS.names == ["doc_id", "source", "url", "fetched_at", "content_sha256", "pair_id", "task",
                            "system", "instruction", "response"]
 
@@ -123,14 +126,14 @@ def test_base_names_heads_that_do_not_divide_the_width(tmp_path, capsys):
 
 
 def test_format_names_a_missing_tokenizer_folder(tmp_path, capsys):
-    pairs = tmp_path / "pairs.parquet"
-    pq.write_table(pa.Table.from_pylist([pair(1)], schema=PAIRS), pairs)
+    pairs = write_pairs(tmp_path / "pairs", [pair(1)])
     missing = tmp_path / "base" / "tokenizer"
     out = tmp_path / "format"
-    argv = ["--pairs", str(pairs), "--docs", str(tmp_path / "docs.parquet"), "--tokenizer", str(missing),
+    argv = ["--pairs", str(pairs), "--docs", str(tmp_path / "docs"), "--tokenizer", str(missing),
             "--suite", str(REPO / "expectations/chat_rows.json"), "--out-dir", str(out),
             "--test-docs", str(out / "test_docs.parquet"),
             "--openai-dir", str(out / "openai"), "--dropped", str(out / "dropped.parquet"),
+            "--scratch", str(tmp_path / "scratch"),
             "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "m.json"),
             "--lengths-plot", str(tmp_path / "lengths.csv"), "--params", str(REPO / "params.yaml")]
     fails_with(capsys, format_stage.main, argv,
@@ -188,7 +191,8 @@ def test_evaluate_refuses_an_adapter_folder_without_an_adapter(tiny_base, tok, t
     pq.write_table(chat_rows(tok, 2), test)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    test_docs = write_docs(tmp_path / "test_docs.parquet", [doc(1)])
+    test_docs = tmp_path / "test_docs.parquet"  # format's one file of test pages
+    pq.write_table(pa.Table.from_pylist([doc(1)], schema=CLEAN_DOCS), test_docs)
     argv = ["--base", str(tiny_base), "--adapter", str(adapter), "--test", str(test),
             "--test-docs", str(test_docs),
             "--samples", str(tmp_path / "samples.jsonl"), "--samples-report", str(tmp_path / "samples.md"),
