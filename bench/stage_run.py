@@ -1,6 +1,6 @@
 """Running one pipeline stage as `dvc repro` runs it, for bench/data_stages.py: its command from dvc.yaml
 in a subprocess, timed by wall clock and by CPU time (the stage and every worker it reaped), with the
-process tree's PSS and RSS polled every 100 ms.
+process tree's PSS and RSS polled every 500 ms.
 """
 
 import os
@@ -18,12 +18,14 @@ STAGES = ("clean", "validate", "format")
 RAW_PATH, CLEAN_DOCS_PATH = "data/raw/docs", "data/clean/docs"  # shard folders, as dvc.yaml names them
 
 
-def run_stage(args: list[str], log: Path, max_rss_gb: float, poll_s: float = 0.1) -> dict:
+def run_stage(args: list[str], log: Path, max_rss_gb: float, poll_s: float = 0.5) -> dict:
     """Run `python -m stages.X ...` in REPO: wall and CPU seconds, peak memory of the process tree.
 
     Peak memory is polled: RSS summed over the stage and its workers (an upper bound: forked workers
     share the parent's pages) and PSS (shared pages split between sharers: the fair total). A stage
-    whose tree passes max_rss_gb is killed (this machine is shared; 24 GiB).
+    whose tree passes max_rss_gb is killed (this machine is shared; 24 GiB). Every 0.5 s: reading PSS
+    (smaps) of a stage, its forkserver, pool and manager processes every 0.1 s took half a core from a
+    2-core machine, which the stage's own throughput then lacked.
     """
     env = os.environ | {"GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     load_before = os.getloadavg()[0]
