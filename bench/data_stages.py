@@ -12,11 +12,12 @@ is checked on the whole corpus: after clean no marker may survive, and HTML head
 headings.
 
 Each stage runs as the pipeline runs it (bench/stage_run.py): its command from dvc.yaml in a subprocess,
-outputs moved to a temporary folder, on a copy of params.yaml with clean.workers set. Two throughputs:
-- MB/s/core = raw input MB / wall s / workers: the goal's unit (bench/goals.py), valid only when nothing
-  else runs on the machine;
-- MB/CPU-s = raw input MB / CPU s: what a busy core does, robust to other load (compare the two: if
-  "cores" is well below the worker count, the machine was shared or the stage is serial).
+outputs moved to a temporary folder, on a copy of params.yaml with the data stages' workers and
+clean.tasks set (--docs-per-task: tasks of one size at any corpus size, so memory per task is the same).
+Two throughputs, both valid only when nothing else runs on the machine:
+- MB/s/core = raw input MB / wall s / workers: the goal's unit (bench/goals.py);
+- MB/CPU-s = raw input MB / the machine's busy CPU s during the stage: what a busy core does; "cores"
+  (CPU s / wall s) well below the worker count means the stage is serial or waiting.
 The base tokenizer that format needs is trained once, outside the timings, on a generated sample (it is
 the base stage's work, not a data stage's).
 """
