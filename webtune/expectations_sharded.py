@@ -80,7 +80,10 @@ class Gate:
             self.sigs[c].save_hashes(self.rank, self.hashes[c])
         path = self.scratch / "checks" / f"{self.rank:05d}.pkl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(pickle.dumps({"ids": self.ids, "checks": [c for c in self.checks if c]}))
+        path.write_bytes(pickle.dumps({"rows": len(self.ids), "checks": [c for c in self.checks if c]}))
+        # the ids apart: the merge reads only those of tasks with a repeated value
+        (self.scratch / "ids").mkdir(parents=True, exist_ok=True)
+        (self.scratch / "ids" / f"{self.rank:05d}.txt").write_text("\n".join(map(str, self.ids)))
 
 
 class CheckShard(PipelineStep):
@@ -127,7 +130,7 @@ def result(suite: gx.ExpectationSuite, id_column: str, samples: int, scratch: Pa
     """The suite's outcome on every row the `tasks` gates checked, from what the passes left in
     `scratch`."""
     parts = [pickle.loads((scratch / "checks" / f"{r:05d}.pkl").read_bytes()) for r in range(tasks)]
-    rows = sum(len(p["ids"]) for p in parts)
+    rows = sum(p["rows"] for p in parts)
     data = suite_dict(suite)
     row_level = [c for p in parts for c in p["checks"]]
     summed = iter(expectations_batched.add_up(row_level, samples) if row_level else ())
@@ -141,7 +144,7 @@ def result(suite: gx.ExpectationSuite, id_column: str, samples: int, scratch: Pa
             results.append(dataclasses.replace(base, success=ok, observed=rows))
         elif e["type"] == UNIQUE:
             repeated = _repeated_rows(scratch / "dups" / e["kwargs"]["column"], tasks)
-            ids = tuple(parts[t]["ids"][i] for t, i in repeated[:samples])
+            ids = tuple(_ids(scratch, repeated[:samples]))
             results.append(dataclasses.replace(base, success=not repeated, unexpected_count=len(repeated),
                                                element_count=rows, sample_ids=ids))
         else:
@@ -160,3 +163,9 @@ def _repeated_rows(dups: Path, tasks: int) -> list[tuple[int, int]]:
         for f in dups.glob(f"*/{r:05d}{ExtensionHelperSD.stage_2_counts}"):
             found += [(r, int(i)) for i in np.fromfile(f, dtype="<u4").reshape(-1, 2)[:, 0]]
     return sorted(set(found))
+
+
+def _ids(scratch: Path, rows: list[tuple[int, int]]) -> list[str]:
+    """The ids of (task, row) rows, reading only the tasks named."""
+    ids = {t: (scratch / "ids" / f"{t:05d}.txt").read_text().split("\n") for t in {t for t, _ in rows}}
+    return [ids[t][i] for t, i in rows]
