@@ -77,12 +77,8 @@ def format_shards(pairs: Path, docs: Path, tokenizer: Path, suite_path: Path, pa
                                  f"{tok.model_max_length} tokens "
                                  "(base.max_position_embeddings for the tiny base)")
     suite = gate_suite(suite_path, fmt, params)
-    pair_files = shards.shard_files(pairs, "the validate stage")
-    doc_files = shards.shard_files(docs, "the clean stage")
-    for path in pair_files:
-        io.parquet_file(path, schema.PAIRS.names, "the validate stage")
-    for path in doc_files:
-        io.parquet_file(path, schema.CLEAN_DOCS.names, "the clean stage")
+    pair_files = shards.shard_files(pairs, "the validate stage", schema.PAIRS.names)
+    doc_files = shards.shard_files(docs, "the clean stage", schema.CLEAN_DOCS.names)
     tokenizer_files = sorted(p for p in tokenizer.rglob("*") if p.is_file())
     scratch = sharded.scratch_dir(scratch_root, params=as_dict(params),
                                   inputs=[*pair_files, *doc_files, *tokenizer_files, suite_path],

@@ -56,9 +56,7 @@ def validate_shards(pairs: Path, suite, params: ValidateParams, scratch_root: Pa
     """The stage's path: `validate` over the shards of `pairs`, as datatrove passes."""
     suite = expectations.with_kwargs(suite, ROW_COUNT, min_value=params.min_rows)
     pairs = pairs.resolve()  # the passes' tasks may run on other machines or in other folders (Slurm, Ray)
-    inputs = shards.shard_files(pairs, "the clean stage")
-    for path in inputs:
-        io.parquet_file(path, schema.PAIRS.names, "the clean stage")
+    inputs = shards.shard_files(pairs, "the clean stage", schema.PAIRS.names)
     scratch = sharded.scratch_dir(scratch_root, params=as_dict(params) | {"suite": suite_dict(suite)},
                                   inputs=inputs, code=[Path(__file__), Path(expectations_sharded.__file__)])
     passes = expectations_sharded.passes(suite, pairs, schema.PAIRS.names, "pair_id", "the clean stage",

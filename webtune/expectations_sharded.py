@@ -17,7 +17,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature, ExactFindDedups
@@ -101,11 +100,9 @@ class CheckShard(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         gate = Gate(self.suite, self.scratch, rank, self.id_column, self.samples)
-        files = shards.shard_files(self.folder, self.written_by)
-        for k in shards.contiguous_shard(len(files), rank, world_size):
-            for batch in pq.ParquetFile(files[k]).iter_batches(batch_size=self.batch_rows,
-                                                                columns=self.columns):
-                gate.add(batch.to_pandas())
+        for batch in shards.task_batches(self.folder, self.columns, self.written_by, self.batch_rows, rank,
+                                         world_size):
+            gate.add(batch.to_pandas())
         gate.close()
 
 

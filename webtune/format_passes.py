@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from webtune import expectations_sharded, schema, shards
@@ -33,12 +32,6 @@ OUTPUTS = {"train": schema.CHAT_ROWS, "val": schema.CHAT_ROWS, "test": schema.CH
            "dropped": schema.DROPPED, "test_docs": schema.CLEAN_DOCS}
 
 
-def _batches(folder: str, written_by: str, rank: int, world_size: int, columns: list[str], rows: int):
-    files = shards.shard_files(folder, written_by)
-    for k in shards.contiguous_shard(len(files), rank, world_size):
-        yield from pq.ParquetFile(files[k]).iter_batches(batch_size=rows, columns=columns)
-
-
 class _Step(PipelineStep):
     type = "webtune"
 
@@ -47,11 +40,12 @@ class _Step(PipelineStep):
         self.params, self.pairs, self.docs, self.scratch = params, str(pairs), str(docs), Path(scratch)
 
     def pair_batches(self, rank, world_size, columns=PAIR_COLUMNS):
-        return _batches(self.pairs, "the validate stage", rank, world_size, columns, self.params.batch_rows)
+        return shards.task_batches(self.pairs, columns, "the validate stage", self.params.batch_rows, rank,
+                                   world_size)
 
     def doc_batches(self, rank, world_size):
-        return _batches(self.docs, "the clean stage", rank, world_size, schema.CLEAN_DOCS.names,
-                        self.params.batch_rows)
+        return shards.task_batches(self.docs, schema.CLEAN_DOCS.names, "the clean stage",
+                                   self.params.batch_rows, rank, world_size)
 
     def save(self, folder: str, rank: int, array: np.ndarray) -> None:
         path = self.scratch / folder / f"{rank:05d}.npy"

@@ -29,8 +29,9 @@ def shard_name(rank: int) -> str:
     return f"{rank:05d}{SUFFIX}"
 
 
-def shard_files(folder: str | Path, written_by: str) -> list[Path]:
-    """The shards of a table folder in order; InputError naming the folder if it is missing or empty."""
+def shard_files(folder: str | Path, written_by: str, columns: list[str] | None = None) -> list[Path]:
+    """The shards of a table folder in order; InputError naming the folder if it is missing or empty, or
+    naming the first shard that is not Parquet or lacks one of `columns` (when given)."""
     folder = Path(folder)
     if folder.is_file():
         raise InputError(f"{folder}: a single file where a folder of shards is expected "
@@ -38,6 +39,8 @@ def shard_files(folder: str | Path, written_by: str) -> list[Path]:
     files = sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
     if not files:
         raise InputError(f"{folder}: no shards (*{SUFFIX}); was it written by {written_by}?")
+    for path in files if columns else ():
+        io.parquet_file(path, columns, written_by)
     return files
 
 
@@ -49,12 +52,14 @@ def contiguous_shard(n_files: int, rank: int, world_size: int) -> range:
     return range(start, start + per + (rank < extra))
 
 
-def iter_batches(folder: str | Path, columns: list[str], written_by: str,
-                 batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Every shard's record batches, in shard order: the folder read as one table, streamed."""
-    for path in shard_files(folder, written_by):
-        yield from io.parquet_file(path, columns, written_by).iter_batches(batch_size=batch_rows,
-                                                                            columns=columns)
+def task_batches(folder: str | Path, columns: list[str], written_by: str, batch_rows: int, rank: int = 0,
+                 world_size: int = 1) -> Iterator[pa.RecordBatch]:
+    """The record batches of task `rank`'s contiguous run of shards, in order (rank 0 of 1: the whole
+    folder read as one table, streamed)."""
+    files = shard_files(folder, written_by)
+    for k in contiguous_shard(len(files), rank, world_size):
+        yield from io.parquet_file(files[k], columns, written_by).iter_batches(batch_size=batch_rows,
+                                                                                columns=columns)
 
 
 def num_rows(folder: str | Path, written_by: str) -> int:

@@ -21,19 +21,20 @@ import collections
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
-from webtune import schema, shards
+from webtune import shards
 from webtune.cleaning import CleanParams
 from webtune.cleaning.steps import KEY_BYTES, PAIR_KEY
 
-DECISIONS = schema.pa.schema([
-    schema.pa.field("doc", schema.pa.int64(), nullable=False),    # index among the task's scored docs
-    schema.pa.field("pair", schema.pa.int64(), nullable=False),   # index among their pairs
+DECISIONS = pa.schema([
+    pa.field("doc", pa.int64(), nullable=False),    # index among the task's scored docs
+    pa.field("pair", pa.int64(), nullable=False),   # index among their pairs
     # (-1: the row is about the other: a doc's decision has pair -1, a pair's has doc -1)
-    schema.pa.field("reason", schema.pa.string(), nullable=False),
-    schema.pa.field("detail", schema.pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("detail", pa.string(), nullable=False),
 ])
 
 
