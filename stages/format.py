@@ -82,8 +82,7 @@ def format_shards(pairs: Path, docs: Path, tokenizer: Path, suite_path: Path, pa
     tokenizer_files = sorted(p for p in tokenizer.rglob("*") if p.is_file())
     scratch = sharded.scratch_dir(scratch_root, params=as_dict(params),
                                   inputs=[*pair_files, *doc_files, *tokenizer_files, suite_path],
-                                  code=[Path(__file__), Path(format_passes.__file__),
-                                        Path(expectations_sharded.__file__)])
+                                  stage=Path(__file__))
     tasks = len(pair_files)
     passes = format_passes.format_passes(params, pairs, docs, tokenizer, suite, scratch, tasks)
     sharded.run_passes(STAGE, passes, scratch, params.workers, executor, progress)

@@ -58,7 +58,7 @@ def validate_shards(pairs: Path, suite, params: ValidateParams, scratch_root: Pa
     pairs = pairs.resolve()  # the passes' tasks may run on other machines or in other folders (Slurm, Ray)
     inputs = shards.shard_files(pairs, "the clean stage", schema.PAIRS.names)
     scratch = sharded.scratch_dir(scratch_root, params=as_dict(params) | {"suite": suite_dict(suite)},
-                                  inputs=inputs, code=[Path(__file__), Path(expectations_sharded.__file__)])
+                                  inputs=inputs, stage=Path(__file__))
     passes = expectations_sharded.passes(suite, pairs, schema.PAIRS.names, "pair_id", "the clean stage",
                                          params.batch_rows, params.report_samples, scratch)
     sharded.run_passes(STAGE, passes, scratch, params.workers, executor, progress)

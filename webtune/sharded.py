@@ -32,11 +32,13 @@ def fingerprint(*, params: dict, inputs: list[Path], code: list[Path]) -> str:
     return h.hexdigest()
 
 
-def scratch_dir(root: Path, **parts) -> Path:
-    """`root/<fingerprint of parts>` (absolute: Slurm and Ray tasks may start elsewhere), created; every
-    other folder under `root` removed."""
+def scratch_dir(root: Path, *, params: dict, inputs: list[Path], stage: Path) -> Path:
+    """`root/<fingerprint>` (absolute: Slurm and Ray tasks may start elsewhere), created; every other
+    folder under `root` removed. The code fingerprinted is the stage's module and the whole webtune
+    package (~1 MB): any library change the passes might run starts afresh, which costs one re-run
+    at most and never trusts tasks done by other code."""
     root = root.resolve()
-    folder = root / fingerprint(**parts)
+    folder = root / fingerprint(params=params, inputs=inputs, code=[Path(__file__).parent, stage])
     if root.is_dir():
         for other in root.iterdir():
             if other != folder:
