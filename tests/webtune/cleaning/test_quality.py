@@ -283,6 +283,25 @@ def test_ngram_chars_and_duplicates_are_datatroves_on_300_pages():
         assert Q._duplicates(lines) == find_duplicates(lines)
 
 
+def test_the_bound_holds_and_the_filter_decides_as_if_it_had_counted_the_ngrams(params):
+    # The filter skips counting n-grams where n x top_ngram_bound keeps every top n-gram under its
+    # threshold: the bound must never be below a measured fraction, and the drops must be the same.
+    tight = dataclasses.replace(params, max_top_ngram_char_frac=(0.2, 0.15, 0.12))
+    skipped = dropped = 0
+    rng = random.Random(3)
+    varied = ([f"w{rng.randint(0, 3000)}" for _ in range(rng.randint(50, 400))] for _ in range(100))
+    for words in itertools.chain(pages(11, 300), varied):
+        text = " ".join(words)
+        measured = Q.measure(text, tight)
+        bound = Q.top_ngram_bound(text.split(), max(1, len(text)))
+        assert all(frac <= n * bound for n, frac in zip(Q.TOP_NGRAMS, measured.top_ngram_char_frac,
+                                                         strict=True)), text
+        assert Q.quality_drop(text, tight) == Q.judge(measured, tight), text
+        skipped += not Q.measure(text, tight, skip_bounded=True).top_ngram_char_frac
+        dropped += Q.judge(measured, tight) is not None
+    assert skipped >= 100 and dropped > 50  # both ways taken
+
+
 # --- params --------------------------------------------------------------------------------------------
 
 
