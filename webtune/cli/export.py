@@ -44,10 +44,11 @@ def check_out(out: Path, project: Path) -> None:
                               "(e.g. exports/merged, git-ignored)")
 
 
-def merged(base_dir: Path, adapter_dir: Path):
-    """(the base, its model with the adapter folded in: PEFT's merge_and_unload, in the base's fp32)."""
+def merged(base_dir: Path, adapter_dir: Path | None):
+    """(the base, its model with the adapter folded in: PEFT's merge_and_unload, in the base's fp32; the
+    base's own model when adapter_dir is None)."""
     base = load_base(base_dir)
-    model = load_adapter(base, adapter_dir).merge_and_unload()
+    model = load_adapter(base, adapter_dir).merge_and_unload() if adapter_dir is not None else base.model
     stops = base.tokenizer.convert_tokens_to_ids(list(base.chat_format.stop_tokens))
     model.generation_config.eos_token_id = stops
     model.generation_config.pad_token_id = base.tokenizer.pad_token_id

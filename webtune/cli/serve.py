@@ -34,6 +34,7 @@ from webtune.models.chat import Answer, Sampling, check_conversation
 from webtune.models.inference import ChatModel
 
 MAX_NEW_TOKENS = 2048  # the most a request may ask for (max_tokens)
+ENGINES = ("hf", "llamacpp")
 DEFAULT_MAX_TOKENS = 256
 
 
@@ -219,24 +220,44 @@ def main(argv=None) -> None:
     parser.add_argument("--name", default="webtune", help="the model id clients ask for")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of torch or llama.cpp (0: their default)")
     parser.add_argument("--no-merge", action="store_true",
-                        help="keep the adapter separate (by default it is merged into the weights at start)")
+                        help="hf: keep the adapter separate (by default it is merged at start)")
+    parser.add_argument("--engine", choices=ENGINES, default="hf",
+                        help="hf (transformers: CPU or GPU) or llamacpp (a GGUF through llama.cpp: CPUs)")
+    parser.add_argument("--gguf", type=Path, default=None,
+                        help="llamacpp: this GGUF file (default: the adapter exported on the fly, cached)")
+    parser.add_argument("--quant", default="q8_0", help="llamacpp: the on-the-fly export's quant type")
     args = parser.parse_args(argv)
-    import torch
     import uvicorn
 
-    from webtune import errors
+    from webtune import errors, io
 
     with errors.reported("serve"):
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        chat = ChatModel.load(args.base, None if args.no_adapter else args.adapter)
-        if not args.no_merge:
-            chat = merged(chat)
-        if torch.cuda.is_available():
-            chat.model.to("cuda")
-    uvicorn.run(create_app(chat, model_name=args.name), host=args.host, port=args.port, log_level="info")
+        adapter = None if args.no_adapter else args.adapter
+        if args.engine == "llamacpp":
+            from webtune.models.llamacpp_chat import LlamaCppChat, gguf_for
+
+            gguf = args.gguf or gguf_for(args.base, adapter, args.quant, progress=io.stderr)
+            chat, max_batch = LlamaCppChat.load(gguf, args.base, threads=args.threads), 1
+        else:
+            chat, max_batch = hf_chat(args.base, adapter, args.threads, merge=not args.no_merge), MAX_BATCH
+    uvicorn.run(create_app(chat, model_name=args.name, max_batch=max_batch), host=args.host, port=args.port,
+                log_level="info")
+
+
+def hf_chat(base: Path, adapter: Path | None, threads: int, merge: bool) -> ChatModel:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    chat = ChatModel.load(base, adapter)
+    if merge:
+        chat = merged(chat)
+    if torch.cuda.is_available():
+        chat.model.to("cuda")
+    return chat
 
 
 if __name__ == "__main__":

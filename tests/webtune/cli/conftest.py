@@ -1,5 +1,6 @@
 """The CLI tests' shared toy model (the session's tiny base + a perturbed LoRA) and a `serve` over it."""
 
+import contextlib
 import threading
 import time
 
@@ -20,18 +21,27 @@ def chat(tiny_base, toy_adapter) -> ChatModel:
     return ChatModel.load(tiny_base, toy_adapter)
 
 
-@pytest.fixture(scope="package")
-def server(chat):
-    """`serve` on 127.0.0.1 (a free port) in a thread, serving the toy model as "toy"; its base URL."""
+@contextlib.contextmanager
+def serving(app):
+    """`app` served on 127.0.0.1 (a free port) by uvicorn in a thread; yields its base URL."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(chat, model_name="toy"), host="127.0.0.1", port=0, log_level="warning")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="package")
+def server(chat):
+    """`serve` over the toy model as "toy"; its base URL."""
+    with serving(create_app(chat, model_name="toy")) as url:
+        yield url
