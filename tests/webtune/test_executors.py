@@ -1,8 +1,9 @@
 """The executor seam on the local executor: byte-identical outputs for any worker count, a failed task
-named in one line and resumed alone, and where the executor's name and settings come from. Slurm and
-Ray against real runtimes: tests/webtune/test_executors_cluster.py."""
+named in one line and resumed alone, and where the executor's name and
+settings come from. Slurm and Ray against real runtimes: tests/webtune/test_executors_cluster.py."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -10,7 +11,7 @@ from tests.webtune.executor_steps import outputs, pipeline, write_inputs
 from webtune import executors
 from webtune.errors import UserError
 from webtune.executors import ExecutorConfig, executor_config
-from webtune.executors.local import LocalSettings
+from webtune.executors.local import LocalSettings, cores
 from webtune.executors.slurm import SlurmSettings
 
 
@@ -21,7 +22,6 @@ def every_task_done_once(lines: list[str]) -> bool:
     counts = sorted(line.split(" done (")[1] for line in lines)
     return ranks == ["toy: task 0", "toy: task 1", "toy: task 2"] and counts == ["1/3)", "2/3)", "3/3)"]
 FILES = ["000_00000.parquet", "000_00001.parquet", "000_00002.parquet"]  # ParquetWriter's ${rank}.parquet
-LOCAL = ExecutorConfig("local")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,13 @@ def inputs(tmp_path_factory):
     return write_inputs(tmp_path_factory.mktemp("inputs"))
 
 
+def local(workers: int) -> ExecutorConfig:
+    return ExecutorConfig("local", LocalSettings(workers=workers))
+
+
 def run_local(inputs, root, workers, fail_rank=None, lines=None):
-    return executors.run(pipeline(inputs, root / "out", fail_rank), name="toy", tasks=3, workers=workers,
-                         logging_dir=root / "logs", executor=LOCAL,
+    return executors.run(pipeline(inputs, root / "out", fail_rank), name="toy", tasks=3,
+                         logging_dir=root / "logs", executor=local(workers),
                          progress=(lines.append if lines is not None else lambda line: None))
 
 
@@ -92,6 +96,17 @@ def test_the_environment_variable_wins_over_the_file(tmp_path):
     assert executor_config({}, tmp_path / "absent.yaml") == ExecutorConfig("local", LocalSettings())
 
 
+def test_local_workers_default_to_the_cores_this_process_may_use_and_the_environment_wins(tmp_path):
+    assert LocalSettings().workers == cores() == len(os.sched_getaffinity(0))
+    config = tmp_path / "executor.yaml"
+    config.write_text("local:\n  workers: 3\nslurm:\n  workers: 40\n")
+    assert executor_config({}, config) == local(3)
+    assert executor_config({"WEBTUNE_WORKERS": "5"}, config) == local(5)
+    # the local pool's only: a cluster's limits are its own
+    on_slurm = executor_config({"WEBTUNE_EXECUTOR": "slurm", "WEBTUNE_WORKERS": "8"}, config)
+    assert on_slurm.settings == dataclasses.replace(SlurmSettings(), workers=40)
+
+
 def test_ray_address_comes_from_the_environment_before_the_file(tmp_path):
     config = tmp_path / "executor.yaml"
     config.write_text("executor: ray\nray:\n  address: head:6379\n")
@@ -107,6 +122,11 @@ def test_ray_address_comes_from_the_environment_before_the_file(tmp_path):
     ("slurm:\n  partiton: cpu\n", {}, "{config}: slurm.partiton is not a setting (one of ['partition', "),
     ("slurm:\n  cpus_per_task: two\n", {}, "{config}: slurm.cpus_per_task: 'two' is not int"),
     ("ray:\n  address: 6379\n", {}, "{config}: ray.address: 6379 is not str or null"),
+    ("local:\n  workers: two\n", {}, "{config}: local.workers: 'two' is not int"),
+    ("local:\n  workers: 0\n", {}, "{config}: local.workers: 0 is below 1"),
+    ("", {"WEBTUNE_WORKERS": "two"}, "WEBTUNE_WORKERS: 'two' is not a positive integer"),
+    ("", {"WEBTUNE_WORKERS": "0"}, "WEBTUNE_WORKERS: '0' is not a positive integer"),
+    ("", {"WEBTUNE_WORKERS": "-2"}, "WEBTUNE_WORKERS: '-2' is not a positive integer"),
 ])
 def test_an_unknown_executor_or_setting_is_named(tmp_path, text, environ, message):
     config = tmp_path / "executor.yaml"
@@ -114,6 +134,7 @@ def test_an_unknown_executor_or_setting_is_named(tmp_path, text, environ, messag
     with pytest.raises(UserError) as bad:
         executor_config(environ, config)
     assert str(bad.value).startswith(message.format(config=config))
+    assert "\n" not in str(bad.value)
 
 
 def test_settings_keep_their_defaults_where_the_file_is_silent(tmp_path):

@@ -1,7 +1,9 @@
-"""The default executor: datatrove's LocalPipelineExecutor, tasks in this process (workers <= 1) or in a
-pool of `workers` processes. No server, no settings."""
+"""The default executor: datatrove's LocalPipelineExecutor, tasks in this process (workers 1) or in a
+pool of `workers` processes. Its one setting, `local.workers` in
+.webtune/executor.yaml (or WEBTUNE_WORKERS), defaults to the cores this process may use."""
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +24,20 @@ from datatrove.utils.stats import PipelineStats
 START_METHOD = "forkserver"
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity mask, which taskset and cpusets narrow), not
+    the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalSettings:
-    """No settings: `workers` (params) is the pool size."""
+    # tasks at once, one process each: more than the cores only adds memory; 1 runs them in this process
+    workers: int = dataclasses.field(default_factory=cores)
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"workers: {self.workers} is below 1")
 
 
 SETTINGS = LocalSettings
@@ -45,9 +58,9 @@ class _Executor(LocalPipelineExecutor):
             return PipelineStats()
 
 
-def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, logging_dir: Path,
-        settings: LocalSettings, progress: Callable[[str], None]) -> None:
-    workers = max(1, min(workers, tasks))
+def run(pipeline: list[PipelineStep], *, name: str, tasks: int, logging_dir: Path, settings: LocalSettings,
+        progress: Callable[[str], None]) -> None:
+    workers = min(settings.workers, tasks)
     if workers > 1:
         # effective only before this process's first pool starts the server; later pools reuse it
         multiprocess.get_context(START_METHOD).set_forkserver_preload(
