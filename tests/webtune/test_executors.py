@@ -1,5 +1,5 @@
 """The executor seam on the local executor: byte-identical outputs for any worker count, a failed task
-named in one line and resumed alone, and where the executor's name and
+named in one line and resumed alone, each task in a fresh process, and where the executor's name and
 settings come from. Slurm and Ray against real runtimes: tests/webtune/test_executors_cluster.py."""
 
 import dataclasses
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.webtune.executor_steps import outputs, pipeline, write_inputs
+from tests.webtune.executor_steps import RecordProcess, outputs, pipeline, write_inputs
 from webtune import executors
 from webtune.errors import UserError
 from webtune.executors import ExecutorConfig, executor_config
@@ -75,6 +75,21 @@ def test_a_failed_task_is_named_in_one_line_and_a_rerun_resumes_only_it(inputs, 
     fresh = tmp_path / "fresh"
     run_local(inputs, fresh, workers=1)
     assert outputs(tmp_path / "out") == outputs(fresh / "out")
+
+
+def task_processes(workers: int, tasks: int, root) -> dict[str, str]:
+    """rank -> the id of the process that ran it."""
+    executors.run([RecordProcess(root / "pids")], name="toy", tasks=tasks, logging_dir=root / "logs",
+                  executor=local(workers), progress=lambda line: None)
+    return {p.name: p.read_text() for p in (root / "pids").iterdir()}
+
+
+def test_a_pool_runs_each_task_in_a_fresh_process_and_one_worker_runs_them_here(tmp_path):
+    # 5 tasks on 2 workers: long-lived workers would run 2 or 3 each (and keep what those allocated)
+    pooled = task_processes(2, 5, tmp_path / "pool")
+    assert sorted(pooled) == ["0", "1", "2", "3", "4"]
+    assert len(set(pooled.values())) == 5 and str(os.getpid()) not in pooled.values()
+    assert set(task_processes(1, 3, tmp_path / "here").values()) == {str(os.getpid())}
 
 
 def test_a_complete_logging_dir_runs_nothing(inputs, tmp_path):
