@@ -12,8 +12,8 @@ is checked on the whole corpus: after clean no marker may survive, and HTML head
 headings.
 
 Each stage runs as the pipeline runs it (bench/stage_run.py): its command from dvc.yaml in a subprocess,
-outputs moved to a temporary folder, on a copy of params.yaml with the data stages' workers and
-clean.tasks set (--docs-per-task: tasks of one size at any corpus size, so memory per task is the same).
+outputs moved to a temporary folder, on a copy of params.yaml with clean.tasks set (--docs-per-task: tasks
+of one size at any corpus size, so memory per task is the same), --workers tasks at once (WEBTUNE_WORKERS).
 Two throughputs, both valid only when nothing else runs on the machine:
 - MB/s/core = raw input MB / wall s / workers: the goal's unit (bench/goals.py);
 - MB/CPU-s = raw input MB / the machine's busy CPU s during the stage: what a busy core does; "cores"
@@ -128,12 +128,12 @@ def bench_one(work: Path, kind: str, pages: int, workers: int, docs_per_task: in
           file=sys.stderr)
 
     tasks = max(workers, -(-pages // docs_per_task))
-    params_path = bench_params(d / "params.yaml", workers, tasks)
+    params_path = bench_params(d / "params.yaml", tasks)
     commands = {name: stage_command(name, d, base, params_path) for name in STAGES}
     mb = corpus["input_bytes"] / 1e6
     stages = {}
     for name, cmd in commands.items():
-        r = run_stage([str(c) for c in cmd], d / f"{name}.log", max_rss_gb)
+        r = run_stage([str(c) for c in cmd], d / f"{name}.log", workers, max_rss_gb)
         r |= _rates(mb, r["wall_s"], r["cpu_s"], workers)
         stages[name] = r
         print(f"[{kind} {pages}] {name}: {r['wall_s']} s wall, {r['cpu_s']} s CPU, "
@@ -214,7 +214,8 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=100_000)
     parser.add_argument("--kind", choices=("html", "markdown", "both"), default="both")
-    parser.add_argument("--workers", type=int, default=2, help="clean.workers (and the per-core divisor)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="the local executor's tasks at once, WEBTUNE_WORKERS (and the per-core divisor)")
     parser.add_argument("--docs-per-task", type=int, default=5000,
                         help="clean.tasks = pages / this (at least --workers): tasks of one size at any "
                              "corpus size, as a user would set it; memory per task stays the same")
@@ -237,7 +238,7 @@ def main(argv=None) -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="webtune-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        params_path = bench_params(work / "params.yaml", args.workers, args.workers)
+        params_path = bench_params(work / "params.yaml", args.workers)
         from webtune.params import load_section
 
         quality = check_quality(load_section("clean", params_path))

@@ -1,6 +1,7 @@
 """Running one pipeline stage as `dvc repro` runs it, for bench/data_stages.py: its command from dvc.yaml
-in a subprocess, timed by wall clock and by CPU time (the stage and every worker it reaped), with the
-process tree's PSS and RSS polled every 500 ms.
+in a subprocess with WEBTUNE_WORKERS set (the local executor's pool size: no param), timed by wall clock
+and by CPU time (the stage and every worker it reaped), with the process tree's PSS and RSS polled every
+500 ms.
 """
 
 import os
@@ -18,8 +19,9 @@ STAGES = ("clean", "validate", "format")
 RAW_PATH, CLEAN_DOCS_PATH = "data/raw/docs", "data/clean/docs"  # shard folders, as dvc.yaml names them
 
 
-def run_stage(args: list[str], log: Path, max_rss_gb: float, poll_s: float = 0.5) -> dict:
-    """Run `python -m stages.X ...` in REPO: wall and CPU seconds, peak memory of the process tree.
+def run_stage(args: list[str], log: Path, workers: int, max_rss_gb: float, poll_s: float = 0.5) -> dict:
+    """Run `python -m stages.X ...` in REPO, `workers` tasks at once: wall and CPU seconds, peak memory of
+    the process tree.
 
     Peak memory is polled: RSS summed over the stage and its workers (an upper bound: forked workers
     share the parent's pages) and PSS (shared pages split between sharers: the fair total). A stage
@@ -27,7 +29,8 @@ def run_stage(args: list[str], log: Path, max_rss_gb: float, poll_s: float = 0.5
     (smaps) of a stage, its forkserver, pool and manager processes every 0.1 s took half a core from a
     2-core machine, which the stage's own throughput then lacked.
     """
-    env = os.environ | {"GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = os.environ | {"GX_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+                        "WEBTUNE_WORKERS": str(workers)}
     load_before = os.getloadavg()[0]
     # CPU time: the machine's busy time less this process's own. wait4's rusage counts only the
     # descendants a process reaps, and a forkserver's pool workers are not the stage's to reap (their CPU
@@ -98,13 +101,11 @@ def _children(ps: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def bench_params(out: Path, workers: int, tasks: int | None) -> Path:
-    """A copy of params.yaml with the data stages' workers (and clean.tasks, default: workers) set;
-    validate.min_rows 1, so a small corpus is judged by its rows' content, not refused for its size."""
+def bench_params(out: Path, tasks: int) -> Path:
+    """A copy of params.yaml with clean.tasks set; validate.min_rows 1, so a small corpus is judged by its
+    rows' content, not refused for its size."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for stage in ("clean", "validate", "format"):
-        params[stage]["workers"] = workers
-    params["clean"]["tasks"] = tasks or workers
+    params["clean"]["tasks"] = tasks
     params["validate"]["min_rows"] = 1
     out.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     return out

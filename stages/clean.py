@@ -40,8 +40,7 @@ def clean(raw: Path, out: dict[str, Path], scratch_root: Path, params: CleanPara
     raw = raw.resolve()  # the passes' tasks may run on other machines or in other folders (Slurm, Ray)
     inputs = shards.shard_files(raw, "the scrape stage", schema.RAW_DOCS.names)
     scratch = sharded.scratch_dir(scratch_root, params=as_dict(params), inputs=inputs, stage=Path(__file__))
-    sharded.run_passes(STAGE, passes.clean_passes(params, raw, scratch), scratch, params.workers, executor,
-                       progress)
+    sharded.run_passes(STAGE, passes.clean_passes(params, raw, scratch), scratch, executor, progress)
     metrics = summarize(scratch, params.tasks)
     for name, path in out.items():
         shards.replace_dir(scratch / "out" / name, path)

@@ -61,7 +61,7 @@ def validate_shards(pairs: Path, suite, params: ValidateParams, scratch_root: Pa
                                   inputs=inputs, stage=Path(__file__))
     passes = expectations_sharded.passes(suite, pairs, schema.PAIRS.names, "pair_id", "the clean stage",
                                          params.batch_rows, params.report_samples, scratch)
-    sharded.run_passes(STAGE, passes, scratch, params.workers, executor, progress)
+    sharded.run_passes(STAGE, passes, scratch, executor, progress)
     result = expectations_sharded.result(suite, "pair_id", params.report_samples, scratch, tasks=len(inputs))
     shutil.rmtree(scratch)
     return result

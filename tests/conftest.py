@@ -10,6 +10,9 @@ from tests.toys import SMALL, TEXTS
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The data stages' tasks in the test process (e2e's dvc included) unless a test asks for a pool: a pool's
+# start-up outweighs the work on toy inputs, and the machine's core count must not decide what runs.
+os.environ.setdefault("WEBTUNE_WORKERS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -43,7 +43,6 @@ class ValidateParams:
     min_rows: int = knob(at_least(0))
     report_samples: int = knob(at_least(0), report=True)
     batch_rows: int = knob(at_least(1))
-    workers: int = knob(at_least(1))
 
 
 @dataclasses.dataclass(frozen=True)

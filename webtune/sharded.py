@@ -47,7 +47,7 @@ def scratch_dir(root: Path, *, params: dict, inputs: list[Path], stage: Path) ->
     return folder
 
 
-def run_passes(stage: str, passes: list[tuple[str, list, int]], scratch: Path, workers: int, executor=None,
+def run_passes(stage: str, passes: list[tuple[str, list, int]], scratch: Path, executor=None,
                progress=io.stderr) -> None:
     """Run each (name, pipeline, tasks) pass to completion with the executor, in order; its logs and
     completion markers under scratch/logs/<name> (webtune.executors prints a line per task)."""
@@ -55,5 +55,5 @@ def run_passes(stage: str, passes: list[tuple[str, list, int]], scratch: Path, w
         # datatrove's exact dedup draws a tqdm bar in a task that runs in this process (a 1-task pass)
         with quiet.tqdm_for_terminal("datatrove.pipeline.dedup.exact_dedup"):
             # no space in the name: it is also the Slurm job's name, an #SBATCH directive
-            executors.run(pipeline, name=f"{stage}-{name}", tasks=tasks, workers=workers,
-                          logging_dir=scratch / "logs" / name, executor=executor, progress=progress)
+            executors.run(pipeline, name=f"{stage}-{name}", tasks=tasks, logging_dir=scratch / "logs" / name,
+                          executor=executor, progress=progress)

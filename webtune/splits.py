@@ -31,7 +31,6 @@ class FormatParams:
     split_seed: str = knob()
     leak_threshold: float = knob(between(0, 1))
     batch_rows: int = knob(at_least(1))
-    workers: int = knob(at_least(1))
     report_samples: int = knob(at_least(0), report=True)
     system_prompt: str = knob()
 

@@ -23,8 +23,6 @@ KNOBS = {
     "train.lora.target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
     "train.lora.modules_to_save": ["lm_head"],
     "validate.min_rows": 20,
-    # the data stages' tasks in the dvc process: a pool's start-up outweighs the work on five pages
-    "clean.workers": 1, "validate.workers": 1, "format.workers": 1,
     # 80 steps at a higher rate than the default's 400: the five-module corpus has ~200 training rows.
     "train.max_steps": 80, "train.batch_size": 4, "train.learning_rate": 0.006, "train.save_steps": 20,
     "train.eval_steps": 40, "train.logging_steps": 10,

@@ -15,6 +15,8 @@ from tests.webtune.cleaning.test_text import HTML_PAGE, prose
 from webtune import shards
 from webtune.cleaning.text import dedup_key, minhash
 from webtune.errors import InputError
+from webtune.executors import ExecutorConfig
+from webtune.executors.local import LocalSettings
 from webtune.schema import CLEAN_DOCS, DROPPED, PAIRS, RAW_DOCS
 from webtune.sources import HTML, MARKDOWN, TEXT, failed_row, raw_row
 
@@ -30,14 +32,15 @@ def doc(url, body, content_type=MARKDOWN, title=""):
 OUTS = ("docs", "dropped", "pairs")
 
 
-def run(rows, params, tmp_path, shard_docs=3, folder=None):
-    """The stage's path: rows -> raw shards -> clean -> the three output folders read back, each as one
-    table (shards in order)."""
+def run(rows, params, tmp_path, shard_docs=3, folder=None, workers=1):
+    """The stage's path: rows -> raw shards -> clean (`workers` tasks at once) -> the three output folders
+    read back, each as one table (shards in order)."""
     folder = folder or tmp_path / f"run{next(_runs)}"
     raw = folder / "raw"
     shards.write_shards(pa.Table.from_pylist(rows, schema=RAW_DOCS), raw, RAW_DOCS, shard_docs)
     outs = {name: folder / name for name in OUTS}
-    metrics = C.clean(raw, outs, folder / "scratch", params, progress=lambda line: None)
+    metrics = C.clean(raw, outs, folder / "scratch", params, ExecutorConfig("local", LocalSettings(workers)),
+                      progress=lambda line: None)
     assert [len(list(outs[name].iterdir())) for name in OUTS] == [params.tasks] * 3
     docs, dropped, pairs = (shards.read_table(outs[n], s.names, "clean")
                             for n, s in zip(OUTS, (CLEAN_DOCS, DROPPED, PAIRS), strict=True))
@@ -48,7 +51,7 @@ def run(rows, params, tmp_path, shard_docs=3, folder=None):
 
 @pytest.fixture
 def params(load):
-    return dataclasses.replace(load("clean"), workers=1, tasks=2, min_chars=100)
+    return dataclasses.replace(load("clean"), tasks=2, min_chars=100)
 
 
 def reasons(dropped):
@@ -184,9 +187,9 @@ def shard_bytes(folder):
 
 def test_two_workers_write_the_bytes_one_writes_and_the_task_count_moves_rows_not_decisions(load, tmp_path):
     rows = [doc(f"d{i}", prose(i, 5)) for i in range(40)] + [doc("dup", prose(3, 5))]
-    p1 = dataclasses.replace(load("clean"), workers=1, tasks=3)
+    p1 = dataclasses.replace(load("clean"), tasks=3)
     run(rows, p1, tmp_path, shard_docs=7, folder=tmp_path / "one")
-    run(rows, dataclasses.replace(p1, workers=2), tmp_path, shard_docs=7, folder=tmp_path / "two")
+    run(rows, p1, tmp_path, shard_docs=7, folder=tmp_path / "two", workers=2)
     for name in OUTS:
         assert shard_bytes(tmp_path / "one" / name) == shard_bytes(tmp_path / "two" / name)
     # One task: other shards, the same rows in the same order, the same metrics.

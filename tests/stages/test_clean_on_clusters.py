@@ -32,7 +32,7 @@ def raw(tmp_path_factory):
 def run_clean(raw, folder, executor) -> dict:
     """clean's four passes with `executor`; every output shard's bytes."""
     out = {n: folder / n for n in OUTS}
-    clean = dataclasses.replace(load_section("clean", PARAMS), tasks=TASKS, workers=2)
+    clean = dataclasses.replace(load_section("clean", PARAMS), tasks=TASKS)
     C.clean(raw, out, folder / "scratch", clean, executor, progress=lambda line: None)
     return {n: shard_bytes(out[n]) for n in OUTS}
 

@@ -23,12 +23,15 @@ TASKS = 4
 
 
 @pytest.fixture
-def project(tmp_path, repo):
-    """Raw shards of 240 pages (8 shards: 2 per task) and params with clean.tasks 4, one worker."""
+def project(tmp_path, repo, monkeypatch):
+    """Raw shards of 240 pages (8 shards: 2 per task), params with clean.tasks 4, and one local worker:
+    tasks run one at a time (a kill lands between two) and in the stage's process (a re-run's calls are
+    counted there)."""
+    monkeypatch.setenv("WEBTUNE_WORKERS", "1")
     rows = [doc(f"d{i}", prose(i, 30)) for i in range(240)]
     shards.write_shards(pa.Table.from_pylist(rows, schema=RAW_DOCS), tmp_path / "raw", RAW_DOCS, 30)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["clean"] |= {"tasks": TASKS, "workers": 1}
+    params["clean"] |= {"tasks": TASKS}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 
@@ -76,7 +79,7 @@ def test_a_killed_clean_resumes_its_finished_tasks_and_writes_the_uninterrupted_
 
 
 def test_a_changed_param_starts_afresh_and_removes_the_stale_scratch(project, repo, load):
-    params = dataclasses.replace(load("clean"), tasks=TASKS, workers=1)
+    params = dataclasses.replace(load("clean"), tasks=TASKS)
     raw, outs = project / "raw", {n: project / "out" / n for n in OUTS}
     stale = project / "scratch" / "0123456789abcdef0123"
     (stale / "logs/score/completions").mkdir(parents=True)

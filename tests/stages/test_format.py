@@ -306,9 +306,10 @@ def test_two_workers_write_what_one_writes_and_the_shard_count_changes_no_byte(t
     suite = repo / SUITE
     outputs = {}
     for workers in (2, 1):  # the pool first, while this process holds no tokenizer
+        monkeypatch.setenv("WEBTUNE_WORKERS", str(workers))
         folder = tmp_path / f"workers{workers}"
         folder.mkdir()
-        params = write_params(repo, folder / "params.yaml", workers=workers, batch_rows=7)
+        params = write_params(repo, folder / "params.yaml", batch_rows=7)
         run_main(folder, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=suite,
                  params=params)
         outputs[workers] = {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
@@ -320,7 +321,7 @@ def test_two_workers_write_what_one_writes_and_the_shard_count_changes_no_byte(t
     folder = tmp_path / "one-shard"
     folder.mkdir()
     run_main(folder, pairs=one, docs=docs, tokenizer=tiny_base / "tokenizer", suite=suite,
-             params=write_params(repo, folder / "params.yaml", workers=1, batch_rows=7))
+             params=write_params(repo, folder / "params.yaml", batch_rows=7))
     assert {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != "params.yaml"} == outputs[1]
     metrics = json.loads(outputs[1][next(p for p in outputs[1] if p.name == "m.json")])
@@ -341,7 +342,7 @@ def test_main_drops_leaking_answers_and_writes_exactly_the_test_documents(tiny_b
     # a threshold off the default, so the drop and the gate must both read it from params
     out = run_main(tmp_path, pairs=pairs, docs=write_docs(tmp_path / "docs", docs),
                    tokenizer=tiny_base / "tokenizer", suite=repo / SUITE,
-                   params=write_params(repo, tmp_path / "params.yaml", workers=1, leak_threshold=0.4))
+                   params=write_params(repo, tmp_path / "params.yaml", leak_threshold=0.4))
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["dropped"] == {"leaks_train": 1}
     assert pq.read_table(out / "dropped.parquet").select(["reason", "row_id", "detail"]).to_pylist() == [
@@ -370,7 +371,7 @@ def test_main_gate_failure_writes_no_rows_and_removes_stale_ones(tiny_base, repo
     suite = expectations.load_suite(repo / SUITE)
     strict_suite = expectations.with_kwargs(suite, F.BETWEEN, on_column="n_tokens", max_value=5)
     expectations.save_suite(strict_suite, strict)
-    params = write_params(repo, tmp_path / "params.yaml", batch_rows=7, workers=1)
+    params = write_params(repo, tmp_path / "params.yaml", batch_rows=7)
     out = tmp_path / "format"
     out.mkdir()
     for stale in ("train.parquet", "test_docs.parquet"):
@@ -406,9 +407,10 @@ def test_the_gate_checks_rows_against_the_formats_own_row_regex(tiny_base, repo,
         return text
 
     monkeypatch.setattr(harmony.Harmony, "render", off_channel)
+    monkeypatch.setenv("WEBTUNE_WORKERS", "1")  # the patched render exists only in this process
     pairs = write_pairs(tmp_path / "pairs", [pair(i) for i in range(6)])
     docs = write_docs(tmp_path / "docs", [doc(i) for i in range(6)])
-    params = write_params(repo, tmp_path / "params.yaml", workers=1)
+    params = write_params(repo, tmp_path / "params.yaml")
     with pytest.raises(SystemExit) as exit_info:
         run_main(tmp_path, pairs=pairs, docs=docs, tokenizer=tiny_base / "tokenizer", suite=lax,
                  params=params)

@@ -9,6 +9,8 @@ import pytest
 
 from stages.validate import main, validate, validate_shards
 from webtune import schema, shards
+from webtune.executors import ExecutorConfig
+from webtune.executors.local import LocalSettings
 from webtune.expectations import ValidateParams, load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,9 +164,9 @@ def test_validating_shards_with_datatrove_gives_the_outcome_of_one_table(suite, 
     rows[7]["instruction"] = "short"
     whole = validate(table(rows), suite, min_rows=MIN_ROWS, samples=5)
     shards.write_shards(table(rows), tmp_path / "pairs", schema.PAIRS, rows_per_shard)
-    params = ValidateParams(min_rows=MIN_ROWS, report_samples=5, batch_rows=4, workers=2)
+    params = ValidateParams(min_rows=MIN_ROWS, report_samples=5, batch_rows=4)
     on_shards = validate_shards(tmp_path / "pairs", suite, params, tmp_path / "scratch",
-                                progress=lambda _: None)
+                                ExecutorConfig("local", LocalSettings(workers=2)), progress=lambda _: None)
     assert on_shards == whole
     assert not any((tmp_path / "scratch").iterdir())
 
@@ -181,8 +183,7 @@ def run_main(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path, Path]:
     report, metrics = tmp_path / REPORT_FILE, tmp_path / "metrics" / "validate.json"
     params = tmp_path / "params.yaml"
     # batch_rows 4: main reads 6 rows as two batches, so cross-batch duplicates must still be caught
-    params.write_text(f"validate:\n  min_rows: {MIN_ROWS}\n  report_samples: 5\n  batch_rows: 4\n"
-                      "  workers: 2\n")
+    params.write_text(f"validate:\n  min_rows: {MIN_ROWS}\n  report_samples: 5\n  batch_rows: 4\n")
     shards.write_shards(table(rows), pairs, schema.PAIRS, rows_per_shard=4)  # two shards
     main(["--pairs", str(pairs), "--suite", str(SUITE_PATH), "--out", str(out), "--report", str(report),
           "--scratch", str(tmp_path / "scratch"), "--metrics", str(metrics),

@@ -5,6 +5,7 @@ it by name, as they would import a step from `webtune`; the workers need this re
 PYTHONPATH (the tests set it).
 """
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +34,22 @@ class Shout(PipelineStep):
             doc.text = doc.text.upper()
             self.stat_update("shouted")
             yield doc
+
+
+class RecordProcess(PipelineStep):
+    """Writes the id of the process running the task to `folder`/<rank>; passes documents on."""
+
+    name = "record process"
+    type = "toy"
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / str(rank)).write_text(str(os.getpid()))
+        yield from data or ()
 
 
 def write_inputs(folder: Path, files: int = 3, docs_per_file: int = 4) -> Path:

@@ -1,16 +1,17 @@
 """The executor seam on the local executor: byte-identical outputs for any worker count, a failed task
-named in one line and resumed alone, and where the executor's name and settings come from. Slurm and
-Ray against real runtimes: tests/webtune/test_executors_cluster.py."""
+named in one line and resumed alone, each task in a fresh process, and where the executor's name and
+settings come from. Slurm and Ray against real runtimes: tests/webtune/test_executors_cluster.py."""
 
 import dataclasses
+import os
 
 import pytest
 
-from tests.webtune.executor_steps import outputs, pipeline, write_inputs
+from tests.webtune.executor_steps import RecordProcess, outputs, pipeline, write_inputs
 from webtune import executors
 from webtune.errors import UserError
 from webtune.executors import ExecutorConfig, executor_config
-from webtune.executors.local import LocalSettings
+from webtune.executors.local import LocalSettings, cores
 from webtune.executors.slurm import SlurmSettings
 
 
@@ -21,7 +22,6 @@ def every_task_done_once(lines: list[str]) -> bool:
     counts = sorted(line.split(" done (")[1] for line in lines)
     return ranks == ["toy: task 0", "toy: task 1", "toy: task 2"] and counts == ["1/3)", "2/3)", "3/3)"]
 FILES = ["000_00000.parquet", "000_00001.parquet", "000_00002.parquet"]  # ParquetWriter's ${rank}.parquet
-LOCAL = ExecutorConfig("local")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,13 @@ def inputs(tmp_path_factory):
     return write_inputs(tmp_path_factory.mktemp("inputs"))
 
 
+def local(workers: int) -> ExecutorConfig:
+    return ExecutorConfig("local", LocalSettings(workers=workers))
+
+
 def run_local(inputs, root, workers, fail_rank=None, lines=None):
-    return executors.run(pipeline(inputs, root / "out", fail_rank), name="toy", tasks=3, workers=workers,
-                         logging_dir=root / "logs", executor=LOCAL,
+    return executors.run(pipeline(inputs, root / "out", fail_rank), name="toy", tasks=3,
+                         logging_dir=root / "logs", executor=local(workers),
                          progress=(lines.append if lines is not None else lambda line: None))
 
 
@@ -73,6 +77,21 @@ def test_a_failed_task_is_named_in_one_line_and_a_rerun_resumes_only_it(inputs, 
     assert outputs(tmp_path / "out") == outputs(fresh / "out")
 
 
+def task_processes(workers: int, tasks: int, root) -> dict[str, str]:
+    """rank -> the id of the process that ran it."""
+    executors.run([RecordProcess(root / "pids")], name="toy", tasks=tasks, logging_dir=root / "logs",
+                  executor=local(workers), progress=lambda line: None)
+    return {p.name: p.read_text() for p in (root / "pids").iterdir()}
+
+
+def test_a_pool_runs_each_task_in_a_fresh_process_and_one_worker_runs_them_here(tmp_path):
+    # 5 tasks on 2 workers: long-lived workers would run 2 or 3 each (and keep what those allocated)
+    pooled = task_processes(2, 5, tmp_path / "pool")
+    assert sorted(pooled) == ["0", "1", "2", "3", "4"]
+    assert len(set(pooled.values())) == 5 and str(os.getpid()) not in pooled.values()
+    assert set(task_processes(1, 3, tmp_path / "here").values()) == {str(os.getpid())}
+
+
 def test_a_complete_logging_dir_runs_nothing(inputs, tmp_path):
     run_local(inputs, tmp_path, workers=1)
     lines = []
@@ -92,6 +111,17 @@ def test_the_environment_variable_wins_over_the_file(tmp_path):
     assert executor_config({}, tmp_path / "absent.yaml") == ExecutorConfig("local", LocalSettings())
 
 
+def test_local_workers_default_to_the_cores_this_process_may_use_and_the_environment_wins(tmp_path):
+    assert LocalSettings().workers == cores() == len(os.sched_getaffinity(0))
+    config = tmp_path / "executor.yaml"
+    config.write_text("local:\n  workers: 3\nslurm:\n  workers: 40\n")
+    assert executor_config({}, config) == local(3)
+    assert executor_config({"WEBTUNE_WORKERS": "5"}, config) == local(5)
+    # the local pool's only: a cluster's limits are its own
+    on_slurm = executor_config({"WEBTUNE_EXECUTOR": "slurm", "WEBTUNE_WORKERS": "8"}, config)
+    assert on_slurm.settings == dataclasses.replace(SlurmSettings(), workers=40)
+
+
 def test_ray_address_comes_from_the_environment_before_the_file(tmp_path):
     config = tmp_path / "executor.yaml"
     config.write_text("executor: ray\nray:\n  address: head:6379\n")
@@ -107,6 +137,11 @@ def test_ray_address_comes_from_the_environment_before_the_file(tmp_path):
     ("slurm:\n  partiton: cpu\n", {}, "{config}: slurm.partiton is not a setting (one of ['partition', "),
     ("slurm:\n  cpus_per_task: two\n", {}, "{config}: slurm.cpus_per_task: 'two' is not int"),
     ("ray:\n  address: 6379\n", {}, "{config}: ray.address: 6379 is not str or null"),
+    ("local:\n  workers: two\n", {}, "{config}: local.workers: 'two' is not int"),
+    ("local:\n  workers: 0\n", {}, "{config}: local.workers: 0 is below 1"),
+    ("", {"WEBTUNE_WORKERS": "two"}, "WEBTUNE_WORKERS: 'two' is not a positive integer"),
+    ("", {"WEBTUNE_WORKERS": "0"}, "WEBTUNE_WORKERS: '0' is not a positive integer"),
+    ("", {"WEBTUNE_WORKERS": "-2"}, "WEBTUNE_WORKERS: '-2' is not a positive integer"),
 ])
 def test_an_unknown_executor_or_setting_is_named(tmp_path, text, environ, message):
     config = tmp_path / "executor.yaml"
@@ -114,6 +149,7 @@ def test_an_unknown_executor_or_setting_is_named(tmp_path, text, environ, messag
     with pytest.raises(UserError) as bad:
         executor_config(environ, config)
     assert str(bad.value).startswith(message.format(config=config))
+    assert "\n" not in str(bad.value)
 
 
 def test_settings_keep_their_defaults_where_the_file_is_silent(tmp_path):

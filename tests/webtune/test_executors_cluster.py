@@ -17,6 +17,7 @@ from tests.webtune.test_executors import every_task_done_once
 from webtune import executors
 from webtune.errors import UserError
 from webtune.executors import ExecutorConfig, executor_config
+from webtune.executors.local import LocalSettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FILES = ["000_00000.parquet", "000_00001.parquet", "000_00002.parquet"]
@@ -30,8 +31,8 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_bytes(inputs, tmp_path_factory):
     root = tmp_path_factory.mktemp("local")
-    executors.run(pipeline(inputs, root / "out"), name="toy", tasks=3, workers=1, logging_dir=root / "logs",
-                  executor=ExecutorConfig("local"), progress=lambda line: None)
+    executors.run(pipeline(inputs, root / "out"), name="toy", tasks=3, logging_dir=root / "logs",
+                  executor=ExecutorConfig("local", LocalSettings(workers=1)), progress=lambda line: None)
     return outputs(root / "out")
 
 
@@ -60,7 +61,7 @@ def on_slurm(slurm, monkeypatch, tmp_path):
 def test_slurm_writes_the_local_bytes_and_returns_after_the_job_ended(inputs, local_bytes, slurm, on_slurm,
                                                                       tmp_path, capfd):
     lines = []
-    executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3, workers=2,
+    executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3,
                   logging_dir=tmp_path / "logs", executor=on_slurm, progress=lines.append)
     assert slurm.queue() == ""  # the array has ended: no task pending or running
     assert outputs(tmp_path / "out") == local_bytes
@@ -76,13 +77,13 @@ def test_slurm_writes_the_local_bytes_and_returns_after_the_job_ended(inputs, lo
 
 def test_a_failed_slurm_task_is_named_and_resumed_alone(inputs, local_bytes, slurm, on_slurm, tmp_path):
     with pytest.raises(UserError) as failed:
-        executors.run(pipeline(inputs, tmp_path / "out", fail_rank=2), name="toy", tasks=3, workers=2,
+        executors.run(pipeline(inputs, tmp_path / "out", fail_rank=2), name="toy", tasks=3,
                       logging_dir=tmp_path / "logs", executor=on_slurm, progress=lambda line: None)
     assert str(failed.value) == (f"toy: 1 of 3 tasks failed (ranks [2]); see logs/task_00002.log in "
                                  f"{tmp_path / 'logs'}; a re-run resumes only those")
     assert slurm.queue() == ""  # no merge-stats job left waiting on the failed array
     lines = []
-    executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3, workers=2,
+    executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3,
                   logging_dir=tmp_path / "logs", executor=on_slurm, progress=lines.append)
     assert lines[0].startswith("toy: 1 of 3 tasks on slurm")
     assert outputs(tmp_path / "out") == local_bytes
@@ -91,7 +92,7 @@ def test_a_failed_slurm_task_is_named_and_resumed_alone(inputs, local_bytes, slu
 def test_a_job_slurm_refuses_is_one_line_naming_the_settings(inputs, slurm, on_slurm, tmp_path, capfd):
     config = dataclasses.replace(on_slurm, settings=dataclasses.replace(on_slurm.settings, partition="gpu"))
     with pytest.raises(UserError) as refused:
-        executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3, workers=2,
+        executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3,
                       logging_dir=tmp_path / "logs", executor=config, progress=lambda line: None)
     assert str(refused.value) == ("toy: sbatch refused the job array (exit 1, its message is above): "
                                   "check slurm: in .webtune/executor.yaml")
@@ -110,12 +111,12 @@ def test_ray_at_ray_address_writes_the_local_bytes_and_resumes_a_failed_task(inp
         config = executor_config(path=tmp_path / "absent.yaml")
         assert config.settings.address == head.address
         with pytest.raises(UserError, match=r"^toy: 1 of 3 tasks failed \(ranks \[0\]\); see logs/task_0"):
-            executors.run(pipeline(inputs, tmp_path / "out", fail_rank=0), name="toy", tasks=3, workers=2,
+            executors.run(pipeline(inputs, tmp_path / "out", fail_rank=0), name="toy", tasks=3,
                           logging_dir=tmp_path / "logs", executor=config, progress=lambda line: None)
         # Ray copies each task's log from its worker into logging_dir
         assert "RuntimeError: toy failure on rank 0" in (tmp_path / "logs/logs/task_00000.log").read_text()
         lines = []
-        executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3, workers=2,
+        executors.run(pipeline(inputs, tmp_path / "out"), name="toy", tasks=3,
                       logging_dir=tmp_path / "logs", executor=config, progress=lines.append)
     assert lines[:2] == [f"toy: 1 of 3 tasks on ray, logs in {tmp_path / 'logs'}", "toy: task 0 done (3/3)"]
     assert outputs(tmp_path / "out") == local_bytes

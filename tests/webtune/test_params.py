@@ -81,8 +81,8 @@ def test_a_missing_nested_key_is_named(tmp_path, repo):
 
 
 def test_a_wrong_type_is_named(tmp_path, repo):
-    path = write_with(tmp_path, repo, "clean", "workers", "two")
-    with pytest.raises(ParamsError, match=r"clean\.workers: expected an integer"):
+    path = write_with(tmp_path, repo, "clean", "tasks", "two")
+    with pytest.raises(ParamsError, match=r"clean\.tasks: expected an integer"):
         P.load_section("clean", path)
 
 

@@ -24,7 +24,6 @@ class CleanParams:
     shingle_words: int = knob(at_least(1))
     seed: int = knob()
     tasks: int = knob(at_least(1))
-    workers: int = knob(at_least(1))
     quality: QualityParams = knob()
     pairs: PairsParams = knob()
 

@@ -1,20 +1,22 @@
 """Run a datatrove pipeline to completion on the configured executor: local processes, Slurm or Ray.
 
     from webtune import executors
-    stats = executors.run(pipeline, name="dedup-signatures", tasks=params.tasks, workers=params.workers,
+    stats = executors.run(pipeline, name="dedup-signatures", tasks=params.tasks,
                           logging_dir=scratch / "logs" / "signatures")
 
-Where tasks run is no param (the same `tasks` give the same bytes on every executor: datatrove shards
-inputs by task, never by worker): `WEBTUNE_EXECUTOR` (local | slurm | ray) names the executor, else
-the git-ignored `.webtune/executor.yaml` does, else local; that file also holds each executor's
-settings (docs/executors.md). `run` blocks until every task of the pipeline has ended, whatever the
-executor, and skips tasks that datatrove's completion markers (`logging_dir/completions/NNNNN`) say
-are done: a killed or failed stage resumes where it stopped when run again with the same logging_dir.
-If any task failed, it raises one UserError naming the ranks and their log files.
+Where tasks run, and how many at once, is no param (the same `tasks` give the same bytes on every
+executor and any number of workers: datatrove shards inputs by task, never by worker):
+`WEBTUNE_EXECUTOR` (local | slurm | ray) names the executor, else the git-ignored
+`.webtune/executor.yaml` does, else local; that file also holds each executor's settings
+(docs/executors.md), its parallelism among them (`workers`: tasks at once; `WEBTUNE_WORKERS` overrides
+local's). `run` blocks until every task of the pipeline has ended, whatever
+the executor, and skips tasks that datatrove's completion markers (`logging_dir/completions/NNNNN`)
+say are done: a killed or failed stage resumes where it stopped when run again with the same
+logging_dir. If any task failed, it raises one UserError naming the ranks and their log files.
 
 Each executor is one module (webtune/executors/<name>.py, listed in webtune.registry.EXECUTORS) with
 `SETTINGS`, the frozen dataclass of its section in executor.yaml, and
-`run(pipeline, *, name, tasks, workers, logging_dir, settings, progress)`, which returns once every
+`run(pipeline, *, name, tasks, logging_dir, settings, progress)`, which returns once every
 task has ended, completed or not.
 """
 
@@ -40,6 +42,7 @@ from webtune.registry import EXECUTORS
 
 CONFIG = Path(".webtune/executor.yaml")  # git-ignored; relative to where dvc runs stages (the repo root)
 ENV = "WEBTUNE_EXECUTOR"
+WORKERS_ENV = "WEBTUNE_WORKERS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +53,8 @@ class ExecutorConfig:
 
 def executor_config(environ: Mapping[str, str] = os.environ, path: Path = CONFIG) -> ExecutorConfig:
     """The executor `environ[WEBTUNE_EXECUTOR]` names, else `path`'s `executor:`, else local, with its
-    section of `path` (an unknown executor, key or mistyped value is a one-line error naming it)."""
+    section of `path`, local's `workers` from `environ[WEBTUNE_WORKERS]` if set (an unknown executor, key
+    or mistyped value is a one-line error naming it)."""
     raw = {}
     if path.exists():
         raw = yaml.safe_load(path.read_text()) or {}
@@ -69,13 +73,27 @@ def executor_config(environ: Mapping[str, str] = os.environ, path: Path = CONFIG
     if name == "ray" and environ.get("RAY_ADDRESS"):
         # Ray's own variable wins over the file, as WEBTUNE_EXECUTOR does
         settings["ray"] = dataclasses.replace(settings["ray"], address=environ["RAY_ADDRESS"])
+    if (workers := _workers(environ)) is not None:
+        # tests and benchmarks size the local pool without writing a file (no param: the bytes are the
+        # same for any number of workers). Slurm's and Ray's `workers` stay the file's: a cluster's
+        # limits are its own.
+        settings["local"] = dataclasses.replace(settings["local"], workers=workers)
     return ExecutorConfig(name, settings[name])
 
 
-def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, logging_dir: Path,
+def _workers(environ: Mapping[str, str]) -> int | None:
+    value = environ.get(WORKERS_ENV)
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise UserError(f"{WORKERS_ENV}: {value!r} is not a positive integer")
+    return int(value)
+
+
+def run(pipeline: list[PipelineStep], *, name: str, tasks: int, logging_dir: Path,
         executor: ExecutorConfig | None = None, progress: Callable[[str], None] = io.stderr) -> PipelineStats:
-    """Run `tasks` tasks of `pipeline` (at most `workers` at once on local; Slurm and Ray schedule by
-    their own resources) until each has ended; return datatrove's stats merged over all `tasks` ranks,
+    """Run `tasks` tasks of `pipeline` (as many at once as the executor's settings allow) until each
+    has ended; return datatrove's stats merged over all `tasks` ranks,
     those completed by an earlier run included. Raises UserError if any rank is still incomplete."""
     executor = executor or executor_config()
     module = importlib.import_module(EXECUTORS[executor.name])
@@ -89,8 +107,8 @@ def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, lo
     progress(f"{name}: {len(todo)} of {tasks} tasks on {executor.name}, logs in {logging_dir}")
     start = time.perf_counter()
     with _reporting(logging_dir, tasks, name, progress):
-        module.run(pipeline, name=name, tasks=tasks, workers=workers, logging_dir=logging_dir,
-                   settings=settings, progress=progress)
+        module.run(pipeline, name=name, tasks=tasks, logging_dir=logging_dir, settings=settings,
+                   progress=progress)
     failed = incomplete_ranks(logging_dir, tasks)
     if failed:
         logs = _first([f"logs/task_{rank:05d}.log" for rank in failed], 3)
@@ -160,7 +178,10 @@ def _settings(key: str, section: dict, path: Path):
             raise UserError(f"{path}: {key}.{field} is not a setting (one of {names})")
         if not _fits(value, hints[field]):
             raise UserError(f"{path}: {key}.{field}: {value!r} is not {_type_name(hints[field])}")
-    return cls(**section)
+    try:
+        return cls(**section)
+    except ValueError as e:  # a range a settings class checks itself ("workers: 0 is below 1")
+        raise UserError(f"{path}: {key}.{e}") from None
 
 
 def _fits(value, hint) -> bool:

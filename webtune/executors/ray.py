@@ -31,8 +31,8 @@ class RaySettings:
 SETTINGS = RaySettings
 
 
-def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, logging_dir: Path,
-        settings: RaySettings, progress: Callable[[str], None]) -> None:
+def run(pipeline: list[PipelineStep], *, name: str, tasks: int, logging_dir: Path, settings: RaySettings,
+        progress: Callable[[str], None]) -> None:
     if importlib.util.find_spec("ray") is None:
         raise UserError("the ray executor needs Ray: pip install 'webtune[ray]'")
     import ray
@@ -40,10 +40,11 @@ def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, lo
     started_here = not ray.is_initialized()
     if started_here:
         # log_to_driver=False: tasks' output would reach this process's stdout; each task's log is
-        # copied to logging_dir/logs instead. A local runtime gets `workers` CPUs, like the local pool.
-        # (ray.init reads RAY_ADDRESS itself when address is None)
+        # copied to logging_dir/logs instead. A local runtime gets the CPUs `workers` tasks reserve, else
+        # Ray's count of this machine's. (ray.init reads RAY_ADDRESS itself when address is None)
         cluster = settings.address or os.environ.get("RAY_ADDRESS")
-        local = {} if cluster else {"num_cpus": max(1, workers), "include_dashboard": False}
+        cpus = {"num_cpus": settings.workers * settings.cpus_per_task} if settings.workers > 0 else {}
+        local = {} if cluster else {**cpus, "include_dashboard": False}
         ray.init(address=settings.address, log_to_driver=False, **local)
     # Its driver lines (a warning that a local logging_dir must be shared, a stats table) are the seam's
     # and docs/executors.md's to say; tasks still log in full to logs/task_NNNNN.log.

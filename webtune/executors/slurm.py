@@ -67,8 +67,8 @@ class _Executor(SlurmPipelineExecutor):
         return {key: value for key, value in super().get_sbatch_args(max_array).items() if value is not None}
 
 
-def run(pipeline: list[PipelineStep], *, name: str, tasks: int, workers: int, logging_dir: Path,
-        settings: SlurmSettings, progress: Callable[[str], None]) -> None:
+def run(pipeline: list[PipelineStep], *, name: str, tasks: int, logging_dir: Path, settings: SlurmSettings,
+        progress: Callable[[str], None]) -> None:
     if missing := [cmd for cmd in ("sbatch", "squeue", "scancel") if shutil.which(cmd) is None]:
         raise UserError(f"the slurm executor needs {', '.join(missing)}: run dvc repro on a login node")
     job_ids = _JobIds()

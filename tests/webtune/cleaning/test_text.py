@@ -37,7 +37,7 @@ def doc(url, body, content_type=MARKDOWN, title=""):
 
 @pytest.fixture
 def params(load):
-    return dataclasses.replace(load("clean"), workers=1, min_chars=100)
+    return dataclasses.replace(load("clean"), min_chars=100)
 
 
 HTML_PAGE = """<!doctype html><html><head><title>Widget guide</title>
