@@ -171,6 +171,10 @@ def create_app(chat: ChatModel, *, model_name: str = "webtune", max_batch: int =
         request = parse_request(body, model_name, chat)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         prompt_tokens = len(chat.conversation_ids(request.conversation, request.sampling.reasoning))
+        if prompt_tokens + request.sampling.max_new_tokens > chat.context_length:
+            raise ApiError(400, f"the prompt ({prompt_tokens} tokens) and max_tokens "
+                           f"({request.sampling.max_new_tokens}) do not fit the model's "
+                           f"{chat.context_length}-token context", "max_tokens", "context_length_exceeded")
         job = engine.submit(request)
         if not request.stream:
             try:

@@ -74,6 +74,11 @@ class ChatModel:
               else contextlib.nullcontext()):
             yield
 
+    @property
+    def context_length(self) -> int:
+        """The most tokens a prompt and its answer may hold together."""
+        return self.model.config.max_position_embeddings
+
     def stop_ids(self) -> list[int]:
         """The format's stop tokens and the model's own eos ids (a warmed-up base adds its end of
         document)."""

@@ -46,6 +46,10 @@ class LlamaCppChat:
                               n_threads_batch=threads or None, verbose=False)
         return cls(llm, tokenizer, fmt)
 
+    @property
+    def context_length(self) -> int:
+        return self.llm.n_ctx()
+
     def conversation_ids(self, messages: Sequence[dict], reasoning: str | None = None) -> list[int]:
         if reasoning is not None:
             messages = with_reasoning(self.chat_format.name, messages, reasoning)
@@ -56,9 +60,9 @@ class LlamaCppChat:
     def tokens(self, conversation: Sequence[dict], sampling: Sampling) -> Iterator[int]:
         """The answer's token ids up to the first stop id (included) or the budget."""
         prompt = self.conversation_ids(conversation, sampling.reasoning)
-        if len(prompt) + sampling.max_new_tokens > self.llm.n_ctx():
+        if len(prompt) + sampling.max_new_tokens > self.context_length:  # serve refuses it first (400)
             raise ValueError(f"the prompt ({len(prompt)} tokens) and max_tokens ({sampling.max_new_tokens}) "
-                             f"do not fit the {self.llm.n_ctx()}-token context")
+                             f"do not fit the {self.context_length}-token context")
         self.llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
         greedy = sampling.temperature == 0
         # top_k 50 and no min_p: transformers' defaults, which the hf engine samples with

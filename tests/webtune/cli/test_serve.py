@@ -109,3 +109,11 @@ def test_serve_merges_the_adapter_and_answers_as_base_and_adapter_do(chat, tiny_
     assert not any("lora" in name for name, _ in fused.model.named_parameters())
     expected = [a.text for a in chat.reply(questions, greedy)]
     assert [a.text for a in fused.reply(questions, greedy)] == expected
+
+
+def test_a_prompt_and_budget_past_the_context_are_refused_before_generating(client, chat):
+    assert chat.context_length < 2000
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, "Hi", max_tokens=2000)
+    assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "max_tokens"
+    assert f"do not fit the model's {chat.context_length}-token context" in e.value.body["message"]

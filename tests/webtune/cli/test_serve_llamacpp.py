@@ -74,7 +74,7 @@ def test_serve_answers_the_openai_client_as_llama_cpp_alone_does(llama):
             chunks = list(client.chat.completions.create(model="toy", messages=conversation(question),
                                                          temperature=0, max_tokens=12, stream=True))
             assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer.text
-        with pytest.raises(openai.BadRequestError, match="do not fit the 512-token context"):
+        with pytest.raises(openai.BadRequestError, match="do not fit the model's 512-token context"):
             client.chat.completions.create(model="toy", messages=conversation("hi"), max_tokens=600)
 
 
