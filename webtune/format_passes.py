@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from datatrove.pipeline.base import PipelineStep
 
 from webtune import expectations_sharded, formats, schema, shards
@@ -165,10 +166,9 @@ class Render(_Step):
             dropped_reasons.update(d["reason"] for d in dropped)
         if not gate.ids and not gate.checks:  # an empty task still checks an empty frame
             gate.add(pd.DataFrame([], columns=schema.CHAT_ROWS.names))
-        for batch in self.doc_batches(rank, world_size):
-            for doc in batch.to_pylist():
-                if doc_split(doc["doc_id"], self.params) == "test":
-                    out["test_docs"].add(doc)
+        for batch in self.doc_batches(rank, world_size):  # test documents stay Arrow: no row dicts
+            splits = [doc_split(d, self.params) for d in batch.column("doc_id").to_pylist()]
+            out["test_docs"].add_batch(batch.filter(pa.array([s == "test" for s in splits])))
         gate.close()
         for f in files.values():
             f.close()
