@@ -59,11 +59,11 @@ def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     spacing ignored, so a re-wrapped or re-punctuated copy still matches). A text under 13 words has
     none.
 
-    Vectorised over all the texts at once (~0.3 us a word against ~1.7 us a shingle hashed one by one
-    in Python): each distinct word is hashed once (blake2b, not hash(): Python salts str hashes per
-    process, and format's workers must agree), then a shingle's hash chains its 13 word hashes through
-    splitmix64's finalizer, h = mix(h ^ word). mix is a bijection, so two shingles collide only by a
-    2^-64 chance, as two blake2b digests would: only membership is ever compared."""
+    Vectorised over all the texts at once (0.4 us a word, against 1.15 us to blake2b each shingle's
+    joined words in Python): each distinct word is hashed once (blake2b, not hash(): Python salts str
+    hashes per process, and format's workers must agree), then a shingle's hash chains its 13 word
+    hashes through splitmix64's finalizer, h = mix(h ^ word). mix is a bijection, so two shingles
+    collide only by a 2^-64 chance, as two blake2b digests would: only membership is ever compared."""
     words = [_WORD.findall(t.lower()) for t in texts]
     n_words = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     codes, vocab = pd.factorize(np.array(list(itertools.chain.from_iterable(words)), dtype=object))
