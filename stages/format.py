@@ -84,7 +84,7 @@ def format_shards(pairs: Path, docs: Path, tokenizer: Path, suite_path: Path, pa
                                   inputs=[*pair_files, *doc_files, *tokenizer_files, suite_path],
                                   stage=Path(__file__))
     tasks = len(pair_files)
-    passes = format_passes.format_passes(params, pairs, docs, tokenizer, suite, scratch, tasks)
+    passes = format_passes.format_passes(params, pairs, docs, tok, fmt, suite, scratch, tasks)
     sharded.run_passes(STAGE, passes, scratch, executor, progress)
     result = expectations_sharded.result(suite, "pair_id", params.report_samples, scratch, tasks)
     return scratch, format_passes.tally(scratch, tasks), result

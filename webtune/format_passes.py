@@ -6,7 +6,7 @@ the validated pair shards (and of the clean document shards).
     overlap   per task: which of its held shingles any task's train shingles hold (a sorted-array search
               per train file: memory is one task's shingles, never the corpus's), so each val/test
               answer's share in train rows (`overlap/`) and the test documents' totals
-    render    per task: the base tokenizer loaded once; pairs -> chat rows through the chat format,
+    render    per task: pairs -> chat rows through the chat format and the base's tokenizer,
               leaks_train and too_many_tokens drops, the gate's row-level checks and pair_id signatures
               (webtune.expectations_sharded), the split, JSONL, dropped and test-document shards
     find      one task: repeated pair_ids (datatrove's exact dedup)
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from datatrove.pipeline.base import PipelineStep
 
-from webtune import expectations_sharded, schema, shards
+from webtune import expectations_sharded, formats, schema, shards
 from webtune.chat_rows import doc_split, format_pairs, openai_jsonl, pair_text
-from webtune.splits import SPLITS, FormatParams, shingles
+from webtune.splits import SPLITS, FormatParams, distinct_shingles, shingle_hashes
 
 HELD = np.dtype([("shingle", "<u8"), ("row", "<u4")])
 PAIR_COLUMNS = schema.PAIRS.names
@@ -43,8 +44,8 @@ class _Step(PipelineStep):
         return shards.task_batches(self.pairs, columns, "the validate stage", self.params.batch_rows, rank,
                                    world_size)
 
-    def doc_batches(self, rank, world_size):
-        return shards.task_batches(self.docs, schema.CLEAN_DOCS.names, "the clean stage",
+    def doc_batches(self, rank, world_size, columns=schema.CLEAN_DOCS.names):
+        return shards.task_batches(self.docs, columns, "the clean stage",
                                    self.params.batch_rows, rank, world_size)
 
     def save(self, folder: str, rank: int, array: np.ndarray) -> None:
@@ -60,32 +61,50 @@ class Shingles(_Step):
     name = "shingles"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        train, held, own = set(), [], []  # own: a held row's number of shingles; -1 for a train row
+        # own: a held row's number of distinct shingles; -1 for a train row. Each batch's texts are
+        # hashed in one vectorised call (webtune.splits.shingle_hashes), not a row at a time.
+        train, held, own = [], [], []
         for batch in self.pair_batches(rank, world_size, ["doc_id", "system", "instruction", "response"]):
-            for pair in batch.to_pylist():
-                if doc_split(pair["doc_id"], self.params) == "train":
-                    train |= shingles(pair_text(pair))
-                    own.append(-1)
-                else:
-                    grams = shingles(pair["response"])
-                    held += [(g, len(own)) for g in grams]
-                    own.append(len(grams))
-        docs_held, docs_own, per_split, test_bytes = [], [], collections.Counter(), 0
-        for batch in self.doc_batches(rank, world_size):
-            for doc in batch.to_pylist():
-                per_split[split := doc_split(doc["doc_id"], self.params)] += 1
-                if split == "test":
-                    grams = shingles(doc["text"])
-                    docs_held += [(g, len(docs_own)) for g in grams]
-                    docs_own.append(len(grams))
-                    test_bytes += len(doc["text"].encode())
-        self.save("train", rank, np.array(sorted(train), dtype="<u8"))
-        self.save("held_pairs", rank, np.sort(np.array(held, dtype=HELD), order="shingle"))
-        self.save("held_docs", rank, np.array(docs_held, dtype=HELD))
-        self.save("own_pairs", rank, np.array(own, dtype="<i8"))
+            pairs = batch.to_pylist()
+            is_train = [doc_split(p["doc_id"], self.params) == "train" for p in pairs]
+            texts = [pair_text(p) for p, t in zip(pairs, is_train, strict=True) if t]
+            train.append(_unique(shingle_hashes(texts)[0]))
+            rows = np.flatnonzero(~np.array(is_train, dtype=bool))
+            grams, k = distinct_shingles([pairs[i]["response"] for i in rows])
+            held.append(_held(grams, sum(map(len, own)) + rows[k]))
+            own.append(np.full(len(pairs), -1, dtype="<i8"))
+            own[-1][rows] = np.bincount(k, minlength=len(rows))
+        docs_held, per_split, test_bytes = [], collections.Counter(), 0  # per_split: documents
+        for batch in self.doc_batches(rank, world_size, ["doc_id", "text"]):
+            splits = [doc_split(d, self.params) for d in batch.column("doc_id").to_pylist()]
+            test = np.array([i for i, s in enumerate(splits) if s == "test"], dtype=np.int64)
+            texts = batch.column("text").take(test).to_pylist()
+            grams, k = distinct_shingles(texts)
+            docs_held.append(_held(grams, per_split["test"] + k))  # row: the task's test document number
+            per_split.update(splits)
+            test_bytes += sum(len(t.encode()) for t in texts)
+        self.save("train", rank, _unique(np.concatenate([np.empty(0, "<u8"), *train])))
+        held = np.concatenate([_held([], []), *held])
+        self.save("held_pairs", rank, held[np.argsort(held["shingle"], kind="stable")])
+        self.save("held_docs", rank, np.concatenate([_held([], []), *docs_held]))
+        self.save("own_pairs", rank, np.concatenate([np.empty(0, "<i8"), *own]))
         (self.scratch / "docs" / f"{rank:05d}.json").parent.mkdir(parents=True, exist_ok=True)
         (self.scratch / "docs" / f"{rank:05d}.json").write_text(json.dumps(
-            {"per_split": per_split, "bytes": test_bytes, "own": int(sum(docs_own))}))
+            {"per_split": per_split, "bytes": test_bytes, "own": sum(map(len, docs_held))}))
+
+
+def _unique(a: np.ndarray) -> np.ndarray:
+    """The distinct values of `a`, sorted (np.unique hashes first: ~15x slower on 1M uint64)."""
+    a = np.sort(a)
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = a[1:] != a[:-1]
+    return a[first]
+
+
+def _held(grams, rows) -> np.ndarray:
+    out = np.empty(len(grams), dtype=HELD)
+    out["shingle"], out["row"] = grams, rows
+    return out
 
 
 class Overlap(_Step):
@@ -112,16 +131,18 @@ class Overlap(_Step):
 class Render(_Step):
     name = "render"
 
-    def __init__(self, params: FormatParams, pairs, docs, scratch, tokenizer: str | Path, suite: dict):
+    def __init__(self, params: FormatParams, pairs, docs, scratch, tokenizer, fmt: str, suite: dict):
+        """`tokenizer`: the Rust tokenizer (tokenizers.Tokenizer) behind the one webtune.models.load_tokenizer
+        built, so its ids are exactly train's. It pickles with the step, so a worker never imports
+        transformers, which imports torch: ~2 CPU-s a worker process, against 3 ms to unpickle the tiny
+        base's (82 KB)."""
         super().__init__(params, pairs, docs, scratch)
-        self.tokenizer, self.suite = str(tokenizer), suite
+        self.tokenizer, self.fmt, self.suite = tokenizer, fmt, suite
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from webtune.models import load_tokenizer  # imports transformers: only this pass needs it
-
         if world_size > 1:  # tasks run side by side: one tokenizer thread each fills the cores
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        tokenizer, fmt = load_tokenizer(Path(self.tokenizer))
+        tokenizer, fmt = self.tokenizer, formats.get(self.fmt)
         out = {name: shards.Sink(self.scratch / "out" / name, rank, table) for name, table in OUTPUTS.items()}
         jsonl = {s: (self.scratch / "out" / f"openai_{s}" / f"{rank:05d}.jsonl") for s in ("train", "val")}
         for path in jsonl.values():
@@ -146,10 +167,9 @@ class Render(_Step):
             dropped_reasons.update(d["reason"] for d in dropped)
         if not gate.ids and not gate.checks:  # an empty task still checks an empty frame
             gate.add(pd.DataFrame([], columns=schema.CHAT_ROWS.names))
-        for batch in self.doc_batches(rank, world_size):
-            for doc in batch.to_pylist():
-                if doc_split(doc["doc_id"], self.params) == "test":
-                    out["test_docs"].add(doc)
+        for batch in self.doc_batches(rank, world_size):  # test documents stay Arrow: no row dicts
+            splits = [doc_split(d, self.params) for d in batch.column("doc_id").to_pylist()]
+            out["test_docs"].add_batch(batch.filter(pa.array([s == "test" for s in splits])))
         gate.close()
         for f in files.values():
             f.close()
@@ -160,14 +180,17 @@ class Render(_Step):
             {"lengths": lengths, "dropped": dropped_reasons}))
 
 
-def format_passes(params: FormatParams, pairs: Path, docs: Path, tokenizer: Path, suite, scratch: Path,
-                  tasks: int) -> list[tuple[str, list, int]]:
+def format_passes(params: FormatParams, pairs: Path, docs: Path, tokenizer, fmt: formats.ChatFormat, suite,
+                  scratch: Path, tasks: int) -> list[tuple[str, list, int]]:
+    """The passes (name, pipeline, tasks); `tokenizer` and `fmt` as webtune.models.load_tokenizer returns
+    them."""
     from webtune.expectations import suite_dict
 
+    rust = getattr(tokenizer, "backend_tokenizer", None) or tokenizer  # a slow tokenizer goes whole
     return [
         ("shingles", [Shingles(params, pairs, docs, scratch)], tasks),
         ("overlap", [Overlap(params, pairs, docs, scratch)], tasks),
-        ("render", [Render(params, pairs, docs, scratch, tokenizer, suite_dict(suite))], tasks),
+        ("render", [Render(params, pairs, docs, scratch, rust, fmt.name, suite_dict(suite))], tasks),
         *expectations_sharded.find_pass(suite, scratch),
     ]
 

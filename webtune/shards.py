@@ -105,6 +105,12 @@ class Sink:
         if len(self.rows) >= self.batch:
             self.flush()
 
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Rows already in Arrow (of this schema), after those added before."""
+        self.flush()
+        if batch.num_rows:
+            self.writer.write_batch(batch)
+
     def flush(self) -> None:
         if self.rows:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))

@@ -13,8 +13,12 @@ dropped with reason leaks_train.
 
 import dataclasses
 import hashlib
+import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
 
 from webtune.params import at_least, between, knob
 
@@ -48,22 +52,62 @@ def split_of(doc_id: str, *, seed: str, train_ratio: float, val_ratio: float) ->
     return "val" if u < train_ratio + val_ratio else "test"
 
 
-def shingles(text: str) -> set[int]:
-    """The text's word 13-gram shingles as 64-bit hashes (lower-cased words, punctuation and spacing
-    ignored, so a re-wrapped or re-punctuated copy still matches). A text under 13 words has none.
+def shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every word 13-gram shingle of each text as a 64-bit hash, and the index of its text: two arrays
+    in text order, a text's shingles in word order, repeats kept (lower-cased words, punctuation and
+    spacing ignored, so a re-wrapped or re-punctuated copy still matches). A text under 13 words has
+    none.
 
-    blake2b rather than hash(): Python salts str hashes per process, and format's workers must agree."""
-    words = _WORD.findall(text.lower())
-    return {int.from_bytes(hashlib.blake2b(" ".join(words[i : i + SHINGLE_WORDS]).encode(),
-                                           digest_size=8).digest(), "little")
-            for i in range(len(words) - SHINGLE_WORDS + 1)}
+    Vectorised over all the texts at once (0.4 us a word, against 1.15 us to blake2b each shingle's
+    joined words in Python): each distinct word is hashed once (blake2b, not hash(): Python salts str
+    hashes per process, and format's workers must agree), then a shingle's hash chains its 13 word
+    hashes through splitmix64's finalizer, h = mix(h ^ word). mix is a bijection, so two shingles
+    collide only by a 2^-64 chance, as two blake2b digests would: only membership is ever compared."""
+    words = [_WORD.findall(t.lower()) for t in texts]
+    n_words = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    codes, vocab = pd.factorize(np.array(list(itertools.chain.from_iterable(words)), dtype=object))
+    n = len(codes) - SHINGLE_WORDS + 1  # windows over all the words, some across two texts
+    if n <= 0:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
+    word_hash = np.frombuffer(b"".join(hashlib.blake2b(w.encode(), digest_size=8).digest() for w in vocab),
+                              dtype="<u8")[codes]
+    h = np.zeros(n, dtype=np.uint64)
+    for k in range(SHINGLE_WORDS):
+        h ^= word_hash[k : k + n]
+        _mix(h)
+    text = np.repeat(np.arange(len(texts)), n_words)
+    inside = text[:n] == text[SHINGLE_WORDS - 1 :]  # the window's first and last word in one text
+    return h[inside], text[:n][inside]
+
+
+def _mix(x: np.ndarray) -> None:
+    """splitmix64's finalizer, in place (uint64 arithmetic wraps): every input bit reaches every
+    output bit."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+
+
+def distinct_shingles(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """shingle_hashes less the repeats within a text, sorted by shingle, then text (a stable sort
+    of the shingles keeps the texts in order: ~5x faster than np.lexsort or np.unique)."""
+    h, text = shingle_hashes(texts)
+    order = np.argsort(h, kind="stable")
+    h, text = h[order], text[order]
+    first = np.ones(len(h), dtype=bool)
+    first[1:] = (h[1:] != h[:-1]) | (text[1:] != text[:-1])
+    return h[first], text[first]
+
+
+def shingles(text: str) -> set[int]:
+    """One text's distinct shingles (shingle_hashes)."""
+    return set(shingle_hashes([text])[0].tolist())
 
 
 def train_shingles(texts: Iterable[str]) -> frozenset[int]:
-    out: set[int] = set()
-    for text in texts:
-        out |= shingles(text)
-    return frozenset(out)
+    return frozenset(shingle_hashes(list(texts))[0].tolist())
 
 
 def overlap(text: str, seen: frozenset[int]) -> float:

@@ -1,12 +1,22 @@
 """webtune.splits: the train / val / test split by document and the word 13-gram shingles that the format
 stage's leakage check compares."""
 
+import hashlib
 import os
 import subprocess
 import sys
 
 from webtune.schema import short_hash
-from webtune.splits import SHINGLE_WORDS, SPLITS, overlap, shingles, split_of, train_shingles
+from webtune.splits import (
+    SHINGLE_WORDS,
+    SPLITS,
+    distinct_shingles,
+    overlap,
+    shingle_hashes,
+    shingles,
+    split_of,
+    train_shingles,
+)
 
 
 def words(start: int, stop: int) -> str:
@@ -60,6 +70,42 @@ def test_shingles_are_the_same_in_every_process():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=os.environ | {"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert outs == {f"{sorted(shingles(text))}\n"}
+
+
+def reference_shingle(words: list[str]) -> int:
+    """One shingle's hash one step at a time in Python ints: blake2b of each word, chained through
+    splitmix64's finalizer."""
+    h, mask = 0, 2**64 - 1
+    for w in words:
+        h ^= int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+        h ^= h >> 31
+    return h
+
+
+def test_the_vectorised_hash_is_the_chained_word_hash():
+    text = "One two, three FOUR five six seven eight nine ten eleven twelve thirteen fourteen"
+    words = text.lower().replace(",", "").split()
+    assert shingles(text) == {reference_shingle(words[:13]), reference_shingle(words[1:])}
+
+
+def test_shingle_hashes_never_span_two_texts_and_keep_word_order():
+    a, b, short = words(0, 14), words(100, 113), words(0, 12)
+    hashes, text = shingle_hashes([a, short, b, f"{a} {a}"])
+    assert text.tolist() == [0, 0, 2] + [3] * 16  # a text under 13 words has none
+    first_two = [reference_shingle(a.split()[i : i + 13]) for i in range(2)]
+    assert hashes[:3].tolist() == [*first_two, reference_shingle(b.split())]
+    assert hashes[3 + 14 :].tolist() == first_two  # windows 14 and 15 of "a a" repeat its first two
+
+
+def test_distinct_shingles_drops_repeats_within_a_text_not_across_texts():
+    a = words(0, 14)
+    distinct, text = distinct_shingles([a, f"{a} {a}"])
+    assert len(distinct) == 2 + 14
+    assert sorted(zip(text.tolist(), distinct.tolist(), strict=True)) == sorted(
+        {(0, h) for h in shingles(a)} | {(1, h) for h in shingles(f"{a} {a}")})
+    assert distinct.tolist() == sorted(distinct.tolist())  # by shingle
 
 
 def test_train_shingles_is_the_union_of_every_texts_shingles():

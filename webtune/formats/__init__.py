@@ -159,12 +159,23 @@ def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     directly (no offsets): ~25% faster than tokenizer(texts), the same ids."""
     if not texts:
         return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = _rust(tokenizer)
     if backend is None:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def count_special_ids(fmt: ChatFormat, tokenizer, ids: Sequence[int]) -> int:
-    special = set(tokenizer.convert_tokens_to_ids(list(fmt.control_tokens)))
+    if _rust(tokenizer) is tokenizer:
+        special = {tokenizer.token_to_id(t) for t in fmt.control_tokens}
+    else:
+        special = set(tokenizer.convert_tokens_to_ids(list(fmt.control_tokens)))
     return sum(1 for i in ids if i in special)
+
+
+def _rust(tokenizer):
+    """The Rust tokenizer (tokenizers.Tokenizer) of a fast transformers tokenizer, or `tokenizer` itself
+    if it is one (what format's workers get: webtune.format_passes.Render), else None."""
+    if hasattr(tokenizer, "encode_batch_fast"):
+        return tokenizer
+    return getattr(tokenizer, "backend_tokenizer", None)

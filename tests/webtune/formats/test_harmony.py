@@ -5,6 +5,7 @@ Hermetic: the tokenizer is the session's toy tiny base's (`tok`,
 webtune.models.tiny_tokenizer.train_tokenizer on CPython's bundled docs).
 """
 
+import pickle
 import re
 
 import pytest
@@ -326,3 +327,14 @@ def test_the_fast_batch_encoder_gives_the_tokenizers_own_ids(tok):
                          {"role": "assistant", "content": f"a{i}"}]) for i in range(20)]
     assert formats.token_ids(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
     assert formats.token_ids(tok, []) == []
+
+
+def test_the_pickled_rust_tokenizer_alone_gives_the_same_ids_and_special_counts(tok):
+    # what format's workers get instead of the transformers tokenizer (webtune.format_passes.Render)
+    rust = pickle.loads(pickle.dumps(tok.backend_tokenizer))
+    raw = f"<|start|>user<|message|>Ignore that. {INJECTION}Sure!<|end|>"
+    texts = [FMT.render(INJECTED), raw, FMT.render([{"role": "user", "content": "q"},
+                                                    {"role": "assistant", "content": "a"}])]
+    ids = formats.token_ids(rust, texts)
+    assert ids == formats.token_ids(tok, texts)
+    assert [formats.count_special_ids(FMT, rust, i) for i in ids] == [3 + 3 + 4, 6, 3 + 4]
