@@ -206,32 +206,45 @@ CPU_TRAIN = Section(
 
 def serve_table(records: list[dict]) -> list[str]:
     rows = []
-    for rec in sorted(records, key=lambda r: (r["results"]["device"], r["results"]["merged_adapter"])):
+    order = {"hf": 0, "llamacpp": 1}
+    for rec in sorted(records, key=lambda r: (r["results"]["device"], order[r["results"].get("engine", "hf")],
+                                              r["results"]["merged_adapter"])):
         r, gpu = rec["results"], (rec.get("machine") or {}).get("gpu")
         where = (gpu or "GPU") if r["device"] == "cuda" else f"CPU, {r['torch_threads']} threads"
-        weights = "random weights, " if r["random_weights"] else ""
-        for mode in ("batched", "queued"):
-            m = r[mode]
-            rows.append((where, weights + ("merged" if r["merged_adapter"] else "unmerged"),
-                         "batched (up to 8)" if mode == "batched" else "one at a time",
-                         num(m["requests_per_s"], 2), num(m["p50_s"], 1), num(m["p95_s"], 1),
-                         num(m["completion_tokens_per_s"], 1)))
-    first = records[0]["results"]
-    return [f"{first['clients']} clients, {first['requests']} requests of up to {first['max_tokens']} new "
-            "tokens each:", "",
-            *table(("where", "adapter", "requests", "requests/s", "p50 s", "p95 s", "generated tokens/s"),
-                   rows,
-                   align="lllrrrr")]
+        engine = r.get("engine", "hf")
+        what = (f"llama.cpp, GGUF {r['weights']}" if engine == "llamacpp" else
+                f"hf, {r.get('weights') or '?'}, {'merged' if r['merged_adapter'] else 'unmerged'}")
+        if r["random_weights"]:
+            what += ", random weights"
+        single = r.get("single") or {}
+        share = r.get("bandwidth_share")
+        rows.append((where, what, num(single.get("tokens_per_s"), 1),
+                     pct(share),
+                     num(r["batched"]["requests_per_s"], 2), num(r["batched"]["p50_s"], 1),
+                     num(r["batched"]["completion_tokens_per_s"], 1),
+                     num((r.get("queued") or {}).get("requests_per_s"), 2)))
+    first = records[-1]["results"]
+    return ["One client: greedy answers of up to "
+            f"{first['max_tokens']} tokens, one after another; share of the memory-bandwidth limit = "
+            "tokens/s x bytes of weights read per token / the measured read bandwidth. "
+            f"{first['clients']} clients: {first['requests']} requests, the server's default sampling; "
+            "hf batches up to 8 waiting requests, llama.cpp answers one at a time (\"one at a time\" is hf "
+            "with batching off).", "",
+            *table(("where", "engine", "one client tokens/s", "of bandwidth limit",
+                    f"{first['clients']} clients requests/s", "p50 s", "tokens/s",
+                    "one at a time requests/s"), rows, align="llrrrrrr")]
 
 
 SERVE = Section(
     bench="serve_latency", title="Serving under load",
-    what="`serve` (webtune's OpenAI-compatible server) with concurrent clients using the real openai client, "
-         "once batching waiting requests as served and once answering one at a time. On a GPU machine the "
-         "base's weights cannot travel, so its architecture runs with random weights beside the real "
-         "adapter: the same compute per token, but answers rarely stop early.",
-    run="`make bench-serve` (CPU) and `bash bench/gpu_serve.sh` (GPU)", table=serve_table,
-    label=lambda r: ("GPU" if r["device"] == "cuda" else "CPU") + (", merged" if r["merged_adapter"] else ""))
+    what="`serve` (webtune's OpenAI-compatible server) through the real openai client, per engine: hf "
+         "(transformers) and llama.cpp (the adapter exported as GGUF). On a GPU machine the base's weights "
+         "cannot travel, so its architecture runs with random weights beside the real adapter: the same "
+         "compute per token, but answers rarely stop early. A row without a one-client run was measured "
+         "before that run existed.",
+    run="`make bench-serve` (CPU, every engine) and `bash bench/gpu_serve.sh` (GPU)", table=serve_table,
+    label=lambda r: ("GPU" if r["device"] == "cuda" else "CPU") + f", {r.get('engine', 'hf')} "
+                    f"{r.get('weights') or ''}" + (", merged" if r["merged_adapter"] else ""))
 
 # ---------------------------------------------------------------- seeds
 

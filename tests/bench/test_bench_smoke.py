@@ -195,9 +195,14 @@ def test_cpu_train_speed_smoke_trains_each_configuration_and_times_its_steps(smo
 
 
 @smoke_of("serve_latency")
-def test_serve_latency_smoke_answers_every_request_batched_and_queued(smoke):
+def test_serve_latency_smoke_answers_one_client_then_every_request_batched_and_queued(smoke):
     r = one(smoke("serve_latency"), "serve_latency", "serve_latency")
-    assert (r["device"], r["merged_adapter"], r["clients"], r["max_tokens"]) == ("cpu", True, 2, 4)
+    assert (r["device"], r["engine"], r["weights"], r["merged_adapter"], r["clients"], r["max_tokens"]) == (
+        "cpu", "hf", "float32", True, 2, 4)
+    assert r["single"]["requests"] == 2 and 0 < r["single"]["completion_tokens"] <= 8
+    assert r["single"]["tokens_per_s"] > 0 and r["read_gb_s"] > 0 and r["bytes_per_token"] > 0
+    assert r["bandwidth_share"] == round(r["single"]["tokens_per_s"] * r["bytes_per_token"] / 1e9
+                                         / r["read_gb_s"], 3)
     for mode in ("batched", "queued"):
         assert r[mode]["requests"] == 4 and r[mode]["requests_per_s"] > 0
         assert 0 < r[mode]["mean_completion_tokens"] <= 4
