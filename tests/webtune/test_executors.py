@@ -1,7 +1,8 @@
 """The executor seam on the local executor: byte-identical outputs for any worker count, a failed task
-named in one line and resumed alone, each task in a fresh process, and where the executor's name and
+named in one line and resumed alone, a few tasks per pool process, and where the executor's name and
 settings come from. Slurm and Ray against real runtimes: tests/webtune/test_executors_cluster.py."""
 
+import collections
 import dataclasses
 import os
 
@@ -11,6 +12,7 @@ from tests.webtune.executor_steps import RecordProcess, outputs, pipeline, write
 from webtune import executors
 from webtune.errors import UserError
 from webtune.executors import ExecutorConfig, executor_config
+from webtune.executors import local as local_executor
 from webtune.executors.local import LocalSettings, cores
 from webtune.executors.slurm import SlurmSettings
 
@@ -84,11 +86,13 @@ def task_processes(workers: int, tasks: int, root) -> dict[str, str]:
     return {p.name: p.read_text() for p in (root / "pids").iterdir()}
 
 
-def test_a_pool_runs_each_task_in_a_fresh_process_and_one_worker_runs_them_here(tmp_path):
-    # 5 tasks on 2 workers: long-lived workers would run 2 or 3 each (and keep what those allocated)
-    pooled = task_processes(2, 5, tmp_path / "pool")
-    assert sorted(pooled) == ["0", "1", "2", "3", "4"]
-    assert len(set(pooled.values())) == 5 and str(os.getpid()) not in pooled.values()
+def test_a_pool_process_runs_a_few_tasks_then_a_fresh_one_and_one_worker_runs_them_here(tmp_path):
+    # 12 tasks on 2 workers: long-lived workers would run 6 each (and keep what those allocated)
+    pooled = task_processes(2, 12, tmp_path / "pool")
+    assert sorted(pooled, key=int) == [str(r) for r in range(12)]
+    per_process = collections.Counter(pooled.values())
+    assert max(per_process.values()) <= local_executor.TASKS_PER_PROCESS and len(per_process) >= 3
+    assert str(os.getpid()) not in per_process
     assert set(task_processes(1, 3, tmp_path / "here").values()) == {str(os.getpid())}
 
 

@@ -42,19 +42,23 @@ class LocalSettings:
 
 
 SETTINGS = LocalSettings
+# A pool worker exits after this many tasks. A long-lived worker keeps what its tasks allocated (validate's
+# Great Expectations, batch after batch), so a stage's peak memory grew with its tasks per worker, hence
+# with the corpus (bench/data_stages.py: validate +23% PSS from 20k to 100k pages); a capped worker's
+# growth is bounded whatever the corpus. validate's passes on 40 shards, 2 workers (2 cores, load 7):
+# each worker peaked at 160 MB PSS long-lived and 105 MB with one task each, the process tree at 735 MB
+# and 585 MB. One task a process cost ~0.15 s a task (a fork of the forkserver and its steps' first-use
+# set-up): 1.3 of clean's 14.5 s on 20k pages, whose passes have 4 + 16 + 1 + 4 tasks. 4 keeps the
+# growth to a few tasks' worth and the forks to a quarter.
+TASKS_PER_PROCESS = 4
 
 
 class _Executor(LocalPipelineExecutor):
     def run(self) -> None:
-        """datatrove's run, with a pool whose workers exit after one task (maxtasksperchild=1), which its
-        run cannot be asked for. A long-lived worker keeps what its tasks allocated (validate's Great
-        Expectations, batch after batch), so a stage's peak memory grew with its tasks per worker, hence
-        with the corpus (bench/data_stages.py: validate +23% PSS from 20k to 100k pages). validate's
-        passes on 40 shards, 2 workers, 2 cores at load 7: each worker peaked at 160 MB PSS long-lived
-        and 105 MB fresh, the process tree at 735 MB and 585 MB, for 0.15 s more wall a task (30 s
-        against 24 s: a fork of the forkserver, where the steps' modules are imported already, and their
-        first-use set-up). Left out: the Manager that hands out local ranks and counts completions (this
-        executor logs neither), `depends`, and the stats sum (the seam reads every rank's stats file)."""
+        """datatrove's run, with a pool whose workers exit after TASKS_PER_PROCESS tasks
+        (maxtasksperchild), which its run cannot be asked for. Left out: the Manager that hands out local
+        ranks and counts completions (this executor logs neither), `depends`, and the stats sum (the seam
+        reads every rank's stats file)."""
         self.save_executor_as_json()
         ranks = self.get_incomplete_ranks(range(self.tasks))
         if self.workers == 1:
@@ -64,8 +68,9 @@ class _Executor(LocalPipelineExecutor):
                 self._run_for_rank(rank)
             self.pipeline = pipeline
             return
-        with multiprocess.get_context(self.start_method).Pool(self.workers, maxtasksperchild=1) as pool:
-            for _ in pool.imap_unordered(self._run_for_rank, ranks):  # chunksize 1: a process per task
+        with multiprocess.get_context(self.start_method).Pool(self.workers,
+                                                               maxtasksperchild=TASKS_PER_PROCESS) as pool:
+            for _ in pool.imap_unordered(self._run_for_rank, ranks):  # chunksize 1: a task at a time
                 pass
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> PipelineStats:
