@@ -117,3 +117,18 @@ def test_a_prompt_and_budget_past_the_context_are_refused_before_generating(clie
         ask(client, "Hi", max_tokens=2000)
     assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "max_tokens"
     assert f"do not fit the model's {chat.context_length}-token context" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
+def test_the_hf_engine_serves_bf16_weights_where_the_cpu_multiplies_bf16(tiny_base, toy_adapter, monkeypatch,
+                                                                         native, expected):
+    import torch
+
+    from webtune.cli import serve
+    from webtune.training import device
+
+    monkeypatch.setattr(device, "native_cpu_bf16", lambda: native)
+    chat = serve.hf_chat(tiny_base, toy_adapter, threads=0, merge=True)
+    assert {p.dtype for p in chat.model.parameters()} == {getattr(torch, expected)}
+    assert not hasattr(chat.model, "merge_and_unload")  # merged
+    assert chat.reply([[{"role": "user", "content": "Hi"}]], Sampling(max_new_tokens=4, temperature=0))
