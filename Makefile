@@ -64,8 +64,12 @@ bench-remote: setup
 bench-cpu-train: setup
 	$(PY) bench/cpu_train_speed.py --steps 20 --out $(RESULTS)/cpu_train_speed.json
 
-bench-serve: setup
-	$(PY) bench/serve_latency.py --merge --out $(RESULTS)/serve_latency.json
+bench-serve: setup  # the llama.cpp rows need the llamacpp extra
+	$(PY) bench/serve_latency.py --merge --dtype float32 --out $(RESULTS)/serve_latency.json
+	$(PY) bench/serve_latency.py --merge --dtype bfloat16 --out $(RESULTS)/serve_latency.json
+	$(PY) bench/serve_latency.py --engine llamacpp --quant q8_0 --out $(RESULTS)/serve_latency.json
+	$(PY) bench/serve_latency.py --engine llamacpp --quant f16 --out $(RESULTS)/serve_latency.json
+	$(PY) bench/gguf_quality.py --quants f16 q8_0 --out $(RESULTS)/gguf_quality.json
 
 bench-brightdata: setup
 	$(PY) bench/brightdata_rate.py --out $(RESULTS)/brightdata_rate.json

@@ -45,7 +45,7 @@ def scores(chat, rows, docs, params, supervised) -> tuple[dict, list[str]]:
     return {k: round(float(METRICS[k].value(stats[k].sum(0))), 4) for k in SCORED}, [a.text for a in answers]
 
 
-def gguf_chat(base: Path, adapter: Path, quant: str, folder: Path):
+def gguf_chat(base: Path, adapter: Path, quant: str, folder: Path, pre: str | None):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -53,7 +53,7 @@ def gguf_chat(base: Path, adapter: Path, quant: str, folder: Path):
     from webtune.models import load_tokenizer
     from webtune.models.inference import ChatModel
 
-    export(base, adapter, folder, "float32", "gguf", quant)
+    export(base, adapter, folder, "float32", "gguf", quant, pre)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model.gguf", dtype=torch.float32).eval()
     tokenizer, fmt = load_tokenizer(base / "tokenizer")
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(list(fmt.stop_tokens))
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--test", type=Path, default=Path("data/format/test.parquet"))
     parser.add_argument("--docs", type=Path, default=Path("data/format/test_docs.parquet"))
     parser.add_argument("--quants", nargs="+", default=["f16", "q8_0"])
+    parser.add_argument("--tokenizer-pre", default=None, help="as export's, for a base webtune does not know")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (bench/record.py)")
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama, 4 rows, q8_0 only")
     args = parser.parse_args()
@@ -86,7 +87,7 @@ def main() -> None:
             from serve_latency import toy_model
 
             args.base, args.adapter, args.test = toy_model(tmp / "toy")
-            args.quants = ["q8_0"]
+            args.quants, args.tokenizer_pre = ["q8_0"], "gpt2"
         _, rows = io.read_chat_rows(args.test)
         rows = rows[:4] if args.smoke else rows
         docs = ([m[-1]["content"] for m in rows] if args.smoke
@@ -97,7 +98,7 @@ def main() -> None:
         models = {"merged": (*scores(reference, rows, docs, params, supervised), None)}
         print(f"merged: {models['merged'][0]} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
         for quant in args.quants:
-            chat, size = gguf_chat(args.base, args.adapter, quant, tmp / quant)
+            chat, size = gguf_chat(args.base, args.adapter, quant, tmp / quant, args.tokenizer_pre)
             models[quant] = (*scores(chat, rows, docs, params, supervised), size)
             print(f"{quant}: {models[quant][0]}", file=sys.stderr)
     reference_answers = models["merged"][1]

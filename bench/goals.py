@@ -10,6 +10,9 @@ GOALS = {
     "noop_repro_s": (1.0, "`dvc repro` with nothing changed in <= 1 s"),
     "test_suite_s": (600.0, "the whole test suite (`make test`) in <= 10 minutes"),
     "data_mb_s_per_core": (10.0, "clean + validate + format at >= 10 MB of raw pages per second per core"),
+    # where users run a small model: one client of `serve` on 2 CPU cores, the embedded default
+    "cpu_serve_tokens_s": (60.0, "`serve` on 2 CPU cores: >= 60 generated tokens/s for one client "
+                                 "(the embedded default, llama.cpp engine)"),
     # training throughput on one GPU: our unsloth backend as params.yaml configures it, useful tokens/s
     "llama_speedup": (2.0, "Llama-3.1-8B shape: the unsloth backend >= 2x the original Unsloth recipe's "
                            "useful tokens/s, and >= 2x the hf backend's"),

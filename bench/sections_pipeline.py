@@ -201,51 +201,6 @@ CPU_TRAIN = Section(
          "reports it (non-padding tokens over the training loop's seconds).",
     run="`make bench-cpu-train`", table=cpu_train_table)
 
-# ---------------------------------------------------------------- serve_latency
-
-
-def serve_table(records: list[dict]) -> list[str]:
-    rows = []
-    order = {"hf": 0, "llamacpp": 1}
-    for rec in sorted(records, key=lambda r: (r["results"]["device"], order[r["results"].get("engine", "hf")],
-                                              r["results"]["merged_adapter"])):
-        r, gpu = rec["results"], (rec.get("machine") or {}).get("gpu")
-        where = (gpu or "GPU") if r["device"] == "cuda" else f"CPU, {r['torch_threads']} threads"
-        engine = r.get("engine", "hf")
-        what = (f"llama.cpp, GGUF {r['weights']}" if engine == "llamacpp" else
-                f"hf, {r.get('weights') or '?'}, {'merged' if r['merged_adapter'] else 'unmerged'}")
-        if r["random_weights"]:
-            what += ", random weights"
-        single = r.get("single") or {}
-        share = r.get("bandwidth_share")
-        rows.append((where, what, num(single.get("tokens_per_s"), 1),
-                     pct(share),
-                     num(r["batched"]["requests_per_s"], 2), num(r["batched"]["p50_s"], 1),
-                     num(r["batched"]["completion_tokens_per_s"], 1),
-                     num((r.get("queued") or {}).get("requests_per_s"), 2)))
-    first = records[-1]["results"]
-    return ["One client: greedy answers of up to "
-            f"{first['max_tokens']} tokens, one after another; share of the memory-bandwidth limit = "
-            "tokens/s x bytes of weights read per token / the measured read bandwidth. "
-            f"{first['clients']} clients: {first['requests']} requests, the server's default sampling; "
-            "hf batches up to 8 waiting requests, llama.cpp answers one at a time (\"one at a time\" is hf "
-            "with batching off).", "",
-            *table(("where", "engine", "one client tokens/s", "of bandwidth limit",
-                    f"{first['clients']} clients requests/s", "p50 s", "tokens/s",
-                    "one at a time requests/s"), rows, align="llrrrrrr")]
-
-
-SERVE = Section(
-    bench="serve_latency", title="Serving under load",
-    what="`serve` (webtune's OpenAI-compatible server) through the real openai client, per engine: hf "
-         "(transformers) and llama.cpp (the adapter exported as GGUF). On a GPU machine the base's weights "
-         "cannot travel, so its architecture runs with random weights beside the real adapter: the same "
-         "compute per token, but answers rarely stop early. A row without a one-client run was measured "
-         "before that run existed.",
-    run="`make bench-serve` (CPU, every engine) and `bash bench/gpu_serve.sh` (GPU)", table=serve_table,
-    label=lambda r: ("GPU" if r["device"] == "cuda" else "CPU") + f", {r.get('engine', 'hf')} "
-                    f"{r.get('weights') or ''}" + (", merged" if r["merged_adapter"] else ""))
-
 # ---------------------------------------------------------------- seeds
 
 
@@ -271,4 +226,4 @@ SEEDS = Section(
          "was scored on; the spread over seeds is the training noise no single run's interval sees.",
     run="`make bench-seeds`", table=seeds_table)
 
-SECTIONS = [FULL_REPRO, SEEDS, TEST_SUITE, DATA_STAGES, REMOTE_S3, BRIGHTDATA, CPU_TRAIN, SERVE]
+SECTIONS = [FULL_REPRO, SEEDS, TEST_SUITE, DATA_STAGES, REMOTE_S3, BRIGHTDATA, CPU_TRAIN]

@@ -32,13 +32,14 @@ SMOKES = {
     "suite_time": ["bench/suite_time.py", "--smoke"],
     "cpu_train_speed": ["bench/cpu_train_speed.py", "--smoke"],
     "serve_latency": ["bench/serve_latency.py", "--smoke", "--merge"],
+    "gguf_quality": ["bench/gguf_quality.py", "--smoke"],
     "train_throughput": ["bench/train_throughput.py", "smoke"],
     "train_multigpu": ["bench/train_multigpu.py", "--smoke"],
     "gpu_unsloth_smoke": ["bench/gpu_unsloth_smoke.py", "smoke"],
 }
 # the bench/*.py files that are not benchmarks: shared modules, and the renderer (tests/bench/test_report.py)
 NOT_BENCHES = {"record", "goals", "corpus", "stage_run", "shapes", "render", "report", "sections_pipeline",
-               "sections_training"}
+               "sections_serving", "sections_training"}
 # GPU shell script -> the Python benches it drives
 GPU_SCRIPTS = {
     "gpu_throughput.sh": {"train_throughput"},
@@ -207,6 +208,16 @@ def test_serve_latency_smoke_answers_one_client_then_every_request_batched_and_q
         assert r[mode]["requests"] == 4 and r[mode]["requests_per_s"] > 0
         assert 0 < r[mode]["mean_completion_tokens"] <= 4
         assert r[mode]["p95_s"] >= r[mode]["p50_s"] > 0
+
+
+@smoke_of("gguf_quality")
+def test_gguf_quality_smoke_scores_the_merged_model_and_its_q8_0_export(smoke):
+    r = one(smoke("gguf_quality"), "gguf_quality", "gguf_quality")
+    assert set(r["models"]) == {"merged", "q8_0"} and r["rows"] == 4
+    merged, q8 = r["models"]["merged"], r["models"]["q8_0"]
+    assert merged["answers_identical_to_merged"] == 1.0 and merged["file_bytes"] is None
+    assert q8["file_bytes"] > 0 and 0 <= q8["answers_identical_to_merged"] <= 1
+    assert q8["loss"] > 0 and abs(q8["loss"] - merged["loss"]) / merged["loss"] < 0.05
 
 
 @smoke_of("train_throughput")
