@@ -14,6 +14,7 @@ need its quantizer: the file is written in f16 first, then `llama_cpp.llama_mode
 rows are not a whole number of quant blocks falls back to f16.
 """
 
+import ctypes
 import json
 import tempfile
 from pathlib import Path
@@ -222,6 +223,6 @@ def _llama_cpp_quantize(model, tokenizer, chat_format, out: Path, quant: str, na
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = LLAMA_CPP_QUANTS[quant]
         with io.atomic_path(out) as dst:
-            if llama_cpp.llama_model_quantize(str(f16).encode(), str(dst).encode(), params) != 0:
+            if llama_cpp.llama_model_quantize(str(f16).encode(), str(dst).encode(), ctypes.byref(params)):
                 raise GGUFError(f"llama.cpp's quantizer failed to write {quant}")
     return out

@@ -87,6 +87,23 @@ def test_the_gguf_of_an_adapter_is_exported_once_and_then_found(toy, tmp_path, m
     assert L.gguf_for(base, adapter, "f16") == first
 
 
+def test_a_k_quant_goes_through_llama_cpps_quantizer_and_answers(toy, tmp_path):
+    needs_llama_cpp()
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    base, adapter, _ = toy
+    cli.export(base, adapter, tmp_path / "q4", "float32", "gguf", "q4_k_m")
+    path = tmp_path / "q4" / "model.gguf"
+    types = {t.tensor_type for t in GGUFReader(path).tensors}
+    # the toy's 64-wide rows are no whole 256-value K-block: llama.cpp falls back to q5_0 / q8_0 for
+    # them, as it does for such tensors of any model; what matters is that its quantizer wrote the file
+    assert types & {GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q4_K}
+    assert GGMLQuantizationType.F16 not in types
+    assert sorted(p.name for p in (tmp_path / "q4").iterdir()) == ["Modelfile", "README.md", "model.gguf"]
+    chat = L.LlamaCppChat.load(path, base, threads=2, context=256)
+    assert chat.reply([conversation("Hi")], GREEDY)[0].tokens > 0
+
+
 def test_without_the_extra_the_llamacpp_engine_is_refused_in_one_line(toy, monkeypatch, capsys):
     base, _, gguf = toy
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
