@@ -186,6 +186,9 @@ def main() -> None:
             args.clients, args.requests, args.single_requests, args.max_tokens, args.threads = 2, 4, 2, 4, 1
         torch.set_num_threads(args.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        # before any engine exists: llama.cpp's threads keep polling for a while after a generation,
+        # and a measure taken then read 30-35 GB/s where an idle machine reads ~50
+        bandwidth = read_bandwidth(args.threads) if device == "cpu" else None
         chat, max_batch, weight_bytes, weights = engine_chat(args, device)
         _, rows = io.read_chat_rows(args.test)
         questions = [formats.prompt_messages(m) for m in (rows * args.requests)[: args.requests]]
@@ -201,7 +204,6 @@ def main() -> None:
                 runs[name] = load_run(url, questions, args.clients, args.max_tokens)
             server.should_exit = True
             print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
-    bandwidth = read_bandwidth(args.threads) if device == "cpu" else None
     achieved = runs["single"]["tokens_per_s"] * weight_bytes / 1e9
     result = {"clients": args.clients, "requests": args.requests, "max_tokens": args.max_tokens,
               "device": device, "engine": args.engine, "weights": weights,
