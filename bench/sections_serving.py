@@ -22,14 +22,15 @@ def serve_table(records: list[dict]) -> list[str]:
         single = r.get("single") or {}
         share = r.get("bandwidth_share")
         rows.append((where, what, num(single.get("tokens_per_s"), 1),
-                     pct(share),
+                     pct(share) + (f" of {num(r['read_gb_s'], 0)} GB/s" if share is not None else ""),
                      num(r["batched"]["requests_per_s"], 2), num(r["batched"]["p50_s"], 1),
                      num(r["batched"]["completion_tokens_per_s"], 1),
                      num((r.get("queued") or {}).get("requests_per_s"), 2)))
     first = records[-1]["results"]
     return ["One client: greedy answers of up to "
             f"{first['max_tokens']} tokens, one after another; share of the memory-bandwidth limit = "
-            "tokens/s x bytes of weights read per token / the measured read bandwidth. "
+            "tokens/s x bytes of weights read per token / the read bandwidth measured in the same run (it "
+            "varies between runs on a shared machine). "
             f"{first['clients']} clients: {first['requests']} requests, the server's default sampling; "
             "hf batches up to 8 waiting requests, llama.cpp answers one at a time (\"one at a time\" is hf "
             "with batching off).", "",
