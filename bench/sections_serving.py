@@ -69,7 +69,7 @@ def gguf_table(records: list[dict]) -> list[str]:
     r = records[-1]["results"]
     merged = r["models"]["merged"]
     rows = []
-    for name, m in r["models"].items():
+    for name, m in sorted(r["models"].items(), key=lambda item: item[0] != "merged"):  # merged first
         rows.append((name if name == "merged" else f"GGUF {name}",
                      num(m["file_bytes"] / 1e6, 0, " MB") if m["file_bytes"] else "–",
                      num(m["loss"], 4), num(m["bits_per_byte"], 4), num(m["chrf1"], 1),
