@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                             val_path=args.val, checkpoints=args.checkpoints, out=args.out,
                             mask_report_path=args.mask_report, live_dir=args.live_dir,
                             jsonl_dir=args.openai_dir, api_key=api_key)
+        distributed.leave()
         if asked == AUTO:
             metrics = {"backend": params.backend, "backend_asked": AUTO, **metrics}
         if distributed.is_main():

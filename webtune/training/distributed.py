@@ -158,6 +158,19 @@ def init() -> None:
         dist.init_process_group("nccl" if cuda else "gloo")
 
 
+def leave() -> None:
+    """Destroy this process's group once its training succeeded. A gloo group left to the interpreter's
+    teardown can abort the process at exit ("terminate called without an active exception", pytorch
+    #190489), failing a run that had finished: seen once in five test-suite runs on 2 busy cores. Not
+    after an error, when another rank may still be inside a collective (as torchtitan #1342 found)."""
+    if not launched():
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def from_main(value):
     """rank 0's `value` on every process (a sync point: the others wait until rank 0 has it)."""
     if world_size() == 1:
