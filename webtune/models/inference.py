@@ -52,6 +52,17 @@ def cut_answer(tokenizer, new_ids: Sequence[int], stops: Sequence[int]) -> Answe
     return Answer(tokenizer.decode(kept, skip_special_tokens=True), end is not None, len(kept))
 
 
+def conversation_ids(tokenizer, chat_format: ChatFormat, messages: Sequence[dict],
+                     reasoning: str | None = None) -> list[int]:
+    """A conversation ending with the user's turn, opened for the assistant's answer. The template
+    neutralises every message's content, so no message can open or close a turn."""
+    if reasoning is not None:
+        messages = with_reasoning(chat_format.name, messages, reasoning)
+    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)
+    return list(out["input_ids"])
+
+
 class ChatModel:
     can_score_loss = True
     hosted_models = None  # local weights: the base and adapter folders name them
@@ -94,13 +105,7 @@ class ChatModel:
         return self.conversation_ids(formats.prompt_messages(messages))
 
     def conversation_ids(self, messages: Sequence[dict], reasoning: str | None = None) -> list[int]:
-        """A conversation ending with the user's turn, opened for the assistant's answer. The template
-        neutralises every message's content, so no message can open or close a turn."""
-        if reasoning is not None:
-            messages = with_reasoning(self.chat_format.name, messages, reasoning)
-        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)
-        return list(out["input_ids"])
+        return conversation_ids(self.tokenizer, self.chat_format, messages, reasoning)
 
     @torch.no_grad()
     def reply(self, conversations: Sequence[Sequence[dict]], sampling: Sampling) -> list[Answer]:

@@ -6,8 +6,8 @@
 Prompts, stops and answers are webtune's, not llama.cpp's: the prompt is the base tokenizer's chat
 template (token ids handed to llama.cpp, so both engines see the same tokens), generation ends at the
 first of the chat format's stop tokens, and the answer is decoded by the same tokenizer as the hf
-engine's (webtune.models.inference.cut_answer). llama.cpp runs one sequence at a time here, so serve
-queues requests for it rather than batching them.
+engine's (webtune.models.inference: conversation_ids, cut_answer). llama.cpp runs one sequence at a
+time here, so serve queues requests for it rather than batching them.
 
 gguf_for(base, adapter, quant) makes the GGUF of the current adapter on the fly (webtune.cli.export's
 merge, webtune.models.to_gguf), cached under .webtune/gguf/ by the hash of the base, the adapter and
@@ -19,9 +19,11 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from webtune.errors import UserError
+from webtune.errors import UserError, one_line
 from webtune.models import load_tokenizer
-from webtune.models.chat import Answer, Sampling, with_reasoning
+from webtune.models.chat import Answer, Sampling
+from webtune.models.inference import conversation_ids, cut_answer
+from webtune.models.packaged import file_sha256
 
 CACHE = Path(".webtune/gguf")  # git-ignored; relative to where serve runs (the project)
 INSTALL = "pip install 'webtune[llamacpp]'"
@@ -41,9 +43,14 @@ class LlamaCppChat:
             import llama_cpp
         except ImportError:
             raise UserError(f"--engine llamacpp needs llama-cpp-python: {INSTALL}") from None
+        if not Path(gguf).is_file():
+            raise UserError(f"{gguf}: no such GGUF file (webtune.cli.export --format gguf writes one)")
         tokenizer, fmt = load_tokenizer(Path(base_dir) / "tokenizer")
-        llm = llama_cpp.Llama(str(gguf), n_ctx=context, n_threads=threads or None,
-                              n_threads_batch=threads or None, verbose=False)
+        try:
+            llm = llama_cpp.Llama(str(gguf), n_ctx=context, n_threads=threads or None,
+                                  n_threads_batch=threads or None, verbose=False)
+        except ValueError as e:  # llama-cpp-python's one error for a file llama.cpp cannot load
+            raise UserError(f"{gguf}: llama.cpp cannot load it: {one_line(e)}") from None
         return cls(llm, tokenizer, fmt)
 
     @property
@@ -51,11 +58,7 @@ class LlamaCppChat:
         return self.llm.n_ctx()
 
     def conversation_ids(self, messages: Sequence[dict], reasoning: str | None = None) -> list[int]:
-        if reasoning is not None:
-            messages = with_reasoning(self.chat_format.name, messages, reasoning)
-        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True)
-        return list(out["input_ids"])
+        return conversation_ids(self.tokenizer, self.chat_format, messages, reasoning)
 
     def tokens(self, conversation: Sequence[dict], sampling: Sampling) -> Iterator[int]:
         """The answer's token ids up to the first stop id (included) or the budget."""
@@ -74,13 +77,8 @@ class LlamaCppChat:
             if token in self.stops or n >= sampling.max_new_tokens:
                 return
 
-    def answer(self, ids: list[int]) -> Answer:
-        end = next((i for i, t in enumerate(ids) if t in self.stops), None)
-        kept = ids[:end]
-        return Answer(self.tokenizer.decode(kept, skip_special_tokens=True), end is not None, len(kept))
-
     def reply(self, conversations: Sequence[Sequence[dict]], sampling: Sampling) -> list[Answer]:
-        return [self.answer(list(self.tokens(c, sampling))) for c in conversations]
+        return [cut_answer(self.tokenizer, list(self.tokens(c, sampling)), self.stops) for c in conversations]
 
     def stream(self, conversation: Sequence[dict], sampling: Sampling,
                done: Callable[[Answer], None] | None = None) -> Iterator[str]:
@@ -95,7 +93,7 @@ class LlamaCppChat:
             if len(text) > len(sent) and not text.endswith("\ufffd"):
                 yield text[len(sent):]
                 sent = text
-        final = self.answer(ids)
+        final = cut_answer(self.tokenizer, ids, self.stops)
         if len(final.text) > len(sent):
             yield final.text[len(sent):]
         if done is not None:
@@ -103,13 +101,9 @@ class LlamaCppChat:
 
 
 def _tree_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(folder)).encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return hashlib.sha256("".join(f"{p.relative_to(folder)}\0{file_sha256(p)}\n" for p in files).encode()
+                          ).hexdigest()
 
 
 def gguf_for(base_dir: Path, adapter_dir: Path | None, quant: str, progress=None) -> Path:

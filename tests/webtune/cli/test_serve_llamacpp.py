@@ -112,3 +112,15 @@ def test_without_the_extra_the_llamacpp_engine_is_refused_in_one_line(toy, monke
     assert exit_.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "serve: --engine llamacpp needs llama-cpp-python: pip install 'webtune[llamacpp]'")
+
+
+def test_a_missing_or_unloadable_gguf_is_refused_in_one_line(toy, tmp_path, capsys):
+    needs_llama_cpp()
+    base, _, _ = toy
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
+    for name, says in (("none.gguf", "no such GGUF file"), ("junk.gguf", "llama.cpp cannot load it")):
+        path, line = tmp_path / name, f"serve: {tmp_path / name}: {says}"
+        with pytest.raises(SystemExit) as exit_:
+            serve.main(["--base", str(base), "--engine", "llamacpp", "--gguf", str(path)])
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(line)
